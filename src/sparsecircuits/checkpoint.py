@@ -1,0 +1,99 @@
+"""Checkpoints: a folder with `model.safetensors`, `config.json` and `tokenizer.json`.
+
+No pickle anywhere a user might load a file from someone else. Every file is written to a
+temporary name and renamed, so an interrupted save never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from .config import ModelConfig, TrainConfig, config_to_dict, load_config_file
+from .errors import UserError, atomic_path, write_json_atomic
+from .model import SparseGPT
+from .tokenizer import load_tokenizer, save_tokenizer
+
+
+def save_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
+) -> None:
+    with atomic_path(path) as tmp:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata
+        )
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+
+
+def save_checkpoint(
+    out: str | Path,
+    model: SparseGPT,
+    tokenizer: Tokenizer | None,
+    train_cfg: TrainConfig | None = None,
+) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_tensors(model.state_dict(), out / "model.safetensors", {"format": "sparsecircuits"})
+    write_json_atomic(out / "config.json", config_to_dict(model.cfg, train_cfg))
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, out / "tokenizer.json")
+    return out
+
+
+def load_config(path: str | Path) -> tuple[ModelConfig, TrainConfig | None]:
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such checkpoint folder")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a checkpoint (config.json is missing)")
+    return load_config_file(path / "config.json")
+
+
+def load(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[SparseGPT, Tokenizer | None]:
+    """Load a checkpoint folder -> (model in eval mode, tokenizer or None)."""
+    path = Path(path)
+    cfg, _ = load_config(path)
+    model = SparseGPT(cfg)
+    state = load_tensors(path / "model.safetensors")
+    missing = sorted(set(model.state_dict()) - set(state))
+    extra = sorted(set(state) - set(model.state_dict()))
+    if missing or extra:
+        raise UserError(
+            f"{path / 'model.safetensors'}: does not match config.json "
+            f"(missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    for k, v in model.state_dict().items():
+        if state[k].shape != v.shape:
+            raise UserError(
+                f"{path / 'model.safetensors'}: {k} has shape {list(state[k].shape)}, "
+                f"config.json implies {list(v.shape)}"
+            )
+    model.load_state_dict(state)
+    tok_path = path / "tokenizer.json"
+    tokenizer = load_tokenizer(tok_path) if tok_path.exists() else None
+    return model.to(device).eval(), tokenizer
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written folder into place (the old one, if any, goes only after)."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,187 @@
+"""The `sparsecircuits` command: a thin layer over the Python API.
+
+Every user mistake becomes one line `error: ...` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _cmd_train(args) -> None:
+    from .checkpoint import load_config
+    from .config import resolve
+    from .train import train
+
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data={_json_list(args.data)}")
+    if args.ext:
+        overrides.append(f"data_ext={_json_list(args.ext.split(','))}")
+    if (
+        args.resume
+        and args.preset is None
+        and args.config is None
+        and (Path(args.out) / "config.json").exists()
+    ):
+        model_cfg, train_cfg = load_config(args.out)
+        if overrides:
+            raise UserError(
+                "--resume continues the saved config; drop --set/--data or give the full config again"
+            )
+    else:
+        model_cfg, train_cfg = resolve(args.preset or "quick", args.config, overrides)
+    out = train(
+        model_cfg,
+        train_cfg,
+        args.out,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(f"checkpoint: {out}  (model.safetensors, config.json, tokenizer.json)")
+    print(f"metrics:    {out / 'metrics.jsonl'}")
+
+
+def _json_list(items) -> str:
+    import json
+
+    return json.dumps([str(i) for i in items])
+
+
+def _cmd_eval(args) -> None:
+    from .checkpoint import load, load_config
+    from .corpus import prepare
+    from .sparsity import density_report
+    from .train import heldout_loss, pick_device
+
+    model, tok = load(args.model_dir, device=pick_device(args.device))
+    _, train_cfg = load_config(args.model_dir)
+    rows = density_report(model)
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'parameter':<{width}}  {'kind':<6}  {'nonzero':>10}  {'of':>10}  density")
+    for r in rows:
+        print(
+            f"{r['name']:<{width}}  {r['kind']:<6}  {r['nonzero']:>10,}  {r['numel']:>10,}  {r['density']:.4f}"
+        )
+    nz, total = model.num_params(nonzero=True), model.num_params()
+    print(f"total: {nz:,} nonzero of {total:,} parameters ({nz / total:.4f})")
+    if tok is None:
+        print("held-out loss: skipped (the checkpoint has no tokenizer.json)")
+        return
+    sources = args.data or (train_cfg.data if train_cfg else None)
+    heldout_frac = train_cfg.heldout_frac if train_cfg else 0.05
+    exts = train_cfg.data_ext if train_cfg else None
+    data = prepare(sources, model.cfg.vocab_size, heldout_frac, exts, tokenizer=tok)
+    loss = heldout_loss(model, data, args.batches, args.batch_size)
+    print(
+        f"held-out loss: {loss:.4f} nats/token ({args.batches} x {args.batch_size} windows of {model.cfg.n_ctx})"
+    )
+
+
+def _cmd_sample(args) -> None:
+    from .checkpoint import load
+    from .generate import generate
+    from .tokenizer import eot_id
+    from .train import pick_device
+
+    model, tok = load(args.model_dir, device=pick_device(args.device))
+    if tok is None:
+        raise UserError(f"{args.model_dir}: no tokenizer.json, so text cannot be sampled")
+    ids = tok.encode(args.prompt).ids
+    if not ids:
+        ids = [eot_id(tok)]
+    for i in range(args.n):
+        out = generate(
+            model,
+            ids,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            seed=args.seed + i,
+            stop_token=eot_id(tok),
+        )
+        if args.n > 1:
+            print(f"--- sample {i + 1}")
+        print(tok.decode(out))
+
+
+def _cmd_import(args) -> None:
+    from .importer import import_openai
+
+    out = import_openai(args.src, args.out, tokenizer=args.tokenizer, force=args.force)
+    print(f"imported {args.src} -> {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparsecircuits", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a dense or weight-sparse model")
+    t.add_argument("--preset", choices=None, help="smoke | quick | small | paper (default quick)")
+    t.add_argument("--config", help="JSON file of config keys (a run's config.json works too)")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
+    t.add_argument(
+        "--data",
+        nargs="+",
+        metavar="PATH",
+        help="folders/files of text (default: the Python standard library)",
+    )
+    t.add_argument(
+        "--ext",
+        help="comma list of extensions to read from --data folders (default: any text file)",
+    )
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="held-out loss and per-matrix density of a checkpoint")
+    e.add_argument("model_dir")
+    e.add_argument("--data", nargs="+", help="evaluate on other text (default: the run's corpus)")
+    e.add_argument("--batches", type=int, default=16)
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint")
+    s.add_argument("model_dir")
+    s.add_argument("--prompt", default="def ")
+    s.add_argument("--max-new-tokens", type=int, default=100)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-n", type=int, default=1, help="number of samples")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(fn=_cmd_sample)
+
+    i = sub.add_parser(
+        "import-openai",
+        help="convert a circuit_sparsity checkpoint (beeg_config.json + final_model.pt)",
+    )
+    i.add_argument("src")
+    i.add_argument("--out", required=True)
+    i.add_argument("--tokenizer", help="a tokenizer.json to store with the model")
+    i.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    i.set_defaults(fn=_cmd_import)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return 130
+    return 0

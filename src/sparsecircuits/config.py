@@ -1,0 +1,295 @@
+"""Model and training configuration: dataclasses that round-trip through JSON.
+
+Unknown keys are rejected with the file (or `--set`) they came from, so a typo never
+silently trains the wrong model. Presets are named starting points; `--set key=value`
+overrides any field of either dataclass (the two share no field names).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+
+from .errors import UserError, read_json
+
+# Where AbsTopK activation sparsity can act (names as in the reference checkpoint format).
+ACT_SITES = (
+    "attn_in",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_out",
+    "mlp_in",
+    "mlp_neuron",
+    "mlp_out",
+    "resid_post_attn",
+    "resid_post_mlp",
+)
+# The paper's choice: residual reads, q, k, v, MLP neurons and both sublayer outputs.
+DEFAULT_ACT_SITES = ACT_SITES[:8]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 2048
+    n_ctx: int = 128
+    d_model: int = 128
+    n_layer: int = 2
+    d_head: int = 16
+    n_head: int | None = None  # None -> d_model // d_head
+    d_mlp: int | None = None  # None -> 4 * d_model
+    norm: str = "rms"  # "rms" keeps zero a privileged value; "layer" for LayerNorm
+    norm_eps: float | None = None  # None -> RMSNorm: dtype epsilon, LayerNorm: 1e-5
+    ln_bias: bool = True  # LayerNorm only
+    bias: bool = True
+    act: str = "gelu"  # "gelu" | "relu"
+    resid_act: str = "identity"  # "identity" | "relu", applied to the residual after each sublayer
+    pos_emb: bool = False  # learned absolute positional embedding
+    sink: bool = True  # per-head attention sink: an always-visible key with a zero value
+    bigram_table: bool = True  # dense vocab x vocab table added to the logits
+    tied_unembed: bool = False
+    final_bias: bool = False  # a bias on the logits
+    afrac: float | None = 0.25  # AbsTopK keep fraction; None turns activation sparsity off
+    afrac_sites: list[str] = field(default_factory=lambda: list(DEFAULT_ACT_SITES))
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.n_head is None:
+            if self.d_model % self.d_head:
+                raise UserError(
+                    f"d_model={self.d_model} is not a multiple of d_head={self.d_head}; set n_head"
+                )
+            self.n_head = self.d_model // self.d_head
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        if isinstance(self.afrac_sites, str):
+            self.afrac_sites = [s for s in self.afrac_sites.split(",") if s]
+        self.afrac_sites = list(self.afrac_sites)
+        _check_choice("norm", self.norm, ("rms", "layer"))
+        _check_choice("act", self.act, ("gelu", "relu"))
+        _check_choice("resid_act", self.resid_act, ("identity", "relu"))
+        for s in self.afrac_sites:
+            _check_choice("afrac_sites entry", s, ACT_SITES)
+        if self.afrac is not None and not 0 < self.afrac <= 1:
+            raise UserError(f"afrac must be in (0, 1] or null, got {self.afrac}")
+        for name in ("vocab_size", "n_ctx", "d_model", "n_layer", "d_head", "n_head", "d_mlp"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    def has_act_sparsity(self, site: str) -> bool:
+        return self.afrac is not None and self.afrac < 1 and site in self.afrac_sites
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+    warmup_frac: float = 0.01
+    lr_final_frac: float = 0.0  # learning rate at the last step, as a fraction of lr
+    # Weight sparsity: target fraction of nonzero entries per weight matrix (1.0 = dense).
+    density: float = 1.0
+    embed_density: float | None = None  # embedding/unembedding; None -> sqrt(density)
+    bias_density: float | None = None  # biases; None -> sqrt(density)
+    min_per_neuron: int = 4  # nonzeros every output neuron keeps, so none dies
+    anneal_frac: float = 0.5  # density goes linearly 1.0 -> target over this part of training
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 0.1
+    grad_clip_rms: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 8
+    checkpoint_every: int = 200  # resumable checkpoint (only the newest is kept)
+    save_every: int = 0  # also keep a model snapshot every N steps (0 = never)
+    data: list[str] | None = None  # files/folders of text; None -> the Python standard library
+    data_ext: list[str] | None = (
+        None  # extensions to read from folders; None -> .py for the default corpus, any text file otherwise
+    )
+    heldout_frac: float = 0.05
+
+    def __post_init__(self):
+        for name in ("density", "embed_density", "bias_density"):
+            v = getattr(self, name)
+            if v is not None and not (0 < v <= 1):
+                raise UserError(f"{name} must be in (0, 1], got {v}")
+        for name in ("steps", "batch_size", "eval_batches", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0 <= self.anneal_frac <= 1:
+            raise UserError(f"anneal_frac must be in [0, 1], got {self.anneal_frac}")
+        if not 0 < self.heldout_frac < 1:
+            raise UserError(f"heldout_frac must be in (0, 1), got {self.heldout_frac}")
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.data_ext, str):
+            self.data_ext = [e for e in self.data_ext.split(",") if e]
+
+    @property
+    def embed_density_target(self) -> float:
+        return self.embed_density if self.embed_density is not None else math.sqrt(self.density)
+
+    @property
+    def bias_density_target(self) -> float:
+        return self.bias_density if self.bias_density is not None else math.sqrt(self.density)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+MODEL_KEYS = {f.name for f in fields(ModelConfig)}
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
+assert not MODEL_KEYS & TRAIN_KEYS, "a key must name one field only"
+
+# Presets train weight-sparse models; `--set density=1.0` gives the dense twin.
+PRESETS: dict[str, dict[str, dict]] = {
+    # A test-sized model: well under a minute on 2 cores.
+    "smoke": {
+        "model": dict(vocab_size=512, n_ctx=32, d_model=32, n_layer=1),
+        "train": dict(
+            steps=40,
+            batch_size=8,
+            lr=1e-2,
+            density=0.25,
+            eval_every=20,
+            eval_batches=2,
+            checkpoint_every=20,
+        ),
+    },
+    # About 5 minutes on 2 CPU cores.
+    "quick": {
+        "model": dict(vocab_size=2048, n_ctx=128, d_model=128, n_layer=2),
+        "train": dict(
+            steps=1200, batch_size=32, lr=1e-2, density=0.125, eval_every=100, checkpoint_every=200
+        ),
+    },
+    # About 30 minutes on 2 CPU cores.
+    "small": {
+        "model": dict(vocab_size=2048, n_ctx=256, d_model=256, n_layer=4),
+        "train": dict(
+            steps=3000, batch_size=32, lr=5e-3, density=1 / 16, eval_every=200, checkpoint_every=250
+        ),
+    },
+    # The paper's shape, for a GPU.
+    "paper": {
+        "model": dict(vocab_size=2048, n_ctx=256, d_model=2048, n_layer=8),
+        "train": dict(
+            steps=100_000,
+            batch_size=64,
+            lr=1.28e-2,
+            density=1 / 64,
+            anneal_frac=0.5,
+            eval_every=1000,
+            checkpoint_every=1000,
+            save_every=10_000,
+        ),
+    },
+}
+
+
+def parse_value(text: str):
+    """`--set` values: JSON where it parses (numbers, true, null, lists), `a/b` as a
+    fraction, a comma list for list fields, else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "/" in text:
+        num, _, den = text.partition("/")
+        try:
+            return float(num) / float(den)
+        except (ValueError, ZeroDivisionError):
+            pass
+    return text
+
+
+def _split_flat(d: dict, source: str) -> tuple[dict, dict]:
+    model, train = {}, {}
+    for k, v in d.items():
+        if k in MODEL_KEYS:
+            model[k] = v
+        elif k in TRAIN_KEYS:
+            train[k] = v
+        else:
+            raise UserError(f"{source}: unknown config key {k!r}")
+    return model, train
+
+
+def _normalize(d: dict, source: str) -> tuple[dict, dict]:
+    """Accept {"model": {...}, "train": {...}} (what a run writes) or one flat mapping."""
+    d = {k: v for k, v in d.items() if k != "version"}
+    if set(d) <= {"model", "train"} and d:
+        model, train = dict(d.get("model", {})), dict(d.get("train", {}))
+        for k in model:
+            if k not in MODEL_KEYS:
+                raise UserError(f"{source}: unknown model config key {k!r}")
+        for k in train:
+            if k not in TRAIN_KEYS:
+                raise UserError(f"{source}: unknown train config key {k!r}")
+        return model, train
+    return _split_flat(d, source)
+
+
+def _build(cls, values: dict, source: str):
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise UserError(f"{source}: {e}") from None
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def resolve(
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | dict | None = None,
+) -> tuple[ModelConfig, TrainConfig]:
+    """Preset, then config file, then `key=value` overrides, later ones winning."""
+    model: dict = {}
+    train: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        model.update(PRESETS[preset]["model"])
+        train.update(PRESETS[preset]["train"])
+    if config_file is not None:
+        m, t = _normalize(read_json(config_file), config_file)
+        model.update(m)
+        train.update(t)
+    if overrides:
+        if isinstance(overrides, dict):
+            flat = dict(overrides)
+        else:
+            flat = {}
+            for item in overrides:
+                key, eq, value = item.partition("=")
+                if not eq:
+                    raise UserError(f"--set {item!r}: expected key=value")
+                flat[key.strip()] = parse_value(value.strip())
+        m, t = _split_flat(flat, "--set")
+        model.update(m)
+        train.update(t)
+    return _build(ModelConfig, model, "model config"), _build(TrainConfig, train, "train config")
+
+
+def config_to_dict(model: ModelConfig, train: TrainConfig | None = None) -> dict:
+    d = {"version": 1, "model": dataclasses.asdict(model)}
+    if train is not None:
+        d["train"] = dataclasses.asdict(train)
+    return d
+
+
+def load_config_file(path) -> tuple[ModelConfig, TrainConfig | None]:
+    """Read a run's config.json back into dataclasses."""
+    d = read_json(path)
+    if "model" not in d:
+        raise UserError(f"{path}: no 'model' section")
+    m, t = _normalize(d, str(path))
+    return _build(ModelConfig, m, str(path)), (
+        _build(TrainConfig, t, str(path)) if "train" in d else None
+    )

@@ -1,0 +1,229 @@
+"""A small GPT decoder for circuit research, readable top to bottom.
+
+    x = embed(tokens) [+ pos_embed]
+    for each block:
+        x = x + attn(ln1(x))        # causal attention, optional per-head sink
+        x = x + mlp(ln2(x))         # GELU or ReLU MLP
+    logits = unembed(ln_final(x)) [+ logit_bias] [+ bigram[tokens]]
+
+Two ideas from Gao et al. (2025) live here; weight sparsity lives in `sparsity.py`:
+- AbsTopK activation sparsity: at chosen sites keep the k = int(afrac * width) entries of
+  largest magnitude and zero the rest (q, k, v over their full width, before the head split).
+- An attention sink and a dense bigram table, which absorb work that would otherwise cost
+  circuit edges.
+
+Hook points carry TransformerLens names (`blocks.0.attn.hook_q`, `blocks.1.mlp.hook_post`,
+...). Each hook sees the activation *after* AbsTopK, i.e. exactly what the next layer reads,
+so replacing it (a mask, a mean ablation) changes the model as one would expect.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .hooks import HookedModule, HookPoint
+
+
+def abs_topk(x: torch.Tensor, frac: float) -> torch.Tensor:
+    """Keep the int(frac * width) largest-|x| entries along the last axis, zero the rest."""
+    k = max(1, int(frac * x.shape[-1]))
+    if k >= x.shape[-1]:
+        return x
+    idx = x.abs().topk(k, dim=-1, sorted=False).indices
+    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
+
+
+class ActSparsity(nn.Module):
+    """AbsTopK at one named site, or the identity where the config leaves the site dense."""
+
+    def __init__(self, cfg: ModelConfig, site: str):
+        super().__init__()
+        self.site = site
+        self.frac = cfg.afrac if cfg.has_act_sparsity(site) else None
+
+    def forward(self, x):
+        return x if self.frac is None else abs_topk(x, self.frac)
+
+    def extra_repr(self):
+        return f"{self.site}, frac={self.frac}"
+
+
+class Norm(nn.Module):
+    """RMSNorm (default) or LayerNorm, then optional AbsTopK; `hook_normalized` sees the result."""
+
+    def __init__(self, cfg: ModelConfig, sparsity_site: str | None = None):
+        super().__init__()
+        self.kind = cfg.norm
+        self.eps = cfg.norm_eps if cfg.norm_eps is not None or cfg.norm == "rms" else 1e-5
+        self.w = nn.Parameter(torch.ones(cfg.d_model))
+        self.b = (
+            nn.Parameter(torch.zeros(cfg.d_model)) if cfg.norm == "layer" and cfg.ln_bias else None
+        )
+        self.sparsify = ActSparsity(cfg, sparsity_site) if sparsity_site else nn.Identity()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x):
+        if self.kind == "rms":
+            x = F.rms_norm(x, (x.shape[-1],), self.w, self.eps)
+        else:
+            x = F.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps)
+        return self.hook_normalized(self.sparsify(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.d_head = cfg.n_head, cfg.d_head
+        width = cfg.n_head * cfg.d_head
+        self.q_proj = nn.Linear(cfg.d_model, width, bias=cfg.bias)
+        self.k_proj = nn.Linear(cfg.d_model, width, bias=cfg.bias)
+        self.v_proj = nn.Linear(cfg.d_model, width, bias=cfg.bias)
+        self.o_proj = nn.Linear(width, cfg.d_model, bias=cfg.bias)
+        # The sink: one extra key per head with a learned logit and a zero value vector, so a
+        # head can attend "nowhere" instead of spreading attention over irrelevant tokens.
+        self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.sink else None
+        self.sparse_q = ActSparsity(cfg, "attn_q")
+        self.sparse_k = ActSparsity(cfg, "attn_k")
+        self.sparse_v = ActSparsity(cfg, "attn_v")
+        self.sparse_out = ActSparsity(cfg, "attn_out")
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_attn_scores = HookPoint()  # [batch, head, query, key], causally masked
+        self.hook_pattern = HookPoint()  # [batch, head, query, key]; rows sum to 1 - sink share
+        self.hook_sink = HookPoint()  # [batch, head, query]: attention paid to the sink
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        heads = (B, T, self.n_head, self.d_head)
+        q = self.hook_q(self.sparse_q(self.q_proj(x)).view(heads))
+        k = self.hook_k(self.sparse_k(self.k_proj(x)).view(heads))
+        v = self.hook_v(self.sparse_v(self.v_proj(x)).view(heads))
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        scores = self.hook_attn_scores(scores.masked_fill(causal, float("-inf")))
+        if self.sink_logit is not None:
+            sink = self.sink_logit.view(1, -1, 1, 1).expand(B, -1, T, 1)
+            probs = torch.cat([scores, sink], dim=-1).softmax(dim=-1)
+            pattern, sink_share = probs[..., :T], probs[..., T]
+        else:
+            pattern = scores.softmax(dim=-1)
+            sink_share = torch.zeros_like(pattern[..., 0])
+        self.hook_sink(sink_share)
+        pattern = self.hook_pattern(pattern)
+        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
+        return self.sparse_out(self.o_proj(z.reshape(B, T, -1)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+        self.act = nn.GELU() if cfg.act == "gelu" else nn.ReLU()
+        self.sparse_neuron = ActSparsity(cfg, "mlp_neuron")
+        self.sparse_out = ActSparsity(cfg, "mlp_out")
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp], before the nonlinearity
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]: the neurons
+
+    def forward(self, x):
+        post = self.hook_post(self.sparse_neuron(self.act(self.hook_pre(self.fc_in(x)))))
+        return self.sparse_out(self.fc_out(post))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = Norm(cfg, "attn_in")
+        self.attn = Attention(cfg)
+        self.ln2 = Norm(cfg, "mlp_in")
+        self.mlp = MLP(cfg)
+        self.resid_act = nn.ReLU() if cfg.resid_act == "relu" else nn.Identity()
+        self.sparse_resid_mid = ActSparsity(cfg, "resid_post_attn")
+        self.sparse_resid_post = ActSparsity(cfg, "resid_post_mlp")
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x):
+        resid_pre = self.hook_resid_pre(x)
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre)))
+        resid_mid = self.hook_resid_mid(self.sparse_resid_mid(self.resid_act(resid_pre + attn_out)))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        return self.hook_resid_post(self.sparse_resid_post(self.resid_act(resid_mid + mlp_out)))
+
+
+class SparseGPT(HookedModule):
+    """The model. `model(tokens)` -> logits [batch, pos, vocab], as in TransformerLens."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.pos_emb else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_final = Norm(cfg)
+        self.unembed = (
+            None if cfg.tied_unembed else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        )
+        self.logit_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.final_bias else None
+        # Dense bigram logits indexed by the current token: cheap statistics that the sparse
+        # network then need not spend circuits on.
+        self.bigram = (
+            nn.Parameter(torch.zeros(cfg.vocab_size, cfg.vocab_size)) if cfg.bigram_table else None
+        )
+        self.hook_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
+        self.reset_parameters()
+        self.setup_hooks()
+
+    def reset_parameters(self):
+        std = self.cfg.init_std
+        # Output projections write into the residual stream once per layer: scale them down.
+        out_std = std / math.sqrt(2 * self.cfg.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "fc_out.weight")):
+                nn.init.normal_(p, 0.0, out_std)
+            elif name.endswith("weight") and p.dim() == 2:
+                nn.init.normal_(p, 0.0, std)
+            elif name.endswith(".w"):
+                nn.init.ones_(p)
+            else:  # biases, norm offsets, sink logits, bigram table
+                nn.init.zeros_(p)
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """Unembedding as [vocab, d_model] (the embedding itself when tied)."""
+        return self.embed.weight if self.unembed is None else self.unembed.weight
+
+    def forward(self, tokens: torch.Tensor, return_type: str = "logits"):
+        """tokens [batch, pos] -> logits; return_type "loss" gives the mean next-token
+        cross-entropy, "both" gives (logits, loss)."""
+        if tokens.shape[-1] > self.cfg.n_ctx and self.pos_embed is not None:
+            raise ValueError(
+                f"sequence of {tokens.shape[-1]} tokens exceeds n_ctx={self.cfg.n_ctx}"
+            )
+        x = self.hook_embed(self.embed(tokens))
+        if self.pos_embed is not None:
+            pos = torch.arange(tokens.shape[-1], device=tokens.device)
+            x = x + self.hook_pos_embed(self.pos_embed(pos))
+        for block in self.blocks:
+            x = block(x)
+        logits = F.linear(self.ln_final(x), self.W_U, self.logit_bias)
+        if self.bigram is not None:
+            logits = logits + self.bigram[tokens]
+        if return_type == "logits":
+            return logits
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+        return loss if return_type == "loss" else (logits, loss)
+
+    def num_params(self, nonzero: bool = False) -> int:
+        return sum(int((p != 0).sum()) if nonzero else p.numel() for p in self.parameters())

@@ -1,0 +1,312 @@
+"""Training: dense or weight-sparse, on one process or data-parallel under torchrun.
+
+Every step is a pure function of (config, seed, step): batches come from a generator seeded
+by the step, so `--resume` after a kill reproduces the uninterrupted run, and N data-parallel
+ranks reproduce one process with the same global batch.
+
+Layout of a run folder:
+    config.json  tokenizer.json  model.safetensors   the checkpoint (`sparsecircuits.load`)
+    metrics.jsonl                                    one row per step, held-out loss on eval steps
+    checkpoints/resume/                              newest resumable state (+ optimizer)
+    checkpoints/step_0000500/                        snapshots every `save_every` steps
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .checkpoint import load_tensors, replace_dir, save_checkpoint, save_tensors
+from .config import ModelConfig, TrainConfig, config_to_dict
+from .corpus import TokenData, describe, prepare
+from .errors import UserError, read_json, write_json_atomic, write_text_atomic
+from .model import SparseGPT
+from .sparsity import WeightSparsifier, param_kind
+
+EVAL_SEED = 987_654  # held-out windows are the same for every run, whatever its seed
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def lr_at(step: int, cfg: TrainConfig, density: float) -> float:
+    """Warmup, linear decay, times 1/sqrt(current density): without that factor the
+    annealed sparse model stops learning as its weights thin out."""
+    warmup = max(1, round(cfg.warmup_frac * cfg.steps))
+    if step < warmup:
+        frac = (step + 1) / warmup
+    else:
+        t = (step - warmup) / max(1, cfg.steps - 1 - warmup)
+        frac = 1.0 - (1.0 - cfg.lr_final_frac) * t
+    return cfg.lr * frac / math.sqrt(density)
+
+
+def make_optimizer(model: SparseGPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        # The bigram table, norms and sinks stay dense and undecayed.
+        (no_decay if param_kind(name) == "dense" else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def clip_grad_rms(params: list[torch.nn.Parameter], max_rms: float) -> float:
+    """Scale gradients so their root-mean-square over all entries is at most `max_rms`."""
+    grads = [p.grad for p in params if p.grad is not None]
+    n = sum(g.numel() for g in grads)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_rms * math.sqrt(n))
+    return float(norm) / math.sqrt(n)
+
+
+@torch.no_grad()
+def heldout_loss(model: SparseGPT, data: TokenData, batches: int, batch_size: int) -> float:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    losses = [
+        float(
+            model(
+                data.batch("heldout", batch_size, model.cfg.n_ctx, EVAL_SEED, i).to(device), "loss"
+            )
+        )
+        for i in range(batches)
+    ]
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+# --- resumable state -------------------------------------------------------------------
+
+
+def _save_resume(out: Path, model, opt, step: int, tokens: int, cfg: dict) -> None:
+    tmp = out / "checkpoints" / ".resume.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_tensors(model.state_dict(), tmp / "model.safetensors")
+    sd = opt.state_dict()
+    save_tensors(
+        {f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()},
+        tmp / "optimizer.safetensors",
+    )
+    write_json_atomic(
+        tmp / "state.json",
+        {
+            "step": step,
+            "tokens": tokens,
+            "config": cfg,
+            "param_groups": sd["param_groups"],
+        },
+    )
+    replace_dir(tmp, out / "checkpoints" / "resume")
+
+
+def _find_resume(out: Path) -> Path | None:
+    for name in ("resume", "resume.old"):  # .old survives a kill in the middle of replace_dir
+        d = out / "checkpoints" / name
+        if (d / "state.json").is_file():
+            return d
+    return None
+
+
+def _load_resume(d: Path, model, opt) -> dict:
+    state = read_json(d / "state.json")
+    model.load_state_dict(load_tensors(d / "model.safetensors"))
+    flat = load_tensors(d / "optimizer.safetensors")
+    opt_state: dict[int, dict] = {}
+    for key, v in flat.items():
+        i, k = key.split(".", 1)
+        opt_state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    return state
+
+
+def _snapshot(out: Path, model, tokenizer, step: int) -> None:
+    final = out / "checkpoints" / f"step_{step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(tmp, model, tokenizer)
+    replace_dir(tmp, final)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows written after the checkpoint we resume from (they will be recomputed)."""
+    if not path.exists():
+        return
+    keep = [
+        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
+    ]
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+# --- the loop --------------------------------------------------------------------------
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train a model into `out` and return that folder. Safe to call again with
+    resume=True after an interruption: it continues from the newest checkpoint."""
+    out = Path(out)
+    rank, world = _dist_info()
+    if world > 1 and torch.cuda.is_available() and device in (None, "auto"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    device = pick_device(device)
+    cfg_dict = config_to_dict(model_cfg, train_cfg)
+    if (out / "config.json").exists():
+        if not resume:
+            raise UserError(
+                f"{out}: already holds a run; pass --resume to continue it, or pick another --out"
+            )
+        saved = read_json(out / "config.json")
+        if saved != cfg_dict:
+            diff = sorted(
+                f"{sec}.{k}"
+                for sec in ("model", "train")
+                for k in set(saved.get(sec, {})) | set(cfg_dict[sec])
+                if saved.get(sec, {}).get(k) != cfg_dict[sec].get(k)
+            )
+            raise UserError(
+                f"{out / 'config.json'}: --resume with a different config ({', '.join(diff)})"
+            )
+    if train_cfg.batch_size % world:
+        raise UserError(f"batch_size={train_cfg.batch_size} is not divisible by {world} processes")
+
+    # Rank 0 builds the tokenizer and token cache; the others then find it cached.
+    if rank == 0:
+        data = prepare(
+            train_cfg.data, model_cfg.vocab_size, train_cfg.heldout_frac, train_cfg.data_ext
+        )
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        data = prepare(
+            train_cfg.data, model_cfg.vocab_size, train_cfg.heldout_frac, train_cfg.data_ext
+        )
+    if data.tokenizer.get_vocab_size() != model_cfg.vocab_size:
+        raise UserError(
+            f"the corpus yields only {data.tokenizer.get_vocab_size()} tokens, fewer than "
+            f"vocab_size={model_cfg.vocab_size}; lower vocab_size or add text"
+        )
+
+    torch.manual_seed(train_cfg.seed)
+    model = SparseGPT(model_cfg).to(device)
+    sparsifier = WeightSparsifier(model, train_cfg)
+    sparsifier.apply(0)  # anneal_frac=0 means sparse from the first step
+    opt = make_optimizer(model, train_cfg)
+    start, tokens = 0, 0
+    metrics_path = out / "metrics.jsonl"
+    resume_dir = _find_resume(out) if resume else None
+    if resume_dir is not None:
+        state = _load_resume(resume_dir, model, opt)
+        start, tokens = state["step"], state["tokens"]
+        if rank == 0:
+            _truncate_metrics(metrics_path, start)
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path.unlink(missing_ok=True)
+        save_checkpoint(out, model, data.tokenizer, train_cfg)
+        if train_cfg.save_every:
+            _snapshot(out, model, data.tokenizer, 0)
+
+    ddp = (
+        torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+        if world > 1
+        else model
+    )
+    params = list(model.parameters())
+    local_bs = train_cfg.batch_size // world
+    n_ctx = model_cfg.n_ctx
+    is_main = rank == 0
+    if is_main and progress:
+        tqdm.write(
+            f"data: {describe(data)}; model: {model.num_params():,} parameters; device: {device}"
+        )
+    bar = tqdm(
+        total=train_cfg.steps,
+        initial=start,
+        disable=not (is_main and progress),
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    log = open(metrics_path, "a") if is_main else nullcontext()  # noqa: SIM115
+    t_last = time.perf_counter()
+    with log:
+        for step in range(start, train_cfg.steps):
+            density = sparsifier.density_scale(step)
+            lr = lr_at(step, train_cfg, density)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = data.batch("train", train_cfg.batch_size, n_ctx, train_cfg.seed, step)
+            batch = batch[rank * local_bs : (rank + 1) * local_bs].to(device)
+            loss = ddp(batch, return_type="loss")
+            loss.backward()
+            grad_rms = clip_grad_rms(params, train_cfg.grad_clip_rms)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sparsifier.apply(step + 1)
+            tokens += train_cfg.batch_size * n_ctx
+            done = step + 1
+            loss_value = loss.detach()
+            if world > 1:
+                dist.all_reduce(loss_value)
+                loss_value /= world
+            if not is_main:
+                continue
+            now = time.perf_counter()
+            row = {
+                "step": done,
+                "tokens": tokens,
+                "train_loss": round(float(loss_value), 5),
+                "lr": lr,
+                "density": sparsifier.density_scale(done),
+                "grad_rms": round(grad_rms, 5),
+                "tokens_per_s": round(train_cfg.batch_size * n_ctx / max(now - t_last, 1e-9)),
+            }
+            t_last = now
+            if done % train_cfg.eval_every == 0 or done == train_cfg.steps:
+                row["heldout_loss"] = round(
+                    heldout_loss(model, data, train_cfg.eval_batches, train_cfg.batch_size), 5
+                )
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=row["tokens_per_s"])
+            if train_cfg.save_every and done % train_cfg.save_every == 0:
+                _snapshot(out, model, data.tokenizer, done)
+            if done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps:
+                _save_resume(out, model, opt, done, tokens, cfg_dict)
+                save_checkpoint(out, model, None, train_cfg)
+    bar.close()
+    if world > 1:
+        dist.barrier()
+    return out
