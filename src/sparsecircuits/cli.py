@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=None, help="smoke | quick | small | paper (default quick)")
     t.add_argument("--config", help="JSON file of config keys (a run's config.json works too)")
     t.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+        "--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override config keys"
     )
     t.add_argument(
         "--data",

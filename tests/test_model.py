@@ -1,0 +1,219 @@
+import pytest
+import torch
+
+from sparsecircuits.config import ACT_SITES, ModelConfig
+from sparsecircuits.model import SparseGPT, abs_topk
+
+TL_NAMES = [
+    "hook_embed",
+    "blocks.{l}.hook_resid_pre",
+    "blocks.{l}.hook_resid_mid",
+    "blocks.{l}.hook_resid_post",
+    "blocks.{l}.ln1.hook_normalized",
+    "blocks.{l}.ln2.hook_normalized",
+    "blocks.{l}.attn.hook_q",
+    "blocks.{l}.attn.hook_k",
+    "blocks.{l}.attn.hook_v",
+    "blocks.{l}.attn.hook_attn_scores",
+    "blocks.{l}.attn.hook_pattern",
+    "blocks.{l}.attn.hook_z",
+    "blocks.{l}.hook_attn_out",
+    "blocks.{l}.mlp.hook_pre",
+    "blocks.{l}.mlp.hook_post",
+    "blocks.{l}.hook_mlp_out",
+    "ln_final.hook_normalized",
+]
+
+
+def small(**kw) -> SparseGPT:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=61, n_ctx=12, d_model=32, n_layer=2)
+    cfg.update(kw)
+    model = SparseGPT(ModelConfig(**cfg))
+    with torch.no_grad():  # a trained-looking model: zero-initialised parts would hide bugs
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def tokens(n=2, t=10, vocab=61):
+    return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(1))
+
+
+def test_forward_shapes_and_loss():
+    model = small()
+    logits = model(tokens())
+    assert logits.shape == (2, 10, 61)
+    logits2, loss = model(tokens(), return_type="both")
+    assert torch.equal(logits, logits2)
+    assert loss.ndim == 0 and loss > 0
+
+
+def test_transformerlens_hook_names_and_shapes():
+    model = small()
+    names = set(model.hook_names())
+    for layer in range(2):
+        for n in TL_NAMES:
+            assert n.format(l=layer) in names
+    _, cache = model.run_with_cache(tokens())
+    assert cache["blocks.0.attn.hook_q"].shape == (2, 10, 2, 16)
+    assert cache["blocks.1.attn.hook_pattern"].shape == (2, 2, 10, 10)
+    assert cache["blocks.0.mlp.hook_post"].shape == (2, 10, 128)
+    assert cache["blocks.0.hook_resid_post"].shape == (2, 10, 32)
+    # the residual stream adds up
+    b0 = "blocks.0."
+    assert torch.allclose(cache[b0 + "hook_resid_pre"] + cache[b0 + "hook_attn_out"], cache[b0 + "hook_resid_mid"])
+    assert torch.allclose(cache[b0 + "hook_resid_mid"] + cache[b0 + "hook_mlp_out"], cache[b0 + "hook_resid_post"])
+    assert torch.equal(cache[b0 + "hook_resid_post"], cache["blocks.1.hook_resid_pre"])
+
+
+def test_names_filter_forms():
+    model = small()
+    _, c = model.run_with_cache(tokens(), names_filter="blocks.0.attn.hook_v")
+    assert list(c) == ["blocks.0.attn.hook_v"]
+    _, c = model.run_with_cache(tokens(), names_filter=lambda n: n.endswith("hook_z"))
+    assert sorted(c) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
+    _, c = model.run_with_cache(tokens(), names_filter=["hook_embed", "ln_final.hook_normalized"])
+    assert len(c) == 2
+
+
+def test_hook_replacement_changes_output_and_hooks_are_removed():
+    model = small()
+    x = tokens()
+    clean = model(x)
+
+    def kill_channel(act, hook):
+        act = act.clone()
+        act[..., 0, :] = 0  # head 0 of q
+        return act
+
+    patched = model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_q", kill_channel)])
+    assert not torch.allclose(clean, patched)
+    assert torch.equal(model(x), clean)  # hooks gone after the call
+    assert all(not h._forward_hooks for h in model.hook_dict.values())
+
+
+def test_hooks_removed_even_when_the_hook_raises():
+    model = small()
+
+    def boom(act, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        model.run_with_hooks(tokens(), fwd_hooks=[("hook_embed", boom)])
+    assert all(not h._forward_hooks for h in model.hook_dict.values())
+
+
+def test_unknown_hook_name_is_reported():
+    with pytest.raises(KeyError, match="no hook point named"):
+        small().run_with_hooks(tokens(), fwd_hooks=[("blocks.9.hook_q", lambda a, h: a)])
+
+
+@pytest.mark.parametrize(
+    "hook, axis_size",
+    [
+        ("blocks.0.ln1.hook_normalized", 32),  # residual read into attention
+        ("blocks.0.ln2.hook_normalized", 32),  # residual read into the MLP
+        ("blocks.0.attn.hook_k", 32),  # k channels, as [head, d_head]
+        ("blocks.0.mlp.hook_post", 128),  # MLP neurons
+        ("blocks.0.hook_attn_out", 32),  # residual write
+        ("blocks.0.hook_mlp_out", 32),
+    ],
+)
+def test_every_node_site_is_reachable_channel_by_channel(hook, axis_size):
+    model = small(afrac=None)
+    x = tokens()
+    clean = model(x)
+    _, cache = model.run_with_cache(x, names_filter=hook)
+    act = cache[hook]
+    assert act.flatten(2).shape[-1] == axis_size
+
+    def ablate_one(a, h):
+        flat = a.flatten(2).clone()
+        flat[..., 3] = 0
+        return flat.view_as(a)
+
+    assert not torch.allclose(model.run_with_hooks(x, fwd_hooks=[(hook, ablate_one)]), clean)
+
+
+def test_abs_topk_keeps_largest_magnitudes():
+    x = torch.tensor([[0.1, -3.0, 2.0, 0.5, -0.2, 1.0, 0.0, -4.0]])
+    y = abs_topk(x, 0.25)
+    assert torch.equal(y, torch.tensor([[0, -3.0, 0, 0, 0, 0, 0, -4.0]]))
+
+
+@pytest.mark.parametrize("site", ACT_SITES)
+def test_act_sparsity_at_each_site(site):
+    model = small(afrac=0.25, afrac_sites=[site])
+    _, cache = model.run_with_cache(tokens())
+    where = {
+        "attn_in": ("blocks.0.ln1.hook_normalized", 32),
+        "attn_q": ("blocks.0.attn.hook_q", 32),
+        "attn_k": ("blocks.0.attn.hook_k", 32),
+        "attn_v": ("blocks.0.attn.hook_v", 32),
+        "attn_out": ("blocks.0.hook_attn_out", 32),
+        "mlp_in": ("blocks.0.ln2.hook_normalized", 32),
+        "mlp_neuron": ("blocks.0.mlp.hook_post", 128),
+        "mlp_out": ("blocks.0.hook_mlp_out", 32),
+        "resid_post_attn": ("blocks.0.hook_resid_mid", 32),
+        "resid_post_mlp": ("blocks.0.hook_resid_post", 32),
+    }
+    name, width = where[site]
+    nonzero = (cache[name].flatten(2) != 0).sum(-1)
+    assert (nonzero <= width // 4).all()
+    # and a site not listed stays dense
+    other = "blocks.0.mlp.hook_pre"
+    assert ((cache[other] != 0).sum(-1) > 32).all()
+
+
+def test_attention_is_causal_and_sink_takes_the_rest():
+    model = small(sink=True)
+    x = tokens()
+    _, cache = model.run_with_cache(x)
+    pattern, sink = cache["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.hook_sink"]
+    assert torch.all(pattern.triu(1) == 0)
+    assert torch.allclose(pattern.sum(-1) + sink, torch.ones_like(sink))
+    assert (sink > 0).all()
+    # future tokens do not affect earlier logits
+    y = x.clone()
+    y[:, -1] = (y[:, -1] + 1) % 61
+    assert torch.allclose(model(x)[:, :-1], model(y)[:, :-1], atol=1e-6)
+
+
+def test_no_sink_pattern_rows_sum_to_one():
+    _, cache = small(sink=False).run_with_cache(tokens())
+    p = cache["blocks.1.attn.hook_pattern"]
+    assert torch.allclose(p.sum(-1), torch.ones_like(p[..., 0]))
+
+
+def test_bigram_table_adds_the_current_tokens_row():
+    model = small(bigram_table=True)
+    x = tokens()
+    with_table = model(x)
+    with torch.no_grad():
+        delta = model.bigram[x]
+        model.bigram.zero_()
+    assert torch.allclose(with_table, model(x) + delta, atol=1e-5)
+
+
+def test_tied_unembedding_uses_the_embedding():
+    model = small(tied_unembed=True)
+    assert model.unembed is None and model.W_U is model.embed.weight
+    names = [n for n, _ in model.named_parameters()]
+    assert "unembed.weight" not in names
+
+
+def test_options_change_the_computation():
+    x = tokens()
+    base = small()(x)
+    for kw in [dict(norm="layer"), dict(act="relu"), dict(resid_act="relu"), dict(pos_emb=True),
+               dict(bias=False), dict(final_bias=True)]:
+        assert small(**kw)(x).shape == base.shape
+
+
+def test_init_follows_the_recipe():
+    torch.manual_seed(0)
+    model = SparseGPT(ModelConfig(vocab_size=500, d_model=128, n_layer=4))
+    assert model.blocks[0].attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].mlp.fc_out.weight.std().item() == pytest.approx(0.02 / 8 ** 0.5, rel=0.05)
+    assert torch.all(model.bigram == 0) and torch.all(model.blocks[0].ln1.w == 1)
