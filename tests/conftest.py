@@ -10,8 +10,28 @@ import pytest
 
 from sparsecircuits.config import resolve
 
-WORDS = ["value", "count", "items", "name", "result", "total", "index", "data", "key", "node",
-         "path", "line", "text", "size", "left", "right", "parent", "child", "buffer", "token"]
+WORDS = [
+    "value",
+    "count",
+    "items",
+    "name",
+    "result",
+    "total",
+    "index",
+    "data",
+    "key",
+    "node",
+    "path",
+    "line",
+    "text",
+    "size",
+    "left",
+    "right",
+    "parent",
+    "child",
+    "buffer",
+    "token",
+]
 
 
 def make_source(rng: random.Random, n_funcs: int = 12) -> str:
@@ -52,7 +72,17 @@ def corpus_dir(tmp_path_factory) -> Path:
 
 def tiny_configs(corpus: Path, **overrides):
     """The smoke preset shrunk further, on the test corpus."""
-    sets = dict(vocab_size=300, n_ctx=16, d_model=32, n_layer=2, steps=12, batch_size=4,
-                eval_every=6, eval_batches=1, checkpoint_every=4, data=[str(corpus)])
+    sets = dict(
+        vocab_size=300,
+        n_ctx=16,
+        d_model=32,
+        n_layer=2,
+        steps=12,
+        batch_size=4,
+        eval_every=6,
+        eval_batches=1,
+        checkpoint_every=4,
+        data=[str(corpus)],
+    )
     sets.update(overrides)
     return resolve("smoke", None, sets)

@@ -23,7 +23,7 @@ def test_presets_resolve_and_are_weight_sparse():
 
 
 def test_set_overrides_both_sections_and_parses_values():
-    m, t = resolve("smoke", None, ["density=1/64", "d_model=48", "afrac=null", "data=[\"x\"]"])
+    m, t = resolve("smoke", None, ["density=1/64", "d_model=48", "afrac=null", 'data=["x"]'])
     assert t.density == pytest.approx(1 / 64)
     assert m.d_model == 48 and m.afrac is None and t.data == ["x"]
     assert parse_value("true") is True and parse_value("abc") == "abc"

@@ -62,8 +62,12 @@ def test_transformerlens_hook_names_and_shapes():
     assert cache["blocks.0.hook_resid_post"].shape == (2, 10, 32)
     # the residual stream adds up
     b0 = "blocks.0."
-    assert torch.allclose(cache[b0 + "hook_resid_pre"] + cache[b0 + "hook_attn_out"], cache[b0 + "hook_resid_mid"])
-    assert torch.allclose(cache[b0 + "hook_resid_mid"] + cache[b0 + "hook_mlp_out"], cache[b0 + "hook_resid_post"])
+    assert torch.allclose(
+        cache[b0 + "hook_resid_pre"] + cache[b0 + "hook_attn_out"], cache[b0 + "hook_resid_mid"]
+    )
+    assert torch.allclose(
+        cache[b0 + "hook_resid_mid"] + cache[b0 + "hook_mlp_out"], cache[b0 + "hook_resid_post"]
+    )
     assert torch.equal(cache[b0 + "hook_resid_post"], cache["blocks.1.hook_resid_pre"])
 
 
@@ -206,8 +210,14 @@ def test_tied_unembedding_uses_the_embedding():
 def test_options_change_the_computation():
     x = tokens()
     base = small()(x)
-    for kw in [dict(norm="layer"), dict(act="relu"), dict(resid_act="relu"), dict(pos_emb=True),
-               dict(bias=False), dict(final_bias=True)]:
+    for kw in [
+        dict(norm="layer"),
+        dict(act="relu"),
+        dict(resid_act="relu"),
+        dict(pos_emb=True),
+        dict(bias=False),
+        dict(final_bias=True),
+    ]:
         assert small(**kw)(x).shape == base.shape
 
 
@@ -215,5 +225,5 @@ def test_init_follows_the_recipe():
     torch.manual_seed(0)
     model = SparseGPT(ModelConfig(vocab_size=500, d_model=128, n_layer=4))
     assert model.blocks[0].attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert model.blocks[0].mlp.fc_out.weight.std().item() == pytest.approx(0.02 / 8 ** 0.5, rel=0.05)
+    assert model.blocks[0].mlp.fc_out.weight.std().item() == pytest.approx(0.02 / 8**0.5, rel=0.05)
     assert torch.all(model.bigram == 0) and torch.all(model.blocks[0].ln1.w == 1)

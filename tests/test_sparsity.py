@@ -45,7 +45,9 @@ def test_schedule_anneals_linearly_then_holds():
 
 
 def test_param_kinds():
-    model = SparseGPT(ModelConfig(vocab_size=50, d_model=32, n_layer=1, final_bias=True, pos_emb=True))
+    model = SparseGPT(
+        ModelConfig(vocab_size=50, d_model=32, n_layer=1, final_bias=True, pos_emb=True)
+    )
     kinds = {n: param_kind(n) for n, _ in model.named_parameters()}
     assert kinds["bigram"] == "dense"
     assert kinds["blocks.0.attn.sink_logit"] == "dense"

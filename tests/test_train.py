@@ -97,8 +97,22 @@ def test_dense_model_is_the_same_code_with_density_one(tmp_path, corpus_dir):
 
 def test_cli_train_eval_sample(tmp_path, corpus_dir, capsys):
     out = tmp_path / "cli"
-    args = ["train", "--preset", "smoke", "--data", str(corpus_dir), "--out", str(out), "--quiet",
-            "--set", "vocab_size=300", "steps=6", "eval_every=3", "eval_batches=1", "batch_size=4"]
+    args = [
+        "train",
+        "--preset",
+        "smoke",
+        "--data",
+        str(corpus_dir),
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "vocab_size=300",
+        "steps=6",
+        "eval_every=3",
+        "eval_batches=1",
+        "batch_size=4",
+    ]
     assert main(args) == 0
     assert "checkpoint:" in capsys.readouterr().out
     assert main(["eval", str(out), "--batches", "2", "--batch-size", "2"]) == 0
@@ -116,11 +130,24 @@ def test_cli_train_eval_sample(tmp_path, corpus_dir, capsys):
     "damage, words",
     [
         (lambda d: (d / "config.json").unlink(), "config.json is missing"),
-        (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 5), "model.safetensors: corrupt or truncated"),
-        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-200]),
-         "model.safetensors: corrupt or truncated"),
-        (lambda d: (d / "tokenizer.json").write_text("{"), "tokenizer.json: not a valid tokenizer.json"),
-        (lambda d: (d / "config.json").write_text('{"model": {"d_modle": 3}}'), "unknown model config key"),
+        (
+            lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 5),
+            "model.safetensors: corrupt or truncated",
+        ),
+        (
+            lambda d: (d / "model.safetensors").write_bytes(
+                (d / "model.safetensors").read_bytes()[:-200]
+            ),
+            "model.safetensors: corrupt or truncated",
+        ),
+        (
+            lambda d: (d / "tokenizer.json").write_text("{"),
+            "tokenizer.json: not a valid tokenizer.json",
+        ),
+        (
+            lambda d: (d / "config.json").write_text('{"model": {"d_modle": 3}}'),
+            "unknown model config key",
+        ),
     ],
 )
 def test_damaged_checkpoints_give_one_line_errors(tmp_path, corpus_dir, capsys, damage, words):
@@ -135,10 +162,26 @@ def test_damaged_checkpoints_give_one_line_errors(tmp_path, corpus_dir, capsys, 
 
 
 def test_bad_cli_input_exit_code_2(tmp_path, capsys):
-    assert main(["train", "--preset", "smoke", "--set", "density=2", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["train", "--preset", "smoke", "--set", "density=2", "--out", str(tmp_path / "x")])
+        == 2
+    )
     assert "density must be in (0, 1]" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["train", "--preset", "smoke", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "smoke",
+                "--data",
+                str(tmp_path / "empty"),
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
     assert "no UTF-8 text files found" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
     assert main(["eval", str(tmp_path / "nope")]) == 2

@@ -163,6 +163,22 @@ def _dist_info() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def _check_ranks_agree(model: SparseGPT) -> None:
+    """Data-parallel ranks must hold identical weights (same gradients, same deterministic
+    top-k projection); a cheap fingerprint comparison catches any drift at each checkpoint."""
+    with torch.no_grad():
+        fp = torch.stack(
+            [
+                torch.stack([p.double().abs().sum(), (p != 0).sum().double()])
+                for p in model.parameters()
+            ]
+        ).flatten()
+    gathered = [torch.zeros_like(fp) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, fp)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError("data-parallel ranks diverged: weights differ between processes")
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -280,6 +296,9 @@ def train(
             if world > 1:
                 dist.all_reduce(loss_value)
                 loss_value /= world
+            checkpoint_now = done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps
+            if world > 1 and checkpoint_now:
+                _check_ranks_agree(model)
             if not is_main:
                 continue
             now = time.perf_counter()
@@ -303,7 +322,7 @@ def train(
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=row["tokens_per_s"])
             if train_cfg.save_every and done % train_cfg.save_every == 0:
                 _snapshot(out, model, data.tokenizer, done)
-            if done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps:
+            if checkpoint_now:
                 _save_resume(out, model, opt, done, tokens, cfg_dict)
                 save_checkpoint(out, model, None, train_cfg)
     bar.close()
