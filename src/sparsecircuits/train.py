@@ -90,6 +90,22 @@ def heldout_loss(model: SparseGPT, data: TokenData, batches: int, batch_size: in
     return sum(losses) / len(losses)
 
 
+def train_step(model, opt, sparsifier: WeightSparsifier, batch: torch.Tensor, step: int):
+    """One optimizer step, then the projection onto the next scheduled density.
+    Returns (detached loss, gradient RMS before clipping, learning rate)."""
+    cfg = sparsifier.cfg
+    lr = lr_at(step, cfg, sparsifier.density_scale(step))
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = model(batch, return_type="loss")
+    loss.backward()
+    grad_rms = clip_grad_rms([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip_rms)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sparsifier.apply(step + 1)
+    return loss.detach(), grad_rms, lr
+
+
 # --- resumable state -------------------------------------------------------------------
 
 
@@ -258,7 +274,6 @@ def train(
         if world > 1
         else model
     )
-    params = list(model.parameters())
     local_bs = train_cfg.batch_size // world
     n_ctx = model_cfg.n_ctx
     is_main = rank == 0
@@ -278,21 +293,12 @@ def train(
     t_last = time.perf_counter()
     with log:
         for step in range(start, train_cfg.steps):
-            density = sparsifier.density_scale(step)
-            lr = lr_at(step, train_cfg, density)
-            for group in opt.param_groups:
-                group["lr"] = lr
             batch = data.batch("train", train_cfg.batch_size, n_ctx, train_cfg.seed, step)
             batch = batch[rank * local_bs : (rank + 1) * local_bs].to(device)
-            loss = ddp(batch, return_type="loss")
-            loss.backward()
-            grad_rms = clip_grad_rms(params, train_cfg.grad_clip_rms)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sparsifier.apply(step + 1)
+            loss, grad_rms, lr = train_step(ddp, opt, sparsifier, batch, step)
             tokens += train_cfg.batch_size * n_ctx
             done = step + 1
-            loss_value = loss.detach()
+            loss_value = loss
             if world > 1:
                 dist.all_reduce(loss_value)
                 loss_value /= world
