@@ -1,0 +1,162 @@
+"""Binary next-token tasks: prompt pairs, their tensors, and the pair-wise task loss.
+
+A task is a list of *pairs*: two prompts that differ in one key place and whose correct next
+tokens are each other's wrong ones. The model is scored only on the logits of the two
+candidate tokens at each prompt's last position, so a pair cancels out everything the two
+prompts share and isolates the behaviour the key place controls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from ..errors import UserError
+from ..tokenizer import eot_id
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two prompts with opposite answers: `answer_a` is right for `prompt_a` and wrong for
+    `prompt_b`, and the other way round. `line` is where the pair starts in a user's task
+    file (for error messages); it takes no part in equality or hashing."""
+
+    prompt_a: str
+    prompt_b: str
+    answer_a: str
+    answer_b: str
+    line: int | None = field(default=None, compare=False, hash=False)
+
+
+@dataclass
+class TaskBatch:
+    """Tensors for a set of pairs; rows 2i and 2i+1 are the two prompts of pair i."""
+
+    tokens: torch.Tensor  # [2N, T] long, right-padded with the end-of-text id
+    last_pos: torch.Tensor  # [2N] long, index of each prompt's last token
+    correct: torch.Tensor  # [2N] long, first token of the correct answer
+    incorrect: torch.Tensor  # [2N] long, first token of the wrong answer
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def subset(self, idx: Sequence[int] | torch.Tensor | slice) -> TaskBatch:
+        """The rows of the given pairs (pair indices, not row indices), pairs kept together."""
+        n_pairs = len(self) // 2
+        if isinstance(idx, slice):
+            idx = range(n_pairs)[idx]
+        pairs = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        rows = (2 * pairs[:, None] + torch.arange(2)).reshape(-1).to(self.tokens.device)
+        return TaskBatch(
+            self.tokens[rows], self.last_pos[rows], self.correct[rows], self.incorrect[rows]
+        )
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        return TaskBatch(
+            self.tokens.to(device),
+            self.last_pos.to(device),
+            self.correct.to(device),
+            self.incorrect.to(device),
+        )
+
+
+@dataclass
+class Task:
+    """A named task with disjoint train and test pairs.
+
+    `notes` says what the key place is; `source` is the file a user task came from, so
+    errors found at `encode` time can point at its lines.
+    """
+
+    name: str
+    description: str
+    train: list[Pair]
+    test: list[Pair]
+    notes: str = ""
+    source: str | None = None
+
+    def _label(self) -> str:
+        return self.source if self.source is not None else f"task {self.name}"
+
+    def _where(self, split: str, i: int, pair: Pair) -> str:
+        if self.source is not None and pair.line is not None:
+            return f"{self.source}:{pair.line}"
+        return f"{self._label()} ({split} pair {i})"
+
+    def encode(
+        self, tokenizer: Tokenizer, split: str = "test", n_ctx: int | None = None
+    ) -> TaskBatch:
+        """Tokenize one split. Prompts and answers are encoded separately, without special
+        tokens, and only each answer's first token is scored."""
+        if split not in ("train", "test"):
+            raise UserError(f"{self._label()}: split must be 'train' or 'test', not {split!r}")
+        pairs = self.train if split == "train" else self.test
+        if not pairs:
+            raise UserError(f"{self._label()}: the {split} split has no pairs")
+        first_token: dict[str, int] = {}
+        for pair in pairs:
+            for answer in (pair.answer_a, pair.answer_b):
+                if answer not in first_token:
+                    ids = tokenizer.encode(answer, add_special_tokens=False).ids
+                    if not ids:
+                        raise UserError(f"{self._label()}: answer {answer!r} encodes to no tokens")
+                    first_token[answer] = ids[0]
+
+        prompts = [p for pair in pairs for p in (pair.prompt_a, pair.prompt_b)]
+        encoded = [e.ids for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
+        correct, incorrect = [], []
+        for i, pair in enumerate(pairs):
+            a, b = first_token[pair.answer_a], first_token[pair.answer_b]
+            if a == b:
+                raise UserError(
+                    f"{self._where(split, i, pair)}: answers {pair.answer_a!r} and "
+                    f"{pair.answer_b!r} both start with token {tokenizer.decode([a])!r}, "
+                    "so this tokenizer cannot tell them apart"
+                )
+            for row, ids in enumerate(encoded[2 * i : 2 * i + 2]):
+                if not ids:
+                    raise UserError(f"{self._where(split, i, pair)}: empty prompt")
+                if n_ctx is not None and len(ids) > n_ctx:
+                    raise UserError(
+                        f"{self._where(split, i, pair)}: prompt {'ab'[row]} is {len(ids)} "
+                        f"tokens, longer than n_ctx={n_ctx}"
+                    )
+            correct += [a, b]
+            incorrect += [b, a]
+
+        width = max(len(ids) for ids in encoded)
+        tokens = torch.full((len(encoded), width), eot_id(tokenizer), dtype=torch.long)
+        for r, ids in enumerate(encoded):
+            tokens[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return TaskBatch(
+            tokens=tokens,
+            last_pos=torch.tensor([len(ids) - 1 for ids in encoded], dtype=torch.long),
+            correct=torch.tensor(correct, dtype=torch.long),
+            incorrect=torch.tensor(incorrect, dtype=torch.long),
+        )
+
+
+def task_logit_diff(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+    """[2N] logit(correct) - logit(incorrect) at each prompt's last position; logits [2N, T, V]."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    last = logits[rows, batch.last_pos.to(logits.device)]  # [2N, V]
+    correct = last.gather(1, batch.correct.to(logits.device)[:, None])
+    incorrect = last.gather(1, batch.incorrect.to(logits.device)[:, None])
+    return (correct - incorrect).squeeze(1)
+
+
+def task_loss(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+    """Binary cross-entropy over the two candidates' logits, summed over the pair, mean over
+    pairs (= mean over pairs of softplus(-diff_a) + softplus(-diff_b))."""
+    # -log softmax over two logits is softplus of minus their difference.
+    per_prompt = F.softplus(-task_logit_diff(logits, batch))
+    return per_prompt.view(-1, 2).sum(1).mean()
+
+
+def task_accuracy(logits: torch.Tensor, batch: TaskBatch) -> float:
+    """Fraction of prompts whose correct candidate has the larger logit."""
+    return (task_logit_diff(logits, batch) > 0).float().mean().item()

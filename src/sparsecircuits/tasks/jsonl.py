@@ -1,0 +1,114 @@
+"""User tasks from a JSON Lines file.
+
+Each row is `{"prompt": ..., "correct": ..., "incorrect": ...}`. A pair is either one row
+with an extra `"prompt_alt"` (whose correct answer is the row's `incorrect`), or two
+consecutive rows whose answers are swapped. Blank lines are skipped. Every mistake is
+reported as `path:line: problem`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from ..errors import UserError
+from .base import Pair, Task
+
+REQUIRED = ("prompt", "correct", "incorrect")
+OPTIONAL = ("prompt_alt",)
+
+
+def _rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) for every non-blank line, each row checked on its own."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    rows = []
+    # Split on "\n" only: str.splitlines would also break on U+2028, which JSON strings
+    # may contain unescaped.
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        for key in row:
+            if key not in REQUIRED + OPTIONAL:
+                allowed = ", ".join(REQUIRED + OPTIONAL)
+                raise UserError(f"{path}:{n}: unknown field {key!r} (allowed: {allowed})")
+        for key in REQUIRED:
+            if key not in row:
+                raise UserError(f"{path}:{n}: missing field {key!r}")
+        for key, value in row.items():
+            if not isinstance(value, str) or not value:
+                raise UserError(f"{path}:{n}: field {key!r} must be a non-empty string")
+        if row["correct"] == row["incorrect"]:
+            raise UserError(f"{path}:{n}: 'correct' and 'incorrect' are the same")
+        rows.append((n, row))
+    return rows
+
+
+def _pairs(path: Path, rows: list[tuple[int, dict[str, str]]]) -> list[Pair]:
+    pairs = []
+    i = 0
+    while i < len(rows):
+        n, row = rows[i]
+        if "prompt_alt" in row:
+            pairs.append(
+                Pair(row["prompt"], row["prompt_alt"], row["correct"], row["incorrect"], line=n)
+            )
+            i += 1
+            continue
+        swapped = {"correct": row["incorrect"], "incorrect": row["correct"]}
+        want = f"correct={swapped['correct']!r} and incorrect={swapped['incorrect']!r}"
+        if i + 1 == len(rows):
+            raise UserError(
+                f"{path}:{n}: row has no 'prompt_alt' and no next row to pair with "
+                f"(expected a row with {want})"
+            )
+        m, partner = rows[i + 1]
+        if "prompt_alt" in partner or any(partner[k] != v for k, v in swapped.items()):
+            raise UserError(
+                f"{path}:{n}: row has no 'prompt_alt', so the next row (line {m}) must be its "
+                f"partner with {want}"
+            )
+        pairs.append(
+            Pair(row["prompt"], partner["prompt"], row["correct"], row["incorrect"], line=n)
+        )
+        i += 2
+    for pair in pairs:
+        if pair.prompt_a == pair.prompt_b:
+            raise UserError(f"{path}:{pair.line}: the two prompts of the pair are identical")
+    return pairs
+
+
+def load_jsonl_task(path: str | Path, n_test_frac: float = 0.5, seed: int = 0) -> Task:
+    """A task from a JSONL file, its pairs shuffled by `seed` and split so that about
+    `n_test_frac` of them are test pairs; each split keeps the file's order."""
+    path = Path(path)
+    if not 0 <= n_test_frac <= 1:
+        raise UserError(f"{path}: n_test_frac must be between 0 and 1, got {n_test_frac}")
+    pairs = _pairs(path, _rows(path))
+    if not pairs:
+        raise UserError(f"{path}: no rows; expected JSON objects with {', '.join(REQUIRED)}")
+    n_test = round(len(pairs) * n_test_frac)
+    if 0 < n_test_frac < 1:
+        # Both splits non-empty when there are two pairs or more; a lone pair is for testing.
+        n_test = min(max(n_test, 1), max(len(pairs) - 1, 1))
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    test_idx = set(order[:n_test])
+    return Task(
+        name=path.stem,
+        description=f"user task from {path.name} ({len(pairs)} pairs)",
+        train=[p for i, p in enumerate(pairs) if i not in test_idx],
+        test=[p for i, p in enumerate(pairs) if i in test_idx],
+        source=str(path),
+    )
