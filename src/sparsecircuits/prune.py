@@ -1,0 +1,248 @@
+"""Find the smallest set of nodes that still does a task, with the rest mean-ablated, and
+validate it.
+
+    scores  = METHODS[method](problem)          # one number per node (pruning/)
+    k       = bisect the budget: the smallest top-k by score whose calibrated task loss
+              on the training pairs is <= target_loss
+    circuit = those k nodes + the edges between them, validated on the test pairs:
+              full model, circuit alone (sufficiency), full model with only the circuit
+              ablated (necessity), and random circuits of the same size (the control)
+
+Every method goes through the same bisection and validation, so their sizes compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load
+from .circuit import Circuit, Node, circuit_edges
+from .errors import UserError
+from .nodes import cached_node_means, node_sites
+from .pruning import METHODS, Problem, PruneConfig
+from .tasks import Task, TaskBatch, get_task, task_logit_diff
+
+
+class TargetUnreachable(UserError):
+    """The full model itself does not reach the target task loss."""
+
+    def __init__(self, message: str, full_loss: float):
+        super().__init__(message)
+        self.full_loss = full_loss
+
+
+def _orientation(batch: TaskBatch) -> torch.Tensor:
+    # Row 2i's correct answer is the pair's answer_a, row 2i+1's is answer_b: a shift in
+    # the fixed a-vs-b direction helps one prompt of a pair exactly as it hurts the other.
+    return torch.tensor([1.0, -1.0]).repeat(len(batch) // 2)
+
+
+def pair_loss(diff: torch.Tensor) -> torch.Tensor:
+    """Task loss from oriented logit differences: BCE summed over each pair, mean over pairs."""
+    return F.softplus(-diff).view(-1, 2).sum(1).mean()
+
+
+def calibrate(diff: torch.Tensor, batch: TaskBatch, steps: int) -> tuple[float, float, float]:
+    """Fit a logit scale and shift (L-BFGS) -> (loss, scale, shift)."""
+    sign = _orientation(batch)
+    diff = diff.detach()
+    params = torch.tensor([1.0, 0.0], requires_grad=True)
+    opt = torch.optim.LBFGS([params], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = pair_loss(params[0] * diff + params[1] * sign)
+        loss.backward()
+        return loss
+
+    if steps > 0:
+        opt.step(closure)
+    with torch.no_grad():
+        loss = pair_loss(params[0] * diff + params[1] * sign)
+    if not math.isfinite(float(loss)):  # a degenerate fit: fall back to no calibration
+        return float(pair_loss(diff)), 1.0, 0.0
+    return float(loss), float(params[0].detach()), float(params[1].detach())
+
+
+class Evaluator:
+    """Task loss / accuracy of the model under node masks, on one split."""
+
+    def __init__(self, problem: Problem, batch: TaskBatch):
+        self.problem, self.batch = problem, batch
+
+    @torch.no_grad()
+    def diff(self, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        return task_logit_diff(self.problem.logits(masks, self.batch), self.batch).cpu()
+
+    def metrics(self, masks, calibration: tuple[float, float] | None = None) -> dict:
+        d = self.diff(masks)
+        out = {"loss": float(pair_loss(d)), "accuracy": float((d > 0).float().mean())}
+        if calibration is not None:
+            scale, shift = calibration
+            cd = scale * d + shift * _orientation(self.batch)
+            out["loss_calibrated"] = float(pair_loss(cd))
+            out["accuracy_calibrated"] = float((cd > 0).float().mean())
+        return out
+
+
+def top_k_masks(
+    problem: Problem, scores: dict[str, torch.Tensor], k: int
+) -> dict[str, torch.Tensor]:
+    """1.0 for the k highest-scoring nodes (ties broken by position), 0.0 elsewhere."""
+    flat = torch.cat([scores[s.hook].float().cpu() for s in problem.sites])
+    order = torch.sort(flat, descending=True, stable=True).indices
+    keep = torch.zeros_like(flat)
+    keep[order[:k]] = 1.0
+    return dict(
+        zip(
+            [s.hook for s in problem.sites],
+            keep.split([s.width for s in problem.sites]),
+            strict=True,
+        )
+    )
+
+
+def bisect_budget(
+    problem, scores, train_eval: Evaluator, cfg: PruneConfig
+) -> tuple[int, list[dict]]:
+    """Smallest k whose calibrated train loss reaches the target (loss assumed to fall with k)."""
+    total = sum(s.width for s in problem.sites)
+    history = []
+
+    def loss_at(k):
+        loss, _, _ = calibrate(
+            train_eval.diff(top_k_masks(problem, scores, k)), train_eval.batch, cfg.calib_steps
+        )
+        history.append({"k": k, "loss": loss})
+        return loss
+
+    lo, hi = 0, total  # loss(lo) > target is assumed (nothing kept), loss(hi) <= target is checked
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if loss_at(mid) <= cfg.target_loss:
+            hi = mid
+        else:
+            lo = mid
+    return hi, history
+
+
+def prune(
+    model_dir: str | Path,
+    task: str | Task,
+    cfg: PruneConfig | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+) -> Circuit:
+    """Find and validate the circuit of `task` in the checkpoint at `model_dir`."""
+    cfg = cfg or PruneConfig()
+    _check_config(cfg)
+    model, tokenizer = load(model_dir, device=device)
+    if tokenizer is None:
+        raise UserError(
+            f"{model_dir}: pruning needs the checkpoint's tokenizer.json to encode task prompts"
+        )
+    if isinstance(task, str):
+        task = get_task(task, cfg.n_train, cfg.n_test, cfg.seed)
+    train_b = task.encode(tokenizer, "train", model.cfg.n_ctx).to(device)
+    test_b = task.encode(tokenizer, "test", model.cfg.n_ctx).to(device)
+    means = cached_node_means(model_dir, model, tokenizer, progress=progress)
+    circuit = find_circuit(
+        model, train_b, test_b, means, cfg, progress, task.name, where=str(model_dir)
+    )
+    circuit.model_dir = str(model_dir)
+    return circuit
+
+
+def _check_config(cfg: PruneConfig) -> None:
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if not cfg.target_loss > 0:
+        raise UserError(f"target loss must be positive, got {cfg.target_loss}")
+
+
+def find_circuit(
+    model,
+    train_b: TaskBatch,
+    test_b: TaskBatch,
+    means: dict[str, torch.Tensor],
+    cfg: PruneConfig,
+    progress: bool = True,
+    task_name: str = "task",
+    where: str = "model",
+) -> Circuit:
+    """The work of `prune` on objects in memory: any SparseGPT, encoded pairs, node means."""
+    _check_config(cfg)
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model.requires_grad_(False)  # only masks learn
+    device = next(model.parameters()).device
+    sites = node_sites(model.cfg)
+    means = {h: m.to(device) for h, m in means.items()}
+    problem = Problem(model, sites, means, train_b)
+    train_eval, test_eval = Evaluator(problem, train_b), Evaluator(problem, test_b)
+    full = problem.full_masks(1.0)
+
+    full_loss, _, _ = calibrate(train_eval.diff(full), train_b, cfg.calib_steps)
+    if full_loss > cfg.target_loss:
+        raise TargetUnreachable(
+            f"{where}: the full model's task loss on {task_name} is {full_loss:.4f} "
+            f"(calibrated, train pairs), above the target {cfg.target_loss}; no circuit can reach it "
+            "(train longer, or pass a higher --target-loss)",
+            full_loss,
+        )
+
+    scores = METHODS[cfg.method](problem, cfg, progress)
+    k, history = bisect_budget(problem, scores, train_eval, cfg)
+    masks = top_k_masks(problem, scores, k)
+    _, scale, shift = calibrate(train_eval.diff(masks), train_b, cfg.calib_steps)
+
+    removed = {h: 1.0 - m for h, m in masks.items()}
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    total = sum(s.width for s in sites)
+    random_runs = []
+    for _ in range(cfg.random_draws):
+        rand_scores = {s.hook: torch.rand(s.width, generator=g) for s in sites}
+        rmasks = top_k_masks(problem, rand_scores, k)
+        _, rs, rb = calibrate(train_eval.diff(rmasks), train_b, cfg.calib_steps)
+        random_runs.append(test_eval.metrics(rmasks, (rs, rb)))
+    rl = torch.tensor([r["loss_calibrated"] for r in random_runs])
+    ra = torch.tensor([r["accuracy_calibrated"] for r in random_runs])
+    metrics = {
+        "full": test_eval.metrics(full),
+        "circuit": test_eval.metrics(masks, (scale, shift)),
+        "ablated": test_eval.metrics(removed),
+        "random": {
+            "draws": len(random_runs),
+            "loss_mean": float(rl.mean()) if len(rl) else None,
+            "loss_std": float(rl.std()) if len(rl) > 1 else None,
+            "accuracy_mean": float(ra.mean()) if len(ra) else None,
+        },
+        "full_train_loss_calibrated": full_loss,
+    }
+
+    kept = {h: m.cpu() > 0 for h, m in masks.items()}
+    nodes = [
+        Node(s.node(i), s.kind, s.layer, i, float(means[s.hook][i]), float(scores[s.hook][i]))
+        for s in sites
+        for i in kept[s.hook].nonzero().flatten().tolist()
+    ]
+    return Circuit(
+        task=task_name,
+        method=cfg.method,
+        target_loss=cfg.target_loss,
+        nodes=nodes,
+        edges=circuit_edges(model, sites, kept),
+        n_nodes_total=total,
+        metrics=metrics,
+        calibration={"scale": scale, "shift": shift},
+        model_config=dataclasses.asdict(model.cfg),
+        prune_config=dataclasses.asdict(cfg),
+        bisection=history,
+        seconds=time.perf_counter() - t0,
+    )

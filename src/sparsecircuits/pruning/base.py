@@ -1,0 +1,63 @@
+"""The shared type of every pruning method: a `Problem` in, one score per node out.
+
+A method returns {hook name: scores [width]}; higher means "keep first". The bisection in
+`prune.py` then keeps the top-k nodes by score, so methods differ only in their ordering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..model import SparseGPT
+from ..nodes import NodeSite, ablation_hooks
+from ..tasks import TaskBatch
+
+
+@dataclass
+class PruneConfig:
+    target_loss: float = 0.15  # task loss (summed over a pair) the circuit must reach
+    method: str = "masks"  # masks | attribution | magnitude | random
+    steps: int = 300  # mask-training steps (masks only)
+    mask_lr: float = 0.05
+    k_coef: float = 1e-3  # penalty per kept node, against the task loss
+    mask_init: float = 1.0  # every node starts kept
+    score_ema: float = 0.95  # masks are ranked by a running mean of their logits (fewer ties)
+    batch_pairs: int = 32
+    n_train: int = 128
+    n_test: int = 128
+    seed: int = 0
+    random_draws: int = 10  # random circuits of the same size: the control
+    calib_steps: int = 16  # L-BFGS steps of the logit scale/shift calibration
+
+
+@dataclass
+class Problem:
+    """A frozen model, its node sites and means, and the task's training pairs."""
+
+    model: SparseGPT
+    sites: list[NodeSite]
+    means: dict[str, torch.Tensor]
+    batch: TaskBatch
+
+    def logits(
+        self, masks: dict[str, torch.Tensor], batch: TaskBatch | None = None
+    ) -> torch.Tensor:
+        """Logits with every node scaled by its mask (0 = mean-ablated)."""
+        batch = batch if batch is not None else self.batch
+        hooks = ablation_hooks(self.sites, self.means, masks)
+        return self.model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+
+    def full_masks(
+        self, value: float = 1.0, requires_grad: bool = False
+    ) -> dict[str, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        return {
+            s.hook: torch.full((s.width,), value, device=device, requires_grad=requires_grad)
+            for s in self.sites
+        }
+
+
+ScoreFn = Callable[[Problem, PruneConfig], dict[str, torch.Tensor]]

@@ -1,0 +1,47 @@
+"""Learned node masks (Gao et al. 2025): one real parameter per node, clamped to [-1, 1];
+the forward pass keeps a node iff its parameter is positive (Heaviside), the backward pass
+pretends the step was a sigmoid. Loss = task loss + k_coef * (number of kept nodes)."""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from ..tasks import task_loss
+from .base import Problem, PruneConfig
+
+
+class HeavisideSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tau):
+        ctx.save_for_backward(tau)
+        return (tau > 0).to(tau.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (tau,) = ctx.saved_tensors
+        s = torch.sigmoid(tau)
+        return grad * s * (1 - s)
+
+
+def learned_mask_scores(
+    problem: Problem, cfg: PruneConfig, progress: bool = True
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(cfg.seed)
+    taus = problem.full_masks(cfg.mask_init, requires_grad=True)
+    ema = {h: t.detach().clone() for h, t in taus.items()}
+    opt = torch.optim.Adam(taus.values(), lr=cfg.mask_lr)
+    n_pairs = len(problem.batch) // 2
+    for _ in tqdm(range(cfg.steps), desc="masks", unit="step", disable=not progress, leave=False):
+        sub = problem.batch.subset(torch.randperm(n_pairs, generator=g)[: cfg.batch_pairs])
+        masks = {h: HeavisideSTE.apply(t) for h, t in taus.items()}
+        kept = torch.stack([m.sum() for m in masks.values()]).sum()
+        loss = task_loss(problem.logits(masks, sub), sub) + cfg.k_coef * kept
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for h, t in taus.items():
+                t.clamp_(-1.0, 1.0)
+                ema[h].mul_(cfg.score_ema).add_((1 - cfg.score_ema) * t)
+    return ema
