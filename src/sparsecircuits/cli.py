@@ -117,6 +117,85 @@ def _cmd_import(args) -> None:
     print(f"imported {args.src} -> {out}")
 
 
+def _cmd_prune(args) -> None:
+    from .prune import prune
+    from .pruning import PruneConfig
+
+    cfg = PruneConfig(
+        target_loss=args.target_loss,
+        method=args.method,
+        steps=args.steps,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_test=args.n_test,
+    )
+    circuit = prune(args.model_dir, args.task, cfg, progress=not args.quiet, device=args.device)
+    path = circuit.save(Path(args.out) / "circuit.json")
+    m = circuit.metrics
+    print(
+        f"task {circuit.task}, method {circuit.method}, target loss {circuit.target_loss} "
+        f"({circuit.seconds:.1f} s)"
+    )
+    print(f"  circuit: {circuit.n_nodes} of {circuit.n_nodes_total} nodes, {circuit.n_edges} edges")
+    print(f"  {'test split':<34} {'task loss':>10} {'accuracy':>9}")
+    rows = [
+        ("full model (calibrated)", m["full"]["loss_calibrated"], m["full"]["accuracy_calibrated"]),
+        (
+            "circuit alone (calibrated)",
+            m["circuit"]["loss_calibrated"],
+            m["circuit"]["accuracy_calibrated"],
+        ),
+        ("full model, circuit ablated", m["ablated"]["loss"], m["ablated"]["accuracy"]),
+        (
+            f"random circuits, same size (x{m['random']['draws']})",
+            m["random"]["loss_mean"],
+            m["random"]["accuracy_mean"],
+        ),
+    ]
+    for name, loss, acc in rows:
+        loss_s = "n/a" if loss is None else f"{loss:.4f}"
+        acc_s = "n/a" if acc is None else f"{acc:.3f}"
+        print(f"  {name:<34} {loss_s:>10} {acc_s:>9}")
+    print(f"written: {path}")
+
+
+def _cmd_tasks(args) -> None:
+    from .tasks import get_task, list_tasks, task_accuracy, task_loss
+
+    if args.action == "list":
+        for name, desc in list_tasks():
+            print(f"{name:<28} {desc}")
+        return
+    if not args.name:
+        raise UserError("tasks show needs a task name or a .jsonl file")
+    task = get_task(args.name, n_train=args.n, n_test=args.n, seed=args.seed)
+    print(f"{task.name}: {task.description}")
+    for pair in task.test[: args.examples]:
+        for prompt, right, wrong in (
+            (pair.prompt_a, pair.answer_a, pair.answer_b),
+            (pair.prompt_b, pair.answer_b, pair.answer_a),
+        ):
+            print("-" * 60)
+            print(prompt + f"█  -> correct {right!r}, incorrect {wrong!r}")
+    print("-" * 60)
+    print(f"{len(task.train)} train / {len(task.test)} test pairs")
+    if args.model:
+        import torch
+
+        from .checkpoint import load
+
+        model, tok = load(args.model)
+        if tok is None:
+            raise UserError(f"{args.model}: no tokenizer.json, so prompts cannot be encoded")
+        batch = task.encode(tok, "test", model.cfg.n_ctx)
+        with torch.no_grad():
+            logits = model(batch.tokens)
+        print(
+            f"full model on test pairs: task loss {float(task_loss(logits, batch)):.4f}, "
+            f"accuracy {task_accuracy(logits, batch):.3f}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparsecircuits", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -171,6 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--tokenizer", help="a tokenizer.json to store with the model")
     i.add_argument("--force", action="store_true", help="overwrite an existing --out")
     i.set_defaults(fn=_cmd_import)
+
+    pr = sub.add_parser("prune", help="find and validate the circuit of a task in a checkpoint")
+    pr.add_argument("model_dir")
+    pr.add_argument("--task", required=True, help="a built-in task name or a .jsonl file")
+    pr.add_argument("--target-loss", type=float, default=0.15)
+    pr.add_argument("--method", default="masks", help="masks | attribution | magnitude | random")
+    pr.add_argument("--steps", type=int, default=300, help="mask-training steps")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--n-train", type=int, default=128)
+    pr.add_argument("--n-test", type=int, default=128)
+    pr.add_argument("--out", required=True, help="folder for circuit.json")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(fn=_cmd_prune)
+
+    ts = sub.add_parser("tasks", help="list tasks, or show one with examples")
+    ts.add_argument("action", choices=["list", "show"])
+    ts.add_argument("name", nargs="?")
+    ts.add_argument("--model", help="also report this checkpoint's loss and accuracy")
+    ts.add_argument("--examples", type=int, default=2)
+    ts.add_argument("-n", type=int, default=64, help="pairs per split")
+    ts.add_argument("--seed", type=int, default=0)
+    ts.set_defaults(fn=_cmd_tasks)
     return p
 
 

@@ -188,7 +188,7 @@ def find_circuit(
     train_eval, test_eval = Evaluator(problem, train_b), Evaluator(problem, test_b)
     full = problem.full_masks(1.0)
 
-    full_loss, _, _ = calibrate(train_eval.diff(full), train_b, cfg.calib_steps)
+    full_loss, full_scale, full_shift = calibrate(train_eval.diff(full), train_b, cfg.calib_steps)
     if full_loss > cfg.target_loss:
         raise TargetUnreachable(
             f"{where}: the full model's task loss on {task_name} is {full_loss:.4f} "
@@ -214,7 +214,7 @@ def find_circuit(
     rl = torch.tensor([r["loss_calibrated"] for r in random_runs])
     ra = torch.tensor([r["accuracy_calibrated"] for r in random_runs])
     metrics = {
-        "full": test_eval.metrics(full),
+        "full": test_eval.metrics(full, (full_scale, full_shift)),
         "circuit": test_eval.metrics(masks, (scale, shift)),
         "ablated": test_eval.metrics(removed),
         "random": {
