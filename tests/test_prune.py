@@ -244,7 +244,7 @@ def test_edge_count_matches_nonzero_weights():
     cfg = ModelConfig(vocab_size=20, d_model=16, n_layer=2, d_head=4, afrac=None)
     model = SparseGPT(cfg)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(torch.rand_like(p) < 0.3)
     sites = node_sites(cfg)
