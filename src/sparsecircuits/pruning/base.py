@@ -24,6 +24,7 @@ class PruneConfig:
     mask_lr: float = 0.05
     k_coef: float = 1e-3  # penalty per kept node, against the task loss
     mask_init: float = 1.0  # every node starts kept
+    mask_noise: float = 0.1  # logistic noise on the mask logits while training (see masks.py)
     score_ema: float = 0.95  # masks are ranked by a running mean of their logits (fewer ties)
     batch_pairs: int = 32
     n_train: int = 128

@@ -1,6 +1,12 @@
 """Learned node masks (Gao et al. 2025): one real parameter per node, clamped to [-1, 1];
 the forward pass keeps a node iff its parameter is positive (Heaviside), the backward pass
-pretends the step was a sigmoid. Loss = task loss + k_coef * (number of kept nodes)."""
+pretends the step was a sigmoid. Loss = task loss + k_coef * (number of kept nodes).
+
+During training each node is kept with probability sigmoid(tau / mask_noise) (logistic
+noise added before the step). Deterministic masks fail on a real case (tests/test_planted):
+nodes whose task gradient is tiny at the start (a saturated attention pattern) all drift
+down in lockstep, switch off in the same step, and a dead q/k chain then gets exactly zero
+gradient forever. Noise decorrelates them and lets a dead chain switch back on."""
 
 from __future__ import annotations
 
@@ -24,6 +30,11 @@ class HeavisideSTE(torch.autograd.Function):
         return grad * s * (1 - s)
 
 
+def _logistic(shape, g: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=g).clamp(1e-6, 1 - 1e-6)
+    return torch.log(u) - torch.log1p(-u)
+
+
 def learned_mask_scores(
     problem: Problem, cfg: PruneConfig, progress: bool = True
 ) -> dict[str, torch.Tensor]:
@@ -34,7 +45,10 @@ def learned_mask_scores(
     n_pairs = len(problem.batch) // 2
     for _ in tqdm(range(cfg.steps), desc="masks", unit="step", disable=not progress, leave=False):
         sub = problem.batch.subset(torch.randperm(n_pairs, generator=g)[: cfg.batch_pairs])
-        masks = {h: HeavisideSTE.apply(t) for h, t in taus.items()}
+        masks = {
+            h: HeavisideSTE.apply(t + cfg.mask_noise * _logistic(t.shape, g))
+            for h, t in taus.items()
+        }
         kept = torch.stack([m.sum() for m in masks.values()]).sum()
         loss = task_loss(problem.logits(masks, sub), sub) + cfg.k_coef * kept
         opt.zero_grad(set_to_none=True)
