@@ -181,9 +181,9 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # About 30 minutes on 2 CPU cores.
     "small": {
-        "model": dict(vocab_size=2048, n_ctx=256, d_model=256, n_layer=4),
+        "model": dict(vocab_size=2048, n_ctx=128, d_model=256, n_layer=4),
         "train": dict(
-            steps=2000,
+            steps=1400,
             batch_size=32,
             lr=2e-3,
             density=1 / 16,
