@@ -288,3 +288,31 @@ def test_get_task_used_by_prune_is_deterministic():
     a = get_task("single_double_quote", 8, 8, seed=3)
     b = get_task("single_double_quote", 8, 8, seed=3)
     assert a.test == b.test
+
+
+def test_prune_an_imported_reference_checkpoint(tmp_path, corpus_dir, quote_task):
+    from sparsecircuits.corpus import prepare
+    from sparsecircuits.importer import import_openai
+    from sparsecircuits.tokenizer import save_tokenizer
+    from test_importer import BASE, reference_state, write_reference
+
+    tok = prepare([str(corpus_dir)], 300, 0.1).tokenizer
+    save_tokenizer(tok, tmp_path / "tok.json")
+    cfg = {**BASE, "vocab_size": 300, "block_size": 32, "afrac": 0.5}
+    src = write_reference(tmp_path / "ref", cfg, reference_state(cfg))
+    out = import_openai(src, tmp_path / "imported", tokenizer=str(tmp_path / "tok.json"))
+    target = None
+    try:
+        prune(
+            out, quote_task, PruneConfig(target_loss=1e-9), progress=False, data=[str(corpus_dir)]
+        )
+    except TargetUnreachable as e:
+        target = e.full_loss + 0.5 * (1.3863 - e.full_loss)
+    c = prune(
+        out,
+        quote_task,
+        PruneConfig(method="attribution", target_loss=target, random_draws=2),
+        progress=False,
+        data=[str(corpus_dir)],
+    )
+    assert 1 <= c.n_nodes < c.n_nodes_total and (out / MEANS_FILE).exists()

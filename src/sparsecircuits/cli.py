@@ -129,7 +129,9 @@ def _cmd_prune(args) -> None:
         n_train=args.n_train,
         n_test=args.n_test,
     )
-    circuit = prune(args.model_dir, args.task, cfg, progress=not args.quiet, device=args.device)
+    circuit = prune(
+        args.model_dir, args.task, cfg, progress=not args.quiet, device=args.device, data=args.data
+    )
     path = circuit.save(Path(args.out) / "circuit.json")
     m = circuit.metrics
     print(
@@ -262,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--n-test", type=int, default=128)
     pr.add_argument("--out", required=True, help="folder for circuit.json")
     pr.add_argument("--device", default="cpu")
+    pr.add_argument("--data", nargs="+", help="text for node means (default: the run's corpus)")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(fn=_cmd_prune)
 

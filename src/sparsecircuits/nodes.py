@@ -129,10 +129,17 @@ def _weights_digest(model_dir: Path) -> str:
 
 
 def cached_node_means(
-    model_dir, model, tokenizer, batches: int = 16, batch_size: int = 16, progress: bool = True
+    model_dir,
+    model,
+    tokenizer,
+    batches: int = 16,
+    batch_size: int = 16,
+    progress: bool = True,
+    data: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Node means over held-out pretraining text, cached beside the checkpoint and
-    recomputed whenever the weights change."""
+    recomputed whenever the weights change. The text is the run's own corpus, or `data`
+    (folders/files) for a checkpoint trained elsewhere; the default is the standard library."""
     from .checkpoint import load_config, load_tensors, save_tensors
     from .corpus import prepare
     from .train import EVAL_SEED
@@ -141,7 +148,7 @@ def cached_node_means(
     sites = node_sites(model.cfg)
     path = model_dir / MEANS_FILE
     digest = _weights_digest(model_dir)
-    meta_key = f"{digest}:{batches}x{batch_size}"
+    meta_key = f"{digest}:{batches}x{batch_size}:{data}"
     if path.exists():
         from safetensors import safe_open
 
@@ -159,8 +166,8 @@ def cached_node_means(
             f"{model_dir}: node means need held-out text, but the checkpoint has no tokenizer.json"
         )
     _, train_cfg = load_config(model_dir)
-    data = prepare(
-        train_cfg.data if train_cfg else None,
+    corpus = prepare(
+        data or (train_cfg.data if train_cfg else None),
         model.cfg.vocab_size,
         train_cfg.heldout_frac if train_cfg else 0.05,
         train_cfg.data_ext if train_cfg else None,
@@ -168,7 +175,7 @@ def cached_node_means(
     )
     device = next(model.parameters()).device
     windows = (
-        data.batch("heldout", batch_size, model.cfg.n_ctx, EVAL_SEED, i)[:, :-1].to(device)
+        corpus.batch("heldout", batch_size, model.cfg.n_ctx, EVAL_SEED, i)[:, :-1].to(device)
         for i in range(batches)
     )
     means = compute_node_means(model, windows, sites, progress)

@@ -138,8 +138,10 @@ def prune(
     cfg: PruneConfig | None = None,
     progress: bool = True,
     device: str = "cpu",
+    data: list[str] | None = None,
 ) -> Circuit:
-    """Find and validate the circuit of `task` in the checkpoint at `model_dir`."""
+    """Find and validate the circuit of `task` in the checkpoint at `model_dir`. `data`
+    names the text for node means when the checkpoint has no corpus of its own (imports)."""
     cfg = cfg or PruneConfig()
     _check_config(cfg)
     model, tokenizer = load(model_dir, device=device)
@@ -151,7 +153,7 @@ def prune(
         task = get_task(task, cfg.n_train, cfg.n_test, cfg.seed)
     train_b = task.encode(tokenizer, "train", model.cfg.n_ctx).to(device)
     test_b = task.encode(tokenizer, "test", model.cfg.n_ctx).to(device)
-    means = cached_node_means(model_dir, model, tokenizer, progress=progress)
+    means = cached_node_means(model_dir, model, tokenizer, progress=progress, data=data)
     circuit = find_circuit(
         model, train_b, test_b, means, cfg, progress, task.name, where=str(model_dir)
     )
