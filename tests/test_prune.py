@@ -73,6 +73,8 @@ def test_prune_end_to_end_and_circuit_json(trained, quote_task, tmp_path):
     c = prune(trained, quote_task, cfg, progress=False)
     assert (trained / MEANS_FILE).exists()
     assert 0 < c.n_nodes < c.n_nodes_total == sum(s.width for s in node_sites(c_model(trained)))
+    assert c.examples and set(c.examples[0]["activations"]) <= {n.name for n in c.nodes}
+    assert set(c.node_effects) == {n.name for n in c.nodes}
     assert c.bisection and min(h["k"] for h in c.bisection if h["loss"] <= target) == c.n_nodes
     assert c.metrics["circuit"]["loss_calibrated"] is not None
     assert {"full", "circuit", "ablated", "random"} <= set(c.metrics)

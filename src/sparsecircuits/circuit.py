@@ -58,6 +58,8 @@ class Circuit:
     model_config: dict = field(default_factory=dict)
     prune_config: dict = field(default_factory=dict)
     bisection: list[dict] = field(default_factory=list)  # [{"k", "loss"}] in search order
+    node_effects: dict = field(default_factory=dict)  # node -> task loss rise when removed alone
+    examples: list = field(default_factory=list)  # prompts with per-token node activations
     seconds: float = 0.0
     schema_version: int = SCHEMA_VERSION
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .checkpoint import load
 from .circuit import Circuit, Node, circuit_edges
 from .errors import UserError
-from .nodes import cached_node_means, node_sites
+from .nodes import ablation_hooks, cached_node_means, channels, node_sites
 from .pruning import METHODS, Problem, PruneConfig
 from .tasks import Task, TaskBatch, get_task, task_logit_diff
 
@@ -155,7 +155,15 @@ def prune(
     test_b = task.encode(tokenizer, "test", model.cfg.n_ctx).to(device)
     means = cached_node_means(model_dir, model, tokenizer, progress=progress, data=data)
     circuit = find_circuit(
-        model, train_b, test_b, means, cfg, progress, task.name, where=str(model_dir)
+        model,
+        train_b,
+        test_b,
+        means,
+        cfg,
+        progress,
+        task.name,
+        str(model_dir),
+        token_text=lambda i: tokenizer.decode([i]),
     )
     circuit.model_dir = str(model_dir)
     return circuit
@@ -177,8 +185,10 @@ def find_circuit(
     progress: bool = True,
     task_name: str = "task",
     where: str = "model",
+    token_text=None,
 ) -> Circuit:
-    """The work of `prune` on objects in memory: any SparseGPT, encoded pairs, node means."""
+    """The work of `prune` on objects in memory: any SparseGPT, encoded pairs, node means.
+    `token_text(id) -> str` (the tokenizer's decode) adds example prompts for the viewer."""
     _check_config(cfg)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -246,5 +256,66 @@ def find_circuit(
         model_config=dataclasses.asdict(model.cfg),
         prune_config=dataclasses.asdict(cfg),
         bisection=history,
+        node_effects=node_effects(problem, test_b, masks, scores, (scale, shift), cfg),
+        examples=examples(problem, test_b, masks, scores, token_text, cfg) if token_text else [],
         seconds=time.perf_counter() - t0,
     )
+
+
+def _ranked_circuit_nodes(problem: Problem, masks, scores, limit: int) -> list[tuple]:
+    """(site, index) of the circuit's nodes, highest score first, at most `limit`."""
+    nodes = [
+        (s, i) for s in problem.sites for i in (masks[s.hook] > 0).nonzero().flatten().tolist()
+    ]
+    return (
+        nodes[:limit]
+        if len(nodes) <= limit
+        else sorted(nodes, key=lambda n: -float(scores[n[0].hook][n[1]]))[:limit]
+    )
+
+
+def node_effects(problem, test_b, masks, scores, calibration, cfg: PruneConfig) -> dict[str, float]:
+    """Task loss increase when one node alone is removed from the circuit (calibrated as
+    the circuit is), on up to `effect_pairs` test pairs, for up to `effect_nodes` nodes."""
+    sub = test_b.subset(range(min(cfg.effect_pairs, len(test_b) // 2)))
+    ev = Evaluator(problem, sub)
+    base = ev.metrics(masks, calibration)["loss_calibrated"]
+    effects = {}
+    for site, i in _ranked_circuit_nodes(problem, masks, scores, cfg.effect_nodes):
+        m = dict(masks)
+        m[site.hook] = masks[site.hook].clone()
+        m[site.hook][i] = 0.0
+        effects[site.node(i)] = round(ev.metrics(m, calibration)["loss_calibrated"] - base, 5)
+    return effects
+
+
+@torch.no_grad()
+def examples(problem, test_b, masks, scores, token_text, cfg: PruneConfig) -> list[dict]:
+    """A few test prompts with every circuit node's activation at each token, run on the
+    circuit alone (what the viewer shows when a node is selected)."""
+    sub = test_b.subset(range(min(cfg.example_pairs, len(test_b) // 2)))
+    nodes = _ranked_circuit_nodes(problem, masks, scores, cfg.effect_nodes)
+    cache = {}
+
+    def grab(act, hook):
+        cache[hook.name] = channels(act, by_hook[hook.name])
+
+    by_hook = {s.hook: s for s in problem.sites}
+    hooks = ablation_hooks(problem.sites, problem.means, masks)
+    problem.model.run_with_hooks(sub.tokens, fwd_hooks=hooks + [(h, grab) for h in by_hook])
+    out = []
+    for row in range(len(sub)):
+        n = int(sub.last_pos[row]) + 1
+        out.append(
+            {
+                "label": f"pair {row // 2}, prompt {'ab'[row % 2]}",
+                "tokens": [token_text(int(t)) for t in sub.tokens[row, :n]],
+                "correct": token_text(int(sub.correct[row])),
+                "incorrect": token_text(int(sub.incorrect[row])),
+                "activations": {
+                    site.node(i): [round(float(v), 4) for v in cache[site.hook][row, :n, i]]
+                    for site, i in nodes
+                },
+            }
+        )
+    return out

@@ -32,6 +32,10 @@ class PruneConfig:
     seed: int = 0
     random_draws: int = 10  # random circuits of the same size: the control
     calib_steps: int = 16  # L-BFGS steps of the logit scale/shift calibration
+    # For the viewer: per-node ablation effects and example activations (bounded cost).
+    effect_nodes: int = 300
+    effect_pairs: int = 32
+    example_pairs: int = 2
 
 
 @dataclass
