@@ -198,6 +198,29 @@ def _cmd_tasks(args) -> None:
         )
 
 
+def _cmd_study(args) -> None:
+    from .study import run_study, study_config
+
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    cfg = study_config(args.preset, tasks, args.seeds)
+    results = run_study(
+        cfg, args.out, resume=args.resume, force=args.force, progress=not args.quiet
+    )
+    out = Path(args.out)
+    report = out / "report.html"
+    try:
+        from .report import build_report
+
+        report = build_report(out)
+    except ImportError:  # the report module is optional until it lands
+        report = None
+    print(f"results: {out / 'results.json'}")
+    print(f"frontier: {out / 'frontier.png'}")
+    if report is not None:
+        print(f"report: {report}  (or: sparsecircuits view {out})")
+    print(f"answer: {results['answer']['sentence']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparsecircuits", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -276,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("-n", type=int, default=64, help="pairs per split")
     ts.add_argument("--seed", type=int, default=0)
     ts.set_defaults(fn=_cmd_tasks)
+
+    st = sub.add_parser(
+        "study", help="train a model family, prune every task, measure the frontier"
+    )
+    st.add_argument("--preset", default="quick", help="quick | small | paper")
+    st.add_argument("--tasks", help="comma list of tasks (default: the preset's)")
+    st.add_argument("--seeds", type=int, help="seeds per model (default: the preset's)")
+    st.add_argument("--out", required=True)
+    st.add_argument("--resume", action="store_true", help="continue a study in --out")
+    st.add_argument("--force", action="store_true", help="replace a different study in --out")
+    st.add_argument("--quiet", action="store_true")
+    st.set_defaults(fn=_cmd_study)
     return p
 
 

@@ -202,6 +202,7 @@ def train(
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
+    on_step=None,
 ) -> Path:
     """Train a model into `out` and return that folder. Safe to call again with
     resume=True after an interruption: it continues from the newest checkpoint."""
@@ -325,6 +326,8 @@ def train(
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.update(1)
+            if on_step is not None:  # e.g. the study's overall progress bar
+                on_step(done)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=row["tokens_per_s"])
             if train_cfg.save_every and done % train_cfg.save_every == 0:
                 _snapshot(out, model, data.tokenizer, done)

@@ -1,0 +1,249 @@
+"""The study report: one self-contained HTML page, and a small local server for it.
+
+`build_report(DIR)` reads DIR/results.json and the circuit.json of every circuit found, and
+writes DIR/report.html: the answer, an interactive frontier plot, the model and circuit
+tables, and a circuit viewer. The page's script and style (report_assets/) and all the data
+are inlined, and a Content-Security-Policy forbids every network request, so the file opens
+offline from disk, can be mailed or archived, and leaks nothing.
+
+`serve(DIR)` serves DIR on 127.0.0.1, for when the browser is elsewhere (an SSH tunnel to a
+training machine) or a browser refuses file:// pages.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import http.server
+import json
+import math
+import re
+import webbrowser
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from .errors import UserError, read_json, write_text_atomic
+
+REPORT_FILE = "report.html"
+SCHEMA_VERSION = 1  # of results.json
+# Node sites of one layer in forward order (the same as nodes.SITE_KINDS, which a test checks;
+# not imported because sparsecircuits.nodes imports torch, too slow for `view`).
+SITES = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
+
+
+def build_report(study_dir: str | Path) -> Path:
+    """Write DIR/report.html from DIR/results.json and the circuits it lists; return its path."""
+    study_dir = Path(study_dir)
+    data = _page_data(study_dir)
+    title = f"sparsecircuits study: {data['study'].get('preset', study_dir.name)}"
+    assets = resources.files("sparsecircuits") / "report_assets"
+    parts = {
+        "TITLE": html.escape(str(title)),
+        "CSS": (assets / "report.css").read_text(encoding="utf-8"),
+        "JS": (assets / "report.js").read_text(encoding="utf-8"),
+        "DATA": _script_json(data),
+    }
+    template = (assets / "report.html").read_text(encoding="utf-8")
+    # One pass, so text substituted for one placeholder is never scanned for another.
+    page = re.sub(r"\$(TITLE|CSS|JS|DATA)", lambda m: parts[m[1]], template)
+    out = study_dir / REPORT_FILE
+    write_text_atomic(out, page)
+    return out
+
+
+def _page_data(study_dir: Path) -> dict:
+    results_path = study_dir / "results.json"
+    if not results_path.is_file():
+        raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
+    results = read_json(results_path)
+    if results.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(
+            f"{results_path}: schema version {results.get('schema_version')}, "
+            f"this report reads {SCHEMA_VERSION}"
+        )
+    for key, kind in (("models", list), ("circuits", list), ("frontier", list), ("answer", dict)):
+        if not isinstance(results.get(key), kind):
+            raise UserError(f"{results_path}: '{key}' missing or not a {kind.__name__}")
+    circuits = []
+    for row in results["circuits"]:
+        row = dict(row, view=None, view_error=None)
+        if row.get("status") == "ok":
+            try:
+                row["view"] = _load_circuit(study_dir, row.get("path"))
+            except UserError as e:
+                # One unreadable circuit should not cost the whole report: show why instead.
+                row["view_error"] = str(e)
+        circuits.append(row)
+    return _finite(
+        {
+            "sites": SITES,
+            "study": results.get("study") or {},
+            "models": results["models"],
+            "circuits": circuits,
+            "frontier": results["frontier"],
+            "answer": results["answer"],
+        }
+    )
+
+
+def _load_circuit(study_dir: Path, rel_path: str | None) -> dict:
+    if not rel_path:
+        raise UserError("results.json gives no path for this circuit")
+    path = study_dir / rel_path
+    circuit = read_json(path)
+    try:
+        return _compact_circuit(circuit)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a valid circuit.json ({type(e).__name__}: {e})") from None
+
+
+def _compact_circuit(c: dict) -> dict:
+    """What the viewer needs from a circuit.json, small enough to inline many of them.
+
+    Columns instead of objects, node names replaced by indices in edges and activations, and
+    floats cut to 4 significant digits: a dense model's 50,000-edge circuit shrinks ~4x.
+    Edges are sorted strongest first, so the page's top-N filter is a prefix.
+    """
+    nodes = c["nodes"]
+    index = {n["name"]: i for i, n in enumerate(nodes)}
+    for n in nodes:
+        if n["site"] not in SITES:
+            raise ValueError(f"node {n['name']}: unknown site {n['site']!r}")
+    effects = c.get("node_effects") or {}
+    edges = sorted(c["edges"], key=lambda e: -abs(e["weight"]))
+    for e in edges:
+        for end in ("src", "dst"):
+            if e[end] not in index:
+                raise ValueError(f"an edge's {end} {e[end]!r} is not a node of the circuit")
+    examples = [
+        {
+            "label": str(ex.get("label", f"example {j}")),
+            "tokens": [str(t) for t in ex["tokens"]],
+            "correct": str(ex.get("correct", "")),
+            "incorrect": str(ex.get("incorrect", "")),
+            # Per node (by index) the activation on each token, or None when not recorded.
+            "acts": [_rounded_list(ex.get("activations", {}).get(n["name"])) for n in nodes],
+        }
+        for j, ex in enumerate(c.get("examples") or [])
+    ]
+    return {
+        "task": c.get("task"),
+        "method": c.get("method"),
+        "target_loss": c.get("target_loss"),
+        "n_nodes_total": c.get("n_nodes_total"),
+        "n_layer": (c.get("model_config") or {}).get("n_layer"),
+        "nodes": {
+            "name": [n["name"] for n in nodes],
+            "site": [n["site"] for n in nodes],
+            "layer": [int(n["layer"]) for n in nodes],
+            "index": [int(n["index"]) for n in nodes],
+            "mean": [_rounded(n.get("mean")) for n in nodes],
+            "score": [_rounded(n.get("score")) for n in nodes],
+            "effect": [_rounded(effects.get(n["name"])) for n in nodes],
+        },
+        "edges": {
+            "src": [index[e["src"]] for e in edges],
+            "dst": [index[e["dst"]] for e in edges],
+            "weight": [_rounded(e["weight"]) for e in edges],
+        },
+        "examples": examples,
+    }
+
+
+def _rounded(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return float(f"{x:.4g}") if math.isfinite(x) else None
+
+
+def _rounded_list(xs) -> list | None:
+    return None if xs is None else [_rounded(x) for x in xs]
+
+
+def _finite(obj):
+    """NaN and infinities (Python's json writes them) as null: JSON.parse rejects them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _script_json(data) -> str:
+    """JSON that is inert inside <script type="application/json">.
+
+    The HTML parser ends a script at `</script` and treats `<!--` specially, whatever the
+    type; escaping every <, > and & (legal JSON string escapes, and these characters occur
+    only inside strings) rules both out. ensure_ascii covers U+2028/2029.
+    """
+    text = json.dumps(data, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# ---------- serving ----------
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files; logs only failed requests, so the terminal shows the URL and problems."""
+
+    def log_request(self, code="-", size="-"):
+        if str(code).isdigit() and int(code) >= 400:
+            super().log_request(code, size)
+
+
+def serve(
+    study_dir: str | Path,
+    port: int | None = None,
+    open_browser: bool = False,
+    ready: Callable[[http.server.ThreadingHTTPServer], None] | None = None,
+) -> None:
+    """Serve DIR on http://127.0.0.1:PORT/ until interrupted; None or 0 picks a free port.
+
+    Builds the report first if DIR has none. `ready`, if given, is called with the listening
+    server before serving starts: a caller in another thread can read its port and later stop
+    it with server.shutdown().
+    """
+    study_dir = Path(study_dir)
+    if not (study_dir / REPORT_FILE).is_file():
+        build_report(study_dir)
+    handler = functools.partial(_QuietHandler, directory=str(study_dir))
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port or 0), handler)
+    except OSError as e:
+        raise UserError(f"cannot serve on 127.0.0.1 port {port}: {e.strerror}") from None
+    with server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{REPORT_FILE}"
+        print(f"serving {study_dir} at {url}  (Ctrl-C to stop)", flush=True)
+        if open_browser:
+            webbrowser.open(url)
+        if ready is not None:
+            ready(server)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("stopped")
+
+
+def add_view_command(subparsers) -> None:
+    """`sparsecircuits view DIR [--port N] [--no-build] [--open]`."""
+    v = subparsers.add_parser("view", help="build a study's report.html and serve it locally")
+    v.add_argument("study_dir", metavar="DIR", help="a folder written by `sparsecircuits study`")
+    v.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: any free)")
+    v.add_argument(
+        "--no-build",
+        action="store_true",
+        help="serve the existing report.html instead of rebuilding it (built if missing)",
+    )
+    v.add_argument("--open", action="store_true", help="open the report in a web browser")
+    v.set_defaults(fn=_cmd_view)
+
+
+def _cmd_view(args) -> None:
+    if not args.no_build:
+        path = build_report(args.study_dir)
+        print(f"report: {path}  (opens from disk too)")
+    serve(args.study_dir, args.port, open_browser=args.open)

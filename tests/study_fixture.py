@@ -1,0 +1,187 @@
+"""A fake study folder, shaped like `sparsecircuits study` output, for the report tests.
+
+Five models (dense and sparse, d_model 64 and 128) on two tasks. Among the circuits: one big
+dense circuit (800 nodes, 5000 edges) for the viewer's collapse and edge filter, one
+unreachable, one failed, and one whose circuit.json is corrupt. The example prompts hold text
+that breaks naive HTML embedding: `</script>`, `<!--`, quotes, `<b>bold</b>`, U+2028.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+from sparsecircuits.nodes import SITE_KINDS, NodeSite
+
+TASKS = ["single_double_quote", "bracket_closing"]
+SMALL = ("w64_d0.25_s0", "single_double_quote")  # a small circuit the browser test inspects
+BIG = ("w128_dense_s0", "single_double_quote")
+CORRUPT = ("w64_d0.25_s0", "bracket_closing")  # status ok, but its circuit.json is not JSON
+UNREACHABLE = ("w128_d0.0625_s0", "bracket_closing")
+FAILED = ("w128_d0.0625_s0", "single_double_quote")
+N_LAYER = 2
+
+# Edges only join sites that a transformer block connects (see circuit.py).
+_LINKS = [("attn_in", "q"), ("attn_in", "k"), ("attn_in", "v"), ("v", "attn_out")]
+_LINKS += [("attn_out", "mlp_in"), ("mlp_in", "mlp_neuron"), ("mlp_neuron", "mlp_out")]
+
+# Tokens of one prompt: Python source with every character that could escape a <script>.
+TOKENS = ["def", " f", "():", "\n", "    ", "s", " =", " '", "</script>", "<!--", " \"", "<b>bold</b>"]
+TOKENS += [" &amp;", "\u2028", " x", "='", "\n", "    ", "return", " s", "[", "'"]
+
+
+def _model(d_model: int, density: float, rng: random.Random) -> dict:
+    dense = density == 1.0
+    mid = f"w{d_model}_dense_s0" if dense else f"w{d_model}_d{density:g}_s0"
+    total = 40 * d_model * d_model
+    return {
+        "id": mid,
+        "label": f"{'dense' if dense else f'sparse 1/{round(1 / density)}'}, d_model {d_model}, seed 0",
+        "kind": "dense" if dense else "sparse",
+        "d_model": d_model,
+        "n_layer": N_LAYER,
+        "density": density,
+        "seed": 0,
+        "dir": f"models/{mid}",
+        "total_params": total,
+        "nonzero_params": int(total * density),
+        "heldout_loss": round(3.2 + 0.4 * (1 - density) - d_model / 400 + rng.random() * 0.05, 4),
+    }
+
+
+def _metrics(rng: random.Random) -> dict:
+    def part(loss):
+        return {"loss": loss, "accuracy": 0.9, "loss_calibrated": loss * 0.9, "accuracy_calibrated": 0.92}
+
+    return {
+        "full": part(round(0.1 + rng.random() * 0.05, 4)),
+        "circuit": part(0.29),
+        "ablated": {"loss": 2.5, "accuracy": 0.4},
+        "random": {"draws": 10, "loss_mean": 1.9, "loss_std": math.nan, "accuracy_mean": 0.5},
+    }
+
+
+def make_circuit(task: str, n_nodes: int, n_edges: int, seed: int) -> dict:
+    """A circuit.json dict with random nodes, edges between linked sites, and activations."""
+    rng = random.Random(seed)
+    width = {"q": 64, "k": 64, "v": 64, "mlp_neuron": 512}
+    slots = [(kind, layer, i) for layer in range(N_LAYER) for kind in SITE_KINDS
+             for i in range(width.get(kind, 128))]
+    chosen = sorted(rng.sample(slots, n_nodes), key=lambda s: (s[1], SITE_KINDS.index(s[0]), s[2]))
+    nodes = [
+        {
+            "name": NodeSite(kind, layer, 0).node(i),
+            "site": kind,
+            "layer": layer,
+            "index": i,
+            "mean": round(rng.gauss(0, 0.5), 5),
+            "score": round(rng.random(), 5),
+        }
+        for kind, layer, i in chosen
+    ]
+    by_site: dict[tuple[str, int], list[str]] = {}
+    for n in nodes:
+        by_site.setdefault((n["site"], n["layer"]), []).append(n["name"])
+    pairs = [(s, d) for layer in range(N_LAYER) for a, b in _LINKS
+             for s in by_site.get((a, layer), []) for d in by_site.get((b, layer), [])]
+    pairs += [(s, d) for s in by_site.get(("mlp_out", 0), []) for d in by_site.get(("attn_in", 1), [])]
+    edges = [
+        {"src": s, "dst": d, "weight": round(rng.choice([-1, 1]) * rng.lognormvariate(-2, 1), 6)}
+        for s, d in rng.sample(pairs, min(n_edges, len(pairs)))
+    ]
+    names = [n["name"] for n in nodes]
+    examples = [
+        {
+            "label": f"pair {p}, prompt {ab}",
+            "tokens": TOKENS,
+            "correct": "'",
+            "incorrect": '"',
+            # Activations recorded for all but the last node, to exercise "not recorded".
+            "activations": {
+                name: [round(rng.gauss(0, 1), 4) for _ in TOKENS] for name in names[:-1]
+            },
+        }
+        for p in range(2)
+        for ab in "ab"
+    ]
+    return {
+        "schema_version": 1,
+        "task": task,
+        "method": "masks",
+        "target_loss": 0.3,
+        "n_nodes": len(nodes),
+        "n_nodes_total": N_LAYER * (4 * 128 + 3 * 64 + 512),
+        "n_edges": len(edges),
+        "nodes": nodes,
+        "edges": edges,
+        "metrics": _metrics(rng),
+        "calibration": {"scale": 1.3, "shift": 0.1},
+        "model_config": {"n_layer": N_LAYER, "d_model": 128, "n_head": 4, "d_head": 16},
+        # Effects for every other node: the viewer must cope with missing ones.
+        "node_effects": {name: round(rng.random() * 0.5, 4) for name in names[::2]},
+        "examples": examples,
+        "seconds": 1.0,
+    }
+
+
+def write_fake_study(root: Path) -> Path:
+    """Write the fake study into `root` (created) and return it."""
+    rng = random.Random(0)
+    models = [
+        _model(64, 1.0, rng),
+        _model(64, 0.25, rng),
+        _model(128, 1.0, rng),
+        _model(128, 0.25, rng),
+        _model(128, 0.0625, rng),
+    ]
+    circuits = []
+    for m in models:
+        for task in TASKS:
+            key = (m["id"], task)
+            row = {"model": m["id"], "task": task, "status": "ok", "message": None}
+            if key == UNREACHABLE:
+                row.update(status="unreachable", message="task loss 0.41 > target 0.3 with all nodes")
+            elif key == FAILED:
+                row.update(status="error", message="RuntimeError: pruning diverged (loss nan)")
+            if row["status"] != "ok":
+                circuits.append({**row, "n_nodes": None, "n_edges": None, "metrics": None, "path": None})
+                continue
+            n_nodes, n_edges = (800, 5000) if key == BIG else (30 + len(circuits) * 3, 70)
+            circuit = make_circuit(task, n_nodes, n_edges, seed=len(circuits))
+            path = Path("circuits") / m["id"] / task / "circuit.json"
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(circuit)
+            (root / path).write_text(text[:200] if key == CORRUPT else text)
+            circuits.append(
+                {**row, "n_nodes": circuit["n_nodes"], "n_edges": circuit["n_edges"],
+                 "metrics": circuit["metrics"], "path": path.as_posix()}
+            )
+    frontier = []
+    for m in models:
+        rows = [c for c in circuits if c["model"] == m["id"]]
+        ok = [c["n_edges"] for c in rows if c["status"] == "ok"]
+        geomean = math.exp(sum(map(math.log, ok)) / len(ok)) if len(ok) == len(TASKS) else None
+        frontier.append(
+            {k: m[k] for k in ("label", "kind", "d_model", "density", "heldout_loss")}
+            | {"model": m["id"], "geomean_edges": geomean, "n_tasks": len(ok)}
+        )
+    results = {
+        "schema_version": 1,
+        "study": {"preset": "quick", "tasks": TASKS, "seeds": [0], "target_loss": 0.3},
+        "models": models,
+        "circuits": circuits,
+        "frontier": frontier,
+        "answer": {
+            "sentence": "Sparse models' circuits are 16x smaller at equal loss (fake <b>data</b>).",
+            "ratio": {"median": 16.0, "low": 8.0, "high": 30.0, "n": 6},
+            "density_trend": "Sparser models have smaller circuits.",
+            "width_effect": "Wider models reach lower loss.",
+            "details": ["This is a fixture, not a result.", "</script><!-- still text"],
+        },
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    # Python's json writes NaN (the random draws' std above) as the study code would.
+    (root / "results.json").write_text(json.dumps(results, indent=1))
+    return root
