@@ -13,12 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Until the study exists: train the quick weight-sparse model (resuming if interrupted), then
-# find its quote-closing circuit. The 5-minute model is weak, hence the 0.3 target; the
-# leading '-' keeps the demo going if this machine's stdlib yields a model that misses it.
+# The main job: the quick study on the embedded corpus (resumable), ending with the report.
 demo: $(STAMP)
-	$(BIN)/sparsecircuits train --preset quick --out runs/demo --resume
-	-$(BIN)/sparsecircuits prune runs/demo --task single_double_quote --target-loss 0.3 --out runs/demo/circuits/single_double_quote
+	$(BIN)/sparsecircuits study --preset quick --out runs/demo --resume
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,9 +1,9 @@
 """Circuit search on the `quick` model: time of one (model, task) search, and circuit size
 from learned masks vs attribution vs magnitude vs random at the same target loss.
 
-    python benchmarks/bench_prune.py [--model runs/demo] [--task single_double_quote] [--target 0.3]
+    python benchmarks/bench_prune.py [--model runs/quick] [--task single_double_quote] [--target 0.3]
 
-Needs a trained checkpoint (default runs/demo, which `make demo` writes); trains the quick
+Needs a trained checkpoint (default runs/quick); trains the quick
 preset there first if it is missing. The target defaults to 0.3 because the 5-minute quick
 model does not reach the paper's 0.15 on most tasks.
 """
@@ -22,7 +22,7 @@ from sparsecircuits.train import train
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="runs/demo")
+    ap.add_argument("--model", default="runs/quick")
     ap.add_argument("--task", default="single_double_quote")
     ap.add_argument("--target", type=float, default=0.3)
     ap.add_argument("--steps", type=int, default=300)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,6 +230,7 @@ def run_study(
     total = sum(steps.values()) + prune_units * len(specs) * len(cfg.tasks)
     bar = tqdm(total=total, desc="study", unit="u", disable=not progress, dynamic_ncols=True)
 
+    t0 = time.perf_counter()
     models = []
     for spec in specs:
         mdir = model_dir(cfg, spec)
@@ -248,6 +250,7 @@ def run_study(
         bar.update(start + steps[spec.id] - bar.n)
         models.append(_model_row(spec, mdir))
 
+    t1 = time.perf_counter()
     targets = _targets(cfg, specs, bar)
     circuits = []
     for spec in specs:
@@ -257,6 +260,11 @@ def run_study(
             bar.update(prune_units)
     bar.close()
     results = analyse(cfg, models, circuits, targets)
+    # this run's wall time: cached models and circuits cost (almost) nothing
+    results["timing"] = {
+        "train_seconds": round(t1 - t0, 1),
+        "prune_seconds": round(time.perf_counter() - t1, 1),
+    }
     write_json_atomic(out / "results.json", results)
     plot_frontier(results, out / "frontier.png")
     return results
