@@ -70,6 +70,34 @@ def corpus_dir(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
+QUOTE_ROWS = [
+    ("x = 'ab", "'", '"'),
+    ('x = "ab', '"', "'"),
+    ("y = 'cd", "'", '"'),
+    ('y = "cd', '"', "'"),
+    ("def f(): return 'q", "'", '"'),
+    ('def f(): return "q', '"', "'"),
+    ("name = 'value", "'", '"'),
+    ('name = "value', '"', "'"),
+    ("s = 'text", "'", '"'),
+    ('s = "text', '"', "'"),
+    ("k = 'key", "'", '"'),
+    ('k = "key', '"', "'"),
+]
+
+
+def write_quote_task(path: Path) -> str:
+    """A short user task file (JSONL, pairs as consecutive rows) that tiny models can encode."""
+    import json
+
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": p, "correct": c, "incorrect": i}) + "\n" for p, c, i in QUOTE_ROWS
+        )
+    )
+    return str(path)
+
+
 def tiny_configs(corpus: Path, **overrides):
     """The smoke preset shrunk further, on the test corpus."""
     sets = dict(

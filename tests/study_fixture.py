@@ -28,7 +28,20 @@ _LINKS = [("attn_in", "q"), ("attn_in", "k"), ("attn_in", "v"), ("v", "attn_out"
 _LINKS += [("attn_out", "mlp_in"), ("mlp_in", "mlp_neuron"), ("mlp_neuron", "mlp_out")]
 
 # Tokens of one prompt: Python source with every character that could escape a <script>.
-TOKENS = ["def", " f", "():", "\n", "    ", "s", " =", " '", "</script>", "<!--", " \"", "<b>bold</b>"]
+TOKENS = [
+    "def",
+    " f",
+    "():",
+    "\n",
+    "    ",
+    "s",
+    " =",
+    " '",
+    "</script>",
+    "<!--",
+    ' "',
+    "<b>bold</b>",
+]
 TOKENS += [" &amp;", "\u2028", " x", "='", "\n", "    ", "return", " s", "[", "'"]
 
 
@@ -53,7 +66,12 @@ def _model(d_model: int, density: float, rng: random.Random) -> dict:
 
 def _metrics(rng: random.Random) -> dict:
     def part(loss):
-        return {"loss": loss, "accuracy": 0.9, "loss_calibrated": loss * 0.9, "accuracy_calibrated": 0.92}
+        return {
+            "loss": loss,
+            "accuracy": 0.9,
+            "loss_calibrated": loss * 0.9,
+            "accuracy_calibrated": 0.92,
+        }
 
     return {
         "full": part(round(0.1 + rng.random() * 0.05, 4)),
@@ -67,8 +85,12 @@ def make_circuit(task: str, n_nodes: int, n_edges: int, seed: int) -> dict:
     """A circuit.json dict with random nodes, edges between linked sites, and activations."""
     rng = random.Random(seed)
     width = {"q": 64, "k": 64, "v": 64, "mlp_neuron": 512}
-    slots = [(kind, layer, i) for layer in range(N_LAYER) for kind in SITE_KINDS
-             for i in range(width.get(kind, 128))]
+    slots = [
+        (kind, layer, i)
+        for layer in range(N_LAYER)
+        for kind in SITE_KINDS
+        for i in range(width.get(kind, 128))
+    ]
     chosen = sorted(rng.sample(slots, n_nodes), key=lambda s: (s[1], SITE_KINDS.index(s[0]), s[2]))
     nodes = [
         {
@@ -84,9 +106,16 @@ def make_circuit(task: str, n_nodes: int, n_edges: int, seed: int) -> dict:
     by_site: dict[tuple[str, int], list[str]] = {}
     for n in nodes:
         by_site.setdefault((n["site"], n["layer"]), []).append(n["name"])
-    pairs = [(s, d) for layer in range(N_LAYER) for a, b in _LINKS
-             for s in by_site.get((a, layer), []) for d in by_site.get((b, layer), [])]
-    pairs += [(s, d) for s in by_site.get(("mlp_out", 0), []) for d in by_site.get(("attn_in", 1), [])]
+    pairs = [
+        (s, d)
+        for layer in range(N_LAYER)
+        for a, b in _LINKS
+        for s in by_site.get((a, layer), [])
+        for d in by_site.get((b, layer), [])
+    ]
+    pairs += [
+        (s, d) for s in by_site.get(("mlp_out", 0), []) for d in by_site.get(("attn_in", 1), [])
+    ]
     edges = [
         {"src": s, "dst": d, "weight": round(rng.choice([-1, 1]) * rng.lognormvariate(-2, 1), 6)}
         for s, d in rng.sample(pairs, min(n_edges, len(pairs)))
@@ -142,11 +171,15 @@ def write_fake_study(root: Path) -> Path:
             key = (m["id"], task)
             row = {"model": m["id"], "task": task, "status": "ok", "message": None}
             if key == UNREACHABLE:
-                row.update(status="unreachable", message="task loss 0.41 > target 0.3 with all nodes")
+                row.update(
+                    status="unreachable", message="task loss 0.41 > target 0.3 with all nodes"
+                )
             elif key == FAILED:
                 row.update(status="error", message="RuntimeError: pruning diverged (loss nan)")
             if row["status"] != "ok":
-                circuits.append({**row, "n_nodes": None, "n_edges": None, "metrics": None, "path": None})
+                circuits.append(
+                    {**row, "n_nodes": None, "n_edges": None, "metrics": None, "path": None}
+                )
                 continue
             n_nodes, n_edges = (800, 5000) if key == BIG else (30 + len(circuits) * 3, 70)
             circuit = make_circuit(task, n_nodes, n_edges, seed=len(circuits))
@@ -155,8 +188,13 @@ def write_fake_study(root: Path) -> Path:
             text = json.dumps(circuit)
             (root / path).write_text(text[:200] if key == CORRUPT else text)
             circuits.append(
-                {**row, "n_nodes": circuit["n_nodes"], "n_edges": circuit["n_edges"],
-                 "metrics": circuit["metrics"], "path": path.as_posix()}
+                {
+                    **row,
+                    "n_nodes": circuit["n_nodes"],
+                    "n_edges": circuit["n_edges"],
+                    "metrics": circuit["metrics"],
+                    "path": path.as_posix(),
+                }
             )
     frontier = []
     for m in models:

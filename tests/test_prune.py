@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_configs
+from conftest import tiny_configs, write_quote_task
 from sparsecircuits import load, train
 from sparsecircuits.circuit import SCHEMA_VERSION, Circuit, circuit_edges
 from sparsecircuits.cli import main
@@ -14,21 +14,6 @@ from sparsecircuits.nodes import MEANS_FILE, ablation_hooks, node_sites, parse_n
 from sparsecircuits.prune import TargetUnreachable, calibrate, prune
 from sparsecircuits.pruning import PruneConfig
 from sparsecircuits.tasks import get_task
-
-QUOTE_ROWS = [
-    ("x = 'ab", "'", '"'),
-    ('x = "ab', '"', "'"),
-    ("y = 'cd", "'", '"'),
-    ('y = "cd', '"', "'"),
-    ("def f(): return 'q", "'", '"'),
-    ('def f(): return "q', '"', "'"),
-    ("name = 'value", "'", '"'),
-    ('name = "value', '"', "'"),
-    ("s = 'text", "'", '"'),
-    ('s = "text', '"', "'"),
-    ("k = 'key", "'", '"'),
-    ('k = "key', '"', "'"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -42,27 +27,15 @@ def trained(tmp_path_factory, corpus_dir):
 
 @pytest.fixture()
 def quote_task(tmp_path):
-    path = tmp_path / "quotes.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps({"prompt": p, "correct": c, "incorrect": i}) + "\n" for p, c, i in QUOTE_ROWS
-        )
-    )
-    return str(path)
+    return write_quote_task(tmp_path / "quotes.jsonl")
 
 
-def reachable_target(trained, task) -> float:
+def reachable_target(model_dir, task, data=None) -> float:
     """A target between the full model's loss and chance, so the search has work to do."""
-    try:
-        prune(
-            trained,
-            task,
-            PruneConfig(method="random", target_loss=1e-9, random_draws=0),
-            progress=False,
-        )
-    except TargetUnreachable as e:
-        return e.full_loss + 0.5 * (1.3863 - e.full_loss)
-    raise AssertionError("a target of 1e-9 should be unreachable")
+    cfg = PruneConfig(method="random", target_loss=1e-9, random_draws=0)
+    with pytest.raises(TargetUnreachable) as e:
+        prune(model_dir, task, cfg, progress=False, data=data)
+    return e.value.full_loss + 0.5 * (1.3863 - e.value.full_loss)
 
 
 def test_prune_end_to_end_and_circuit_json(trained, quote_task, tmp_path):
@@ -303,13 +276,7 @@ def test_prune_an_imported_reference_checkpoint(tmp_path, corpus_dir, quote_task
     cfg = {**BASE, "vocab_size": 300, "block_size": 32, "afrac": 0.5}
     src = write_reference(tmp_path / "ref", cfg, reference_state(cfg))
     out = import_openai(src, tmp_path / "imported", tokenizer=str(tmp_path / "tok.json"))
-    target = None
-    try:
-        prune(
-            out, quote_task, PruneConfig(target_loss=1e-9), progress=False, data=[str(corpus_dir)]
-        )
-    except TargetUnreachable as e:
-        target = e.full_loss + 0.5 * (1.3863 - e.full_loss)
+    target = reachable_target(out, quote_task, data=[str(corpus_dir)])
     c = prune(
         out,
         quote_task,

@@ -2,31 +2,16 @@ import json
 
 import pytest
 
+from conftest import write_quote_task
 from sparsecircuits import study as study_mod
 from sparsecircuits.cli import main
 from sparsecircuits.errors import UserError
 from sparsecircuits.study import StudyConfig, model_specs, run_study, study_config
 
-QUOTES = [
-    ("x = 'ab", "'", '"'),
-    ('x = "ab', '"', "'"),
-    ("y = 'cd", "'", '"'),
-    ('y = "cd', '"', "'"),
-    ("s = 'text", "'", '"'),
-    ('s = "text', '"', "'"),
-    ("k = 'key", "'", '"'),
-    ('k = "key', '"', "'"),
-]
-
 
 @pytest.fixture()
 def tiny_study(tmp_path, corpus_dir):
-    task = tmp_path / "quotes.jsonl"
-    task.write_text(
-        "".join(
-            json.dumps({"prompt": p, "correct": c, "incorrect": i}) + "\n" for p, c, i in QUOTES
-        )
-    )
+    task = write_quote_task(tmp_path / "quotes.jsonl")
     return StudyConfig(
         preset="test",
         base_preset="smoke",
