@@ -28,30 +28,18 @@ _LINKS = [("attn_in", "q"), ("attn_in", "k"), ("attn_in", "v"), ("v", "attn_out"
 _LINKS += [("attn_out", "mlp_in"), ("mlp_in", "mlp_neuron"), ("mlp_neuron", "mlp_out")]
 
 # Tokens of one prompt: Python source with every character that could escape a <script>.
-TOKENS = [
-    "def",
-    " f",
-    "():",
-    "\n",
-    "    ",
-    "s",
-    " =",
-    " '",
-    "</script>",
-    "<!--",
-    ' "',
-    "<b>bold</b>",
-]
-TOKENS += [" &amp;", "\u2028", " x", "='", "\n", "    ", "return", " s", "[", "'"]
+TOKENS = ["def", " f", "():", "\n", "    ", "s", " =", " '", "</script>", "<!--", ' "']
+TOKENS += ["<b>bold</b>", " &amp;", "\u2028", " x", "='", "\n", "    ", "return", " s", "[", "'"]
 
 
 def _model(d_model: int, density: float, rng: random.Random) -> dict:
     dense = density == 1.0
     mid = f"w{d_model}_dense_s0" if dense else f"w{d_model}_d{density:g}_s0"
     total = 40 * d_model * d_model
+    kind = "dense" if dense else f"sparse 1/{round(1 / density)}"
     return {
         "id": mid,
-        "label": f"{'dense' if dense else f'sparse 1/{round(1 / density)}'}, d_model {d_model}, seed 0",
+        "label": f"{kind}, d_model {d_model}, seed 0",
         "kind": "dense" if dense else "sparse",
         "d_model": d_model,
         "n_layer": N_LAYER,

@@ -71,3 +71,16 @@ def test_derived_fields():
     assert cfg.n_head == 4 and cfg.d_mlp == 256
     with pytest.raises(UserError, match="not a multiple of d_head"):
         ModelConfig(d_model=40, d_head=16)
+
+
+def test_atomic_writes_have_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from sparsecircuits.errors import write_text_atomic
+
+    write_text_atomic(tmp_path / "a.txt", "x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .report import add_view_command
 
 
 def _cmd_train(args) -> None:
@@ -199,6 +200,7 @@ def _cmd_tasks(args) -> None:
 
 
 def _cmd_study(args) -> None:
+    from .report import build_report
     from .study import run_study, study_config
 
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
@@ -207,18 +209,11 @@ def _cmd_study(args) -> None:
         cfg, args.out, resume=args.resume, force=args.force, progress=not args.quiet
     )
     out = Path(args.out)
-    report = out / "report.html"
-    try:
-        from .report import build_report
-
-        report = build_report(out)
-    except ImportError:  # the report module is optional until it lands
-        report = None
-    print(f"results: {out / 'results.json'}")
+    report = build_report(out)
+    print(f"results:  {out / 'results.json'}")
     print(f"frontier: {out / 'frontier.png'}")
-    if report is not None:
-        print(f"report: {report}  (or: sparsecircuits view {out})")
-    print(f"answer: {results['answer']['sentence']}")
+    print(f"report:   {report}  (or: sparsecircuits view {out})")
+    print(f"answer:   {results['answer']['sentence']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--force", action="store_true", help="replace a different study in --out")
     st.add_argument("--quiet", action="store_true")
     st.set_defaults(fn=_cmd_study)
+
+    add_view_command(sub)
     return p
 
 

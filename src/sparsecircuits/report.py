@@ -188,11 +188,11 @@ def _script_json(data) -> str:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files; logs only failed requests, so the terminal shows the URL and problems."""
+    """Serves files without a log line per request, so the terminal shows the URL and problems
+    (send_error still logs failed requests)."""
 
     def log_request(self, code="-", size="-"):
-        if str(code).isdigit() and int(code) >= 400:
-            super().log_request(code, size)
+        pass
 
 
 def serve(

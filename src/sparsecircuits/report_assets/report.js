@@ -278,7 +278,6 @@
   // ---------- circuit viewer ----------
 
   const viewer = {
-    row: null, // the DATA.circuits entry shown
     view: null, // its compact circuit (see report.py: _compact_circuit)
     k: 0, // how many of the strongest edges pass the threshold
     collapsed: false,
@@ -339,7 +338,6 @@
   function selectCircuit(i) {
     const row = DATA.circuits[i];
     select.value = String(i);
-    viewer.row = row;
     viewer.view = row.view;
     viewer.pinned = false;
     viewer.selectedKey = null;
@@ -425,7 +423,6 @@
         }, svg).textContent = s;
       });
     }
-    return top + 10;
   }
 
   function draw() {
@@ -452,8 +449,9 @@
     }
   }
 
+  // Square root: |weight| spans orders of magnitude, and linear scaling hides all but the top few.
   function edgeStyle(absW, maxAbs) {
-    const t = maxAbs > 0 ? absW / maxAbs : 1;
+    const t = maxAbs > 0 ? Math.sqrt(absW / maxAbs) : 1;
     return { "stroke-width": (0.4 + 2.6 * t).toFixed(2), "stroke-opacity": (0.15 + 0.7 * t).toFixed(2) };
   }
 
@@ -534,9 +532,8 @@
     drawColumnHeaders(svg, L, height);
 
     const links = new Map(); // "src col>dst col" -> {sum, abs, count}
-    const colOf = (i) => L.colOf(i);
     for (let e = 0; e < viewer.k; e++) {
-      const key = `${colOf(v.edges.src[e])}>${colOf(v.edges.dst[e])}`;
+      const key = `${L.colOf(v.edges.src[e])}>${L.colOf(v.edges.dst[e])}`;
       const w = v.edges.weight[e];
       const link = links.get(key) || { sum: 0, abs: 0, count: 0 };
       link.sum += w;
