@@ -75,10 +75,10 @@ STUDY_PRESETS: dict[str, dict] = {
         fixed_l0_density=0.125,
         wide_widths=[128],
         dense_widths=[64],
-        tasks=["single_double_quote", "with_as", "if_equals"],
+        tasks=["single_double_quote", "lambda_func", "if_equals"],
         seeds=1,
         target_loss="auto",
-        auto_cap=1.3,
+        auto_cap=1.35,
         prune=dict(steps=150, n_train=64, n_test=64, effect_nodes=100),
     ),
     # The reference CPU run: a few hours, 2 seeds, 6 tasks.
