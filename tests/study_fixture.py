@@ -48,6 +48,7 @@ def _model(d_model: int, density: float, rng: random.Random) -> dict:
         "dir": f"models/{mid}",
         "total_params": total,
         "nonzero_params": int(total * density),
+        "matrix_nonzero": int(total * density / 2),
         "heldout_loss": round(3.2 + 0.4 * (1 - density) - d_model / 400 + rng.random() * 0.05, 4),
     }
 

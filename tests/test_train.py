@@ -186,3 +186,12 @@ def test_bad_cli_input_exit_code_2(tmp_path, capsys):
     assert not (tmp_path / "y").exists()
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "no such checkpoint folder" in capsys.readouterr().err
+
+
+def test_same_seed_same_weights_at_a_multithreaded_size(tmp_path, corpus_dir):
+    """Tiny shapes run single-threaded kernels; these are large enough for the parallel,
+    order-dependent ones that deterministic mode must pin down."""
+    m, t = tiny_configs(corpus_dir, d_model=64, n_ctx=64, batch_size=32, steps=6, n_layer=1)
+    a = load_tensors(train(m, t, tmp_path / "a", progress=False) / "model.safetensors")
+    b = load_tensors(train(m, t, tmp_path / "b", progress=False) / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -248,6 +248,9 @@ def train(
             f"vocab_size={model_cfg.vocab_size}; lower vocab_size or add text"
         )
 
+    # Same seed -> same weights: some CPU kernels (e.g. the accumulating scatter behind the
+    # bigram table and embedding gradients) add in thread order unless told otherwise.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(train_cfg.seed)
     model = SparseGPT(model_cfg).to(device)
     sparsifier = WeightSparsifier(model, train_cfg)

@@ -203,6 +203,7 @@
         `held-out loss ${fmt(p.heldout_loss)}`,
         `geomean circuit edges ${fmt(p.geomean_edges, 4)} (${p.n_tasks} tasks)`,
         `nonzero params ${fmtInt(m.nonzero_params)} of ${fmtInt(m.total_params)}`,
+        `nonzero block weights ${fmtInt(m.matrix_nonzero)}`,
         `density ${fmt(p.density)} · ${p.kind} · d_model ${p.d_model}`,
       ];
       for (const line of lines) tip.appendChild(el("div", {}, line));
@@ -234,12 +235,14 @@
       tr.append(
         cell(m.label), cell(m.kind), cell(fmtInt(m.d_model), "num"), cell(fmt(m.density), "num"),
         cell(fmtInt(m.total_params), "num"), cell(fmtInt(m.nonzero_params), "num"),
-        cell(fmt(m.heldout_loss), "num")
+        cell(fmtInt(m.matrix_nonzero), "num"), cell(fmt(m.heldout_loss), "num")
       );
       return tr;
     });
     fillTable(document.getElementById("models-table"),
-      ["model", "kind", "d_model", "density", "params", "nonzero", "held-out loss"], rows);
+      // Nonzero params include the dense bigram table; the block weights are what sparsity cuts.
+      ["model", "kind", "d_model", "density", "params", "nonzero", "nonzero block weights",
+        "held-out loss"], rows);
   }
 
   function renderCircuitsTable() {
