@@ -123,3 +123,37 @@ def test_cli_refuses_foreign_out(tmp_path, capsys):
     assert main(["study", "--preset", "quick", "--out", str(tmp_path / "x")]) == 2
     assert "not a study folder" in capsys.readouterr().err
     assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
+
+
+def test_analysis_states_the_answer_from_numbers():
+    from sparsecircuits.study import analyse
+
+    cfg = StudyConfig(
+        base_width=64,
+        densities=[0.5, 0.25],
+        fixed_l0_density=0.25,
+        wide_widths=[128],
+        dense_widths=[64],
+        tasks=["t1", "t2"],
+    )
+    rows = [  # id, kind, width, density, loss, edges per task
+        ("dense", "dense", 64, 1.0, 3.70, [800, 800]),
+        ("s50", "sparse", 64, 0.5, 3.72, [200, 200]),
+        ("s25", "sparse", 64, 0.25, 3.80, [50, 50]),
+        ("wide", "sparse", 128, 0.0625, 3.802, [20, 20]),
+    ]
+    models = [
+        dict(id=i, label=i, kind=k, d_model=w, density=d, seed=0, heldout_loss=loss)
+        for i, k, w, d, loss, _ in rows
+    ]
+    circuits = [
+        dict(model=i, task=t, status="ok", n_edges=e[j])
+        for i, *_, e in rows
+        for j, t in enumerate(cfg.tasks)
+    ]
+    a = analyse(cfg, models, circuits, {"t1": 0.5, "t2": 0.5})["answer"]
+    # the sparse curve at loss 3.70 extrapolates to 200 * (200/50)^(0.02/0.08) = 283 edges
+    assert a["ratio"]["median"] == pytest.approx(800 / (200 * 4**0.25), rel=1e-6)
+    assert a["ratio"]["n"] == 2 and "2 extrapolated" in a["sentence"]
+    assert "(rises)" in a["density_trend"] and "(shrink)" in a["density_trend"]
+    assert "moves the frontier out" in a["width_effect"]  # +0.002 nats is within tolerance

@@ -38,6 +38,7 @@ from .tasks import TASKS, get_task, task_logit_diff
 from .train import train
 
 RESULTS_VERSION = 1
+LOSS_TOL = 0.005  # nats/token
 
 
 @dataclass
@@ -492,12 +493,13 @@ def analyse(cfg: StudyConfig, models: list[dict], circuits: list[dict], targets:
     width_effect = "not measured"
     if len(fixed) >= 2 and common:
         a, b = fixed[0], fixed[-1]
+        # Held-out losses within LOSS_TOL are the same capability (eval noise is about that size).
         better_loss, smaller = (
-            b["heldout_loss"] < a["heldout_loss"],
+            b["heldout_loss"] <= a["heldout_loss"] + LOSS_TOL,
             b["geomean_edges"] <= a["geomean_edges"],
         )
         verdict = (
-            "moves the frontier out (lower loss and no larger circuits)"
+            f"moves the frontier out (no higher loss, within {LOSS_TOL}, and no larger circuits)"
             if better_loss and smaller
             else "lowers loss but enlarges circuits"
             if better_loss
