@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import load
 from .circuit import Circuit, Node, circuit_edges
 from .errors import UserError
 from .nodes import ablation_hooks, cached_node_means, channels, node_sites
 from .pruning import METHODS, Problem, PruneConfig
-from .tasks import Task, TaskBatch, get_task, task_logit_diff
+from .tasks import Task, TaskBatch, get_task, pair_loss, task_logit_diff
 
 
 class TargetUnreachable(UserError):
@@ -41,11 +40,6 @@ def _orientation(batch: TaskBatch) -> torch.Tensor:
     # Row 2i's correct answer is the pair's answer_a, row 2i+1's is answer_b: a shift in
     # the fixed a-vs-b direction helps one prompt of a pair exactly as it hurts the other.
     return torch.tensor([1.0, -1.0]).repeat(len(batch) // 2)
-
-
-def pair_loss(diff: torch.Tensor) -> torch.Tensor:
-    """Task loss from oriented logit differences: BCE summed over each pair, mean over pairs."""
-    return F.softplus(-diff).view(-1, 2).sum(1).mean()
 
 
 def calibrate(diff: torch.Tensor, batch: TaskBatch, steps: int) -> tuple[float, float, float]:

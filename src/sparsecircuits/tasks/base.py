@@ -149,12 +149,17 @@ def task_logit_diff(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     return (correct - incorrect).squeeze(1)
 
 
+def pair_loss(diff: torch.Tensor) -> torch.Tensor:
+    """Task loss from per-prompt logit differences (correct - incorrect), rows paired as in
+    TaskBatch: binary cross-entropy summed over each pair, mean over pairs."""
+    # -log softmax over two logits is softplus of minus their difference.
+    return F.softplus(-diff).view(-1, 2).sum(1).mean()
+
+
 def task_loss(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """Binary cross-entropy over the two candidates' logits, summed over the pair, mean over
     pairs (= mean over pairs of softplus(-diff_a) + softplus(-diff_b))."""
-    # -log softmax over two logits is softplus of minus their difference.
-    per_prompt = F.softplus(-task_logit_diff(logits, batch))
-    return per_prompt.view(-1, 2).sum(1).mean()
+    return pair_loss(task_logit_diff(logits, batch))
 
 
 def task_accuracy(logits: torch.Tensor, batch: TaskBatch) -> float:
