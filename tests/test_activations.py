@@ -50,3 +50,52 @@ def test_sparser_vectors_score_sparser():
     assert s["top10_energy"].nanmean() > d["top10_energy"].mean()
     assert s["effective_rank"].nanmean() < d["effective_rank"].mean()
     assert s["hoyer"].nanmean() > d["hoyer"].mean()
+
+
+def test_conditions_and_text_edits(corpus_dir):
+    from sparsecircuits.activations import condition_windows, rename_identifiers, shuffle_lines
+    from sparsecircuits.corpus import prepare
+
+    src = "def total(items):\n    return len(items) + count\n"
+    renamed = rename_identifiers(src)
+    assert "def " in renamed and "return len(" in renamed  # keywords and builtins stay
+    assert "total" not in renamed and renamed.count(renamed.split("(")[1].split(")")[0]) == 2
+    assert sorted(shuffle_lines(src, 1).split("\n")) == sorted(src.split("\n"))
+    data = prepare([str(corpus_dir)], 300, 0.1)
+    w = condition_windows(data, 4, 16)
+    assert set(w) == {
+        "train",
+        "heldout",
+        "renamed_identifiers",
+        "shuffled_lines",
+        "shuffled_tokens",
+        "random_tokens",
+    }
+    assert all(v.shape == (4, 16) for v in w.values())
+    assert sorted(w["shuffled_tokens"][0].tolist()) == sorted(w["heldout"][0].tolist())
+
+
+def test_bootstrap_interval_contains_the_mean_and_narrows():
+    from sparsecircuits.activations import bootstrap_ci
+
+    g = torch.Generator().manual_seed(0)
+    small = bootstrap_ci(torch.randn(20, generator=g))
+    large = bootstrap_ci(torch.randn(2000, generator=g))
+    assert small[1] <= small[0] <= small[2] and large[1] <= large[0] <= large[2]
+    assert large[2] - large[1] < small[2] - small[1]
+
+
+def test_cli_activations_writes_json_and_plot(tmp_path, corpus_dir):
+    import json
+
+    from conftest import tiny_configs
+    from sparsecircuits import train
+    from sparsecircuits.cli import main
+
+    m, t = tiny_configs(corpus_dir, steps=4)
+    run = train(m, t, tmp_path / "m", progress=False)
+    assert main(["activations", str(run), "--out", str(tmp_path / "a"), "-n", "4"]) == 0
+    res = json.loads((tmp_path / "a" / "activations.json").read_text())
+    layers = res["models"][0]["conditions"]["heldout"]
+    assert list(layers) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    assert (tmp_path / "a" / "activations.png").stat().st_size > 1000

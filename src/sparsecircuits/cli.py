@@ -216,6 +216,13 @@ def _cmd_study(args) -> None:
     print(f"answer:   {results['answer']['sentence']}")
 
 
+def _cmd_activations(args) -> None:
+    from .activations import run_activations
+
+    run_activations(args.model_dirs, args.out, n=args.n, seed=args.seed)
+    print(f"written: {Path(args.out) / 'activations.json'}, {Path(args.out) / 'activations.png'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparsecircuits", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -306,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--force", action="store_true", help="replace a different study in --out")
     st.add_argument("--quiet", action="store_true")
     st.set_defaults(fn=_cmd_study)
+
+    ac = sub.add_parser("activations", help="activation sparsity on familiar vs unfamiliar inputs")
+    ac.add_argument("model_dirs", nargs="+")
+    ac.add_argument("--out", required=True)
+    ac.add_argument("-n", type=int, default=64, help="inputs per condition")
+    ac.add_argument("--seed", type=int, default=0)
+    ac.set_defaults(fn=_cmd_activations)
 
     add_view_command(sub)
     return p
