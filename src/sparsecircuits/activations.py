@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .corpus import TokenData
-from .errors import UserError, write_json_atomic
+from .errors import UserError, save_figure_atomic, write_json_atomic
 
 EPS = 1e-30
 
@@ -168,20 +168,12 @@ def layer_metrics(model, windows: torch.Tensor, hooks: list[str] | None = None) 
 
 def analyse_checkpoint(model_dir, n: int = 64, seed: int = 0) -> dict:
     """Every condition x layer x metric for one checkpoint, on its own corpus."""
-    from .checkpoint import load, load_config
-    from .corpus import prepare
+    from .checkpoint import checkpoint_corpus, load
 
     model, tok = load(model_dir)
     if tok is None:
         raise UserError(f"{model_dir}: activation analysis needs the checkpoint's tokenizer.json")
-    _, tcfg = load_config(model_dir)
-    data = prepare(
-        tcfg.data if tcfg else None,
-        model.cfg.vocab_size,
-        tcfg.heldout_frac if tcfg else 0.05,
-        tcfg.data_ext if tcfg else None,
-        tokenizer=tok,
-    )
+    data = checkpoint_corpus(model_dir, model, tok)
     windows = condition_windows(data, n, model.cfg.n_ctx, seed)
     return {
         "model_dir": str(model_dir),
@@ -227,7 +219,4 @@ def plot_by_layer(results: dict, path: Path, metric: str = "top10_energy") -> No
         ax.set_ylabel(f"{metric} at the last token (95% CI)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure_atomic(fig, path, dpi=110)

@@ -89,6 +89,21 @@ def load(
     return model.to(device).eval(), tokenizer
 
 
+def checkpoint_corpus(path, model: SparseGPT, tokenizer: Tokenizer, data: list[str] | None = None):
+    """The checkpoint's own corpus (or `data`), split as in training and tokenized with the
+    checkpoint's tokenizer; a checkpoint without a train config (an import) gets the stdlib."""
+    from .corpus import prepare
+
+    _, train_cfg = load_config(path)
+    return prepare(
+        data or (train_cfg.data if train_cfg else None),
+        model.cfg.vocab_size,
+        train_cfg.heldout_frac if train_cfg else 0.05,
+        train_cfg.data_ext if train_cfg else None,
+        tokenizer=tokenizer,
+    )
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a fully written folder into place (the old one, if any, goes only after)."""
     old = final.with_name(final.name + ".old")

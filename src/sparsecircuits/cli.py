@@ -55,13 +55,11 @@ def _json_list(items) -> str:
 
 
 def _cmd_eval(args) -> None:
-    from .checkpoint import load, load_config
-    from .corpus import prepare
+    from .checkpoint import checkpoint_corpus, load
     from .sparsity import density_report
     from .train import heldout_loss, pick_device
 
     model, tok = load(args.model_dir, device=pick_device(args.device))
-    _, train_cfg = load_config(args.model_dir)
     rows = density_report(model)
     width = max(len(r["name"]) for r in rows)
     print(f"{'parameter':<{width}}  {'kind':<6}  {'nonzero':>10}  {'of':>10}  density")
@@ -74,10 +72,7 @@ def _cmd_eval(args) -> None:
     if tok is None:
         print("held-out loss: skipped (the checkpoint has no tokenizer.json)")
         return
-    sources = args.data or (train_cfg.data if train_cfg else None)
-    heldout_frac = train_cfg.heldout_frac if train_cfg else 0.05
-    exts = train_cfg.data_ext if train_cfg else None
-    data = prepare(sources, model.cfg.vocab_size, heldout_frac, exts, tokenizer=tok)
+    data = checkpoint_corpus(args.model_dir, model, tok, args.data)
     loss = heldout_loss(model, data, args.batches, args.batch_size)
     print(
         f"held-out loss: {loss:.4f} nats/token ({args.batches} x {args.batch_size} windows of {model.cfg.n_ctx})"

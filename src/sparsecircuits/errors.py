@@ -61,3 +61,12 @@ def read_json(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save a matplotlib figure through `atomic_path`, then close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip("."))
+    plt.close(fig)

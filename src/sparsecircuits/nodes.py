@@ -140,8 +140,7 @@ def cached_node_means(
     """Node means over held-out pretraining text, cached beside the checkpoint and
     recomputed whenever the weights change. The text is the run's own corpus, or `data`
     (folders/files) for a checkpoint trained elsewhere; the default is the standard library."""
-    from .checkpoint import load_config, load_tensors, save_tensors
-    from .corpus import prepare
+    from .checkpoint import checkpoint_corpus, load_tensors, save_tensors
     from .train import EVAL_SEED
 
     model_dir = Path(model_dir)
@@ -165,14 +164,7 @@ def cached_node_means(
         raise UserError(
             f"{model_dir}: node means need held-out text, but the checkpoint has no tokenizer.json"
         )
-    _, train_cfg = load_config(model_dir)
-    corpus = prepare(
-        data or (train_cfg.data if train_cfg else None),
-        model.cfg.vocab_size,
-        train_cfg.heldout_frac if train_cfg else 0.05,
-        train_cfg.data_ext if train_cfg else None,
-        tokenizer=tokenizer,
-    )
+    corpus = checkpoint_corpus(model_dir, model, tokenizer, data)
     device = next(model.parameters()).device
     windows = (
         corpus.batch("heldout", batch_size, model.cfg.n_ctx, EVAL_SEED, i)[:, :-1].to(device)

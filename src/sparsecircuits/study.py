@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .checkpoint import load
 from .config import config_to_dict, resolve
 from .corpus import cache_root
-from .errors import UserError, read_json, write_json_atomic
+from .errors import UserError, read_json, save_figure_atomic, write_json_atomic
 from .nodes import cached_node_means
 from .prune import TargetUnreachable, calibrate, find_circuit
 from .pruning import PruneConfig
@@ -602,7 +602,4 @@ def plot_frontier(results: dict, path: Path) -> None:
     else:
         ax.text(0.5, 0.5, "no task solved by every model", ha="center", transform=ax.transAxes)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure_atomic(fig, path, dpi=120)
