@@ -211,4 +211,35 @@ def write_fake_study(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     # Python's json writes NaN (the random draws' std above) as the study code would.
     (root / "results.json").write_text(json.dumps(results, indent=1))
+    _write_sections(root)
     return root
+
+
+# A 1x1 PNG: analysis sections inline their images.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c6360000002000100e221bc330000000049454e44ae426082"
+)
+
+
+def _write_sections(root: Path) -> None:
+    """One good analysis section, one damaged one (the report must show its error)."""
+    good = root / "activations"
+    good.mkdir()
+    (good / "plot.png").write_bytes(PNG)
+    section = {
+        "title": "Activation sparsity",
+        "paragraphs": ["No effect found <i>here</i>."],
+        "tables": [
+            {
+                "caption": "per condition",
+                "columns": ["condition", "top-10%"],
+                "rows": [["familiar", 0.5], ["random", 0.61]],
+            }
+        ],
+        "images": [{"caption": "by layer", "file": "plot.png"}],
+    }
+    (good / "section.json").write_text(json.dumps(section))
+    bad = root / "modularity"
+    bad.mkdir()
+    (bad / "section.json").write_text('{"title": ')

@@ -76,6 +76,15 @@ def test_data_is_escaped_and_complete(study):
     assert small["metrics"]["random"]["loss_std"] is None
 
 
+def test_analysis_sections_are_inlined(study):
+    data = page_data((study / "report.html").read_text(encoding="utf-8"))
+    good, bad = data["sections"]
+    assert good["title"] == "Activation sparsity"
+    assert good["tables"][0]["rows"][1] == ["random", 0.61]
+    assert good["images"][0]["src"].startswith("data:image/png;base64,iVBOR")
+    assert bad["id"] == "analysis-modularity" and "section.json" in bad["error"]
+
+
 def test_bad_circuit_file_becomes_an_error_row(study):
     data = page_data((study / "report.html").read_text(encoding="utf-8"))
     _, corrupt = circuit_row(data, CORRUPT)
@@ -235,6 +244,12 @@ def check_report_page(browser, url: str, study: Path) -> None:
     page.select_option("#circuit-select", str(i))
     assert "not valid JSON" in page.text_content("#viewer-error")
 
+    # Analysis sections: the good one rendered (text stays text), the damaged one says why.
+    sec = page.locator("#analysis-activations")
+    assert "No effect found <i>here</i>." in sec.text_content()
+    assert sec.locator("tbody tr").count() == 2
+    assert sec.locator("img").evaluate("i => i.naturalWidth") == 1
+    assert "section.json" in page.text_content("#analysis-modularity .error")
     page.close()
     assert not errors, errors
     assert not foreign, foreign

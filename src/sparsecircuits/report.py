@@ -2,9 +2,14 @@
 
 `build_report(DIR)` reads DIR/results.json and the circuit.json of every circuit found, and
 writes DIR/report.html: the answer, an interactive frontier plot, the model and circuit
-tables, and a circuit viewer. The page's script and style (report_assets/) and all the data
+tables, a circuit viewer, and one section per analysis run into the study folder (below). The page's script and style (report_assets/) and all the data
 are inlined, and a Content-Security-Policy forbids every network request, so the file opens
 offline from disk, can be mailed or archived, and leaks nothing.
+
+Analyses (activations, modularity, ...) add a section without the report knowing them: each
+writes DIR/<name>/section.json = {"title", "paragraphs": [str], "tables": [{"caption",
+"columns", "rows"}], "images": [{"caption", "file"}]} (image files relative to that folder,
+inlined as data: URIs), and the report shows every such section it finds, in name order.
 
 `serve(DIR)` serves DIR on 127.0.0.1, for when the browser is elsewhere (an SSH tunnel to a
 training machine) or a browser refuses file:// pages.
@@ -12,6 +17,7 @@ training machine) or a browser refuses file:// pages.
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import http.server
@@ -26,6 +32,7 @@ from pathlib import Path
 from .errors import UserError, read_json, write_text_atomic
 
 REPORT_FILE = "report.html"
+SECTION_FILE = "section.json"
 SCHEMA_VERSION = 1  # of results.json
 # Node sites of one layer in forward order (the same as nodes.SITE_KINDS, which a test checks;
 # not imported because sparsecircuits.nodes imports torch, too slow for `view`).
@@ -83,8 +90,62 @@ def _page_data(study_dir: Path) -> dict:
             "circuits": circuits,
             "frontier": results["frontier"],
             "answer": results["answer"],
+            "sections": analysis_sections(study_dir),
         }
     )
+
+
+def analysis_sections(study_dir: Path) -> list[dict]:
+    """The section.json of every analysis folder in the study, images inlined; a damaged
+    section shows its error instead of costing the whole report."""
+    sections = []
+    for path in sorted(Path(study_dir).glob(f"*/{SECTION_FILE}")):
+        try:
+            sec = read_json(path)
+            if not isinstance(sec, dict) or not isinstance(sec.get("title"), str):
+                raise UserError(f"{path}: a section needs a 'title' string")
+            images = []
+            for img in sec.get("images") or []:
+                data = (path.parent / img["file"]).read_bytes()
+                uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+                images.append({"caption": str(img.get("caption", "")), "src": uri})
+            sections.append(
+                {
+                    "id": "analysis-" + path.parent.name,
+                    "title": sec["title"],
+                    "paragraphs": [str(x) for x in sec.get("paragraphs") or []],
+                    "tables": sec.get("tables") or [],
+                    "images": images,
+                }
+            )
+        except (UserError, OSError, KeyError, TypeError) as e:
+            sections.append(
+                {
+                    "id": "analysis-" + path.parent.name,
+                    "title": path.parent.name,
+                    "error": str(e) if isinstance(e, UserError) else f"{path}: {e}",
+                }
+            )
+    return sections
+
+
+def write_section(folder: str | Path, title: str, paragraphs=(), tables=(), images=()) -> Path:
+    """Write an analysis's report section (see the module docstring) into its folder."""
+    from .errors import write_json_atomic
+
+    path = Path(folder) / SECTION_FILE
+    write_json_atomic(
+        path,
+        _finite(
+            {
+                "title": title,
+                "paragraphs": list(paragraphs),
+                "tables": list(tables),
+                "images": list(images),
+            }
+        ),
+    )
+    return path
 
 
 def _load_circuit(study_dir: Path, rel_path: str | None) -> dict:

@@ -702,6 +702,38 @@
     }
   }
 
+  // ---------- analysis sections (activations, modularity, ...) ----------
+
+  function renderAnalyses() {
+    const host = document.getElementById("analyses");
+    const nav = document.getElementById("analysis-nav");
+    for (const sec of DATA.sections || []) {
+      nav.append(document.createTextNode(" · "), el("a", { href: `#${sec.id}` }, sec.title));
+      const box = host.appendChild(el("section", { id: sec.id }));
+      box.appendChild(el("h2", {}, sec.title));
+      if (sec.error) {
+        box.appendChild(el("p", { class: "error" }, sec.error));
+        continue;
+      }
+      for (const p of sec.paragraphs) box.appendChild(el("p", {}, p));
+      for (const t of sec.tables) {
+        if (t.caption) box.appendChild(el("p", { class: "muted" }, t.caption));
+        const rows = (t.rows || []).map((r) => {
+          const tr = el("tr");
+          for (const v of r) tr.appendChild(cell(typeof v === "number" ? fmt(v) : String(v ?? ""),
+            typeof v === "number" ? "num" : undefined));
+          return tr;
+        });
+        fillTable(box.appendChild(el("table")), t.columns || [], rows);
+      }
+      for (const img of sec.images) {
+        const fig = box.appendChild(el("figure"));
+        fig.appendChild(el("img", { src: img.src, alt: img.caption, class: "section-img" }));
+        fig.appendChild(el("figcaption", { class: "muted" }, img.caption));
+      }
+    }
+  }
+
   renderHeader();
   renderAnswer();
   renderFrontier();
@@ -709,4 +741,5 @@
   renderCircuitsTable();
   renderSiteLegend();
   initViewer();
+  renderAnalyses();
 })();
