@@ -212,10 +212,29 @@ def _cmd_study(args) -> None:
 
 
 def _cmd_activations(args) -> None:
-    from .activations import run_activations
+    from .activations import FILES, ActivationsConfig, run_activations, run_study_activations
 
-    run_activations(args.model_dirs, args.out, n=args.n, seed=args.seed)
-    print(f"written: {Path(args.out) / 'activations.json'}, {Path(args.out) / 'activations.png'}")
+    cfg = ActivationsConfig(
+        n=args.n,
+        seed=args.seed,
+        hooks=args.hooks or ["resid_post"],
+        n_pairs=args.pairs,
+        metric=args.metric,
+        difficulty=not args.no_difficulty,
+        training=not args.no_training,
+    )
+    if args.study:
+        if args.model_dirs:
+            raise UserError("give either model folders or --study DIR, not both")
+        out = Path(args.out) if args.out else Path(args.study) / "activations"
+        _, report = run_study_activations(args.study, out, cfg)
+        print(f"report:  {report}")
+    else:
+        if not args.model_dirs or not args.out:
+            raise UserError("activations needs MODEL_DIR ... --out DIR, or --study DIR")
+        out = Path(args.out)
+        run_activations(args.model_dirs, out, cfg)
+    print(f"written: {out / FILES['json']} and plots in {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,9 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=_cmd_study)
 
     ac = sub.add_parser("activations", help="activation sparsity on familiar vs unfamiliar inputs")
-    ac.add_argument("model_dirs", nargs="+")
-    ac.add_argument("--out", required=True)
+    ac.add_argument("model_dirs", nargs="*", metavar="MODEL_DIR")
+    ac.add_argument("--out", help="output folder (default with --study: DIR/activations)")
+    ac.add_argument(
+        "--study", help="analyse every model of this study folder, add a report section"
+    )
     ac.add_argument("-n", type=int, default=64, help="inputs per condition")
+    ac.add_argument("--pairs", type=int, default=32, help="prompt pairs per difficulty level")
+    ac.add_argument(
+        "--hooks", nargs="+", metavar="PATTERN", help="hook names or globs (default resid_post)"
+    )
+    ac.add_argument("--metric", default="top10_energy", help="metric of the plots and report")
+    ac.add_argument("--no-difficulty", action="store_true", help="skip the difficulty tasks")
+    ac.add_argument("--no-training", action="store_true", help="skip training snapshots")
     ac.add_argument("--seed", type=int, default=0)
     ac.set_defaults(fn=_cmd_activations)
 
