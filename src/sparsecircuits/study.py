@@ -70,7 +70,10 @@ STUDY_PRESETS: dict[str, dict] = {
     # tasks in a few minutes: these three are the ones every model of the family can do.
     "quick": dict(
         base_preset="quick",
-        train_overrides=dict(n_ctx=64, steps=1200, lr=5e-3, eval_every=300, checkpoint_every=300),
+        # snapshots every 200 steps for the activations analysis over training (cheap)
+        train_overrides=dict(
+            n_ctx=64, steps=1200, lr=5e-3, eval_every=300, checkpoint_every=300, save_every=200
+        ),
         base_width=64,
         densities=[0.5, 0.25, 0.125],
         fixed_l0_density=0.125,
@@ -85,7 +88,7 @@ STUDY_PRESETS: dict[str, dict] = {
     # The reference CPU run: a few hours, 2 seeds, 6 tasks.
     "small": dict(
         base_preset="small",
-        train_overrides=dict(),
+        train_overrides=dict(save_every=200),
         base_width=128,
         densities=[0.25, 0.125, 1 / 16, 1 / 32],
         fixed_l0_density=1 / 16,
