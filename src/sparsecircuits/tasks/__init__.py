@@ -11,7 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .base import Pair, Task, TaskBatch, pair_loss, task_accuracy, task_logit_diff, task_loss
+from .base import (
+    Pair,
+    Task,
+    TaskBatch,
+    pair_loss,
+    prompt_windows,
+    task_accuracy,
+    task_logit_diff,
+    task_loss,
+)
 from .generators import TASKS, TaskGenerator
 from .jsonl import load_jsonl_task
 
@@ -25,6 +34,7 @@ __all__ = [
     "list_tasks",
     "load_jsonl_task",
     "pair_loss",
+    "prompt_windows",
     "task_accuracy",
     "task_logit_diff",
     "task_loss",

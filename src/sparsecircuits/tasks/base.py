@@ -140,6 +140,12 @@ class Task:
         )
 
 
+def prompt_windows(batch) -> list[torch.Tensor]:
+    """Each prompt of a batch as its own [1, len] window, without the padding: what the
+    means of an ablation over "the task's prompts" are taken over."""
+    return [batch.tokens[i : i + 1, : int(batch.last_pos[i]) + 1] for i in range(len(batch))]
+
+
 def task_logit_diff(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """[2N] logit(correct) - logit(incorrect) at each prompt's last position; logits [2N, T, V]."""
     rows = torch.arange(logits.shape[0], device=logits.device)

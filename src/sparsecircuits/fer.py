@@ -1,0 +1,185 @@
+"""Same behaviour, different internals (after Kumar et al. 2025, "fractured entangled
+representations"): measures of how a model organises a task that its outputs cannot show.
+
+For a model and a task's paired prompts (behaviour = the logit difference correct - incorrect
+at each prompt):
+
+- circuit size: nodes of the node-mask circuit at a fixed task loss (prune.find_circuit);
+  the modularity run reports it per subroutine.
+- perturbation sensitivity: add noise to a random `frac` of the entries of the chosen
+  matrices (std `eps` x the matrix's RMS) and measure the behaviour change |d diff| /
+  mean |diff|; the *median* over draws is reported with the mean. Isotropic noise on every
+  weight cannot tell a rotated model from the original (it is rotation-invariant in
+  distribution); noise on a few coordinates can: where the task lives in few weights most
+  draws miss them (median ~ 0), where it is smeared over all weights every draw lands.
+- weight sweep: the weight with the largest first-order effect on the behaviour is scaled
+  by (1 + t), t in [-2, 2], and the mean behaviour recorded. `control` = the change when it
+  is zeroed, relative to the behaviour (how much of the task one weight holds: clean circuits
+  concentrate it); `roughness` = sum |second difference| / sum |first difference| along the
+  sweep (0 for a straight line; fractured responses bend).
+
+`rotate_hidden(model, seed)` builds the ground-truth contrast: the same function with the
+residual stream and every attention head's q/k and v bases rotated by random orthogonal
+matrices. Outputs are identical (to float error); internals are entangled.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .model import SparseGPT
+from .tasks import TaskBatch, task_logit_diff
+
+# Sites whose activations a rotation mixes: AbsTopK there would not commute with it.
+_ROTATED_SITES = (
+    "attn_in",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_out",
+    "mlp_in",
+    "mlp_out",
+    "resid_post_attn",
+    "resid_post_mlp",
+)
+
+
+def _orthogonal(n: int, g: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r))).float()  # Haar-distributed
+
+
+@torch.no_grad()
+def rotate_hidden(model: SparseGPT, seed: int = 0) -> SparseGPT:
+    """A copy computing the same function in randomly rotated hidden bases (see the module
+    docstring). Needs RMSNorm, an identity residual activation, no AbsTopK on the rotated
+    sites and an untied unembedding (norm gains are folded into the next layer's reads)."""
+    cfg = model.cfg
+    problems = [s for s in _ROTATED_SITES if cfg.has_act_sparsity(s)]
+    if cfg.norm != "rms" or cfg.resid_act != "identity" or cfg.tied_unembed or problems:
+        raise UserError(
+            "rotate_hidden needs norm='rms', resid_act='identity', an untied unembedding and "
+            f"no AbsTopK on {', '.join(_ROTATED_SITES)} (this model: norm={cfg.norm}, "
+            f"resid_act={cfg.resid_act}, tied={cfg.tied_unembed}, AbsTopK at {problems})"
+        )
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    R = _orthogonal(cfg.d_model, g)
+
+    def read(linear: nn.Linear, norm):  # folds the norm's gain, then reads x R
+        linear.weight.copy_(linear.weight * norm.w @ R)
+
+    def write(linear: nn.Linear):  # writes out R
+        linear.weight.copy_(R.T @ linear.weight)
+        if linear.bias is not None:
+            linear.bias.copy_(linear.bias @ R)
+
+    m.embed.weight.copy_(m.embed.weight @ R)
+    if m.pos_embed is not None:
+        m.pos_embed.weight.copy_(m.pos_embed.weight @ R)
+    dh = cfg.d_head
+    for block in m.blocks:
+        a = block.attn
+        for lin in (a.q_proj, a.k_proj, a.v_proj):
+            read(lin, block.ln1)
+        read(block.mlp.fc_in, block.ln2)
+        block.ln1.w.fill_(1.0)
+        block.ln2.w.fill_(1.0)
+        for h in range(cfg.n_head):
+            rows = slice(h * dh, (h + 1) * dh)
+            Q, P = _orthogonal(dh, g), _orthogonal(dh, g)
+            for lin, rot in ((a.q_proj, Q), (a.k_proj, Q), (a.v_proj, P)):
+                lin.weight[rows] = rot.T @ lin.weight[rows]
+                if lin.bias is not None:
+                    lin.bias[rows] = lin.bias[rows] @ rot
+            a.o_proj.weight[:, rows] = a.o_proj.weight[:, rows] @ P
+        write(a.o_proj)
+        write(block.mlp.fc_out)
+    m.unembed.weight.copy_(m.unembed.weight * m.ln_final.w @ R)
+    m.ln_final.w.fill_(1.0)
+    return m
+
+
+@torch.no_grad()
+def _behaviour(model, batches: list[TaskBatch]) -> torch.Tensor:
+    return torch.cat([task_logit_diff(model(b.tokens), b) for b in batches])
+
+
+def perturbation_sensitivity(
+    model,
+    batches: list[TaskBatch],
+    names: list[str],
+    seed: int = 0,
+    draws: int = 32,
+    frac: float = 0.02,
+    eps: float = 1.0,
+) -> dict:
+    """Behaviour change under noise on a random `frac` of the named layers' weight entries."""
+    g = torch.Generator().manual_seed(seed)
+    modules = dict(model.named_modules())
+    base = _behaviour(model, batches)
+    scale = float(base.abs().mean()) or 1.0
+    changes = []
+    for _ in range(draws):
+        saved = {}
+        with torch.no_grad():
+            for n in names:
+                w = modules[n].weight
+                saved[n] = w.clone()
+                hit = torch.rand(w.shape, generator=g) < frac
+                rms = float(w.pow(2).mean().sqrt())
+                w.add_(hit * torch.randn(w.shape, generator=g) * eps * rms)
+        changes.append(float((_behaviour(model, batches) - base).abs().mean()) / scale)
+        with torch.no_grad():
+            for n in names:
+                modules[n].weight.copy_(saved[n])
+    return {"median": statistics.median(changes), "mean": statistics.fmean(changes), "draws": draws}
+
+
+def weight_sweep(model, batches: list[TaskBatch], names: list[str], points: int = 21) -> dict:
+    """Sweep the most important weight (see the module docstring)."""
+    modules = dict(model.named_modules())
+    weights = [modules[n].weight for n in names]
+    for w in weights:
+        w.requires_grad_(True)
+    behaviour = torch.cat([task_logit_diff(model(b.tokens), b) for b in batches]).mean()
+    grads = torch.autograd.grad(behaviour, weights)
+    for w in weights:
+        w.requires_grad_(False)
+    effects = [(w.detach() * gr).abs() for w, gr in zip(weights, grads, strict=True)]
+    best = max(range(len(names)), key=lambda i: float(effects[i].max()))
+    idx = tuple(int(i) for i in torch.unravel_index(effects[best].argmax(), effects[best].shape))
+    w = weights[best]
+    original = float(w[idx])
+    ts = torch.linspace(-2.0, 2.0, points)
+    ys = []
+    with torch.no_grad():
+        for t in ts:
+            w[idx] = original * (1 + float(t))
+            ys.append(float(_behaviour(model, batches).mean()))
+        w[idx] = original
+    y = torch.tensor(ys)
+    y0 = float(_behaviour(model, batches).mean())
+    first, second = y.diff(), y.diff(n=2)
+    at_zero = int((ts + 1).abs().argmin())  # t = -1 zeroes the weight
+    return {
+        "weight": f"{names[best]}.weight[{idx[0]}, {idx[1]}]",
+        "t": [round(float(t), 3) for t in ts],
+        "behaviour": ys,
+        "control": abs(ys[at_zero] - y0) / (abs(y0) or 1.0),
+        "roughness": float(second.abs().sum() / first.abs().sum().clamp_min(1e-12)),
+    }
+
+
+def fer_measures(model, subs: dict, names: list[str], seed: int = 0) -> dict:
+    """Perturbation sensitivity and the weight sweep on the subroutines' test pairs."""
+    batches = [subs[f]["test"] for f in sorted(subs)]
+    return {
+        "perturbation": perturbation_sensitivity(model, batches, names, seed=seed),
+        "sweep": weight_sweep(model, batches, names),
+    }

@@ -1,0 +1,333 @@
+"""Compound tasks, weight masks, the Lepori tests end to end, and the FER measures on ground
+truth (the planted model vs its rotated twin)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from conftest import tiny_configs
+from sparsecircuits.cli import main
+from sparsecircuits.errors import UserError
+from sparsecircuits.fer import perturbation_sensitivity, rotate_hidden, weight_sweep
+from sparsecircuits.modularity import ModularityConfig, interval, run_modularity
+from sparsecircuits.nodes import compute_node_means, node_sites
+from sparsecircuits.planted import SOFT, planted_batch, planted_model
+from sparsecircuits.prune import find_circuit
+from sparsecircuits.pruning import PruneConfig
+from sparsecircuits.tasks.compound import (
+    COMPOUND_TASKS,
+    get_compound_task,
+    load_compound_task,
+)
+from sparsecircuits.train import train
+from sparsecircuits.weightmask import (
+    MaskConfig,
+    continuous_sparsification,
+    kept_weights,
+    masked_accuracy,
+    masked_layers,
+    weight_masks,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------- compound tasks ----------
+
+
+@pytest.mark.parametrize("name", list(COMPOUND_TASKS))
+def test_subroutine_datasets_vary_only_their_factor(name):
+    task = get_compound_task(name, 20, 10)
+    answer_factors = {e.answer: (e.a, e.b) for e in task.train + task.test}
+    assert len(answer_factors) == 4  # every answer is one combination
+    for i, factor in enumerate("ab"):
+        for pair in task.sub[factor].train + task.sub[factor].test:
+            fa, fb = answer_factors[pair.answer_a], answer_factors[pair.answer_b]
+            assert fa[i] != fb[i] and fa[1 - i] == fb[1 - i]
+            # the two prompts differ in one place only (the factor's opener): all else shared
+            a, b = pair.prompt_a, pair.prompt_b
+            pre = next(
+                i for i, (x, y) in enumerate(zip(a + "\0", b + "\1", strict=False)) if x != y
+            )
+            post = next(
+                i
+                for i, (x, y) in enumerate(zip(a[::-1] + "\0", b[::-1] + "\1", strict=False))
+                if x != y
+            )
+            assert (
+                max(len(a), len(b)) - pre - post <= 24
+                and pre + post >= len(min(a, b, key=len)) // 2
+            )
+    test_prompts = {e.prompt for e in task.test}
+    assert not test_prompts & {e.prompt for e in task.train}
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _user_files(tmp_path, b_rows=None):
+    compound = [
+        {"prompt": f"f({q}x{n}", "answer": q + ")", "a": q, "b": "("}
+        for q in "'\""
+        for n in range(3)
+    ] + [
+        {"prompt": f"[{q}x{n}", "answer": q + "]", "a": q, "b": "["}
+        for q in "'\""
+        for n in range(3)
+    ]
+    a_rows = [
+        {"prompt": f"f('y{n}", "prompt_alt": f'f("y{n}', "correct": "')", "incorrect": '")'}
+        for n in range(4)
+    ]
+    b_rows = b_rows or [
+        {"prompt": f"f('z{n}", "prompt_alt": f"['z{n}", "correct": "')", "incorrect": "']"}
+        for n in range(4)
+    ]
+    return (
+        _write_jsonl(tmp_path / "c.jsonl", compound),
+        _write_jsonl(tmp_path / "a.jsonl", a_rows),
+        _write_jsonl(tmp_path / "b.jsonl", b_rows),
+    )
+
+
+def test_user_compound_task_loads(tmp_path):
+    task = load_compound_task(*_user_files(tmp_path))
+    assert task.answers == sorted(["')", '")', "']", '"]'])
+    assert len(task.sub["a"].train + task.sub["a"].test) == 4
+
+
+def test_subroutine_file_that_varies_the_wrong_factor_is_refused(tmp_path):
+    # The "B" file's second pair changes the quote (A) instead of the bracket.
+    bad_b = [
+        {"prompt": "f('z0", "prompt_alt": "['z0", "correct": "')", "incorrect": "']"},
+        {"prompt": "f('z1", "prompt_alt": 'f("z1', "correct": "')", "incorrect": '")'},
+    ]
+    with pytest.raises(UserError, match=r"b\.jsonl:2: .*same b .*claims to vary only the b"):
+        load_compound_task(*_user_files(tmp_path, bad_b))
+
+
+def test_subroutine_answer_outside_the_compound_task_is_refused(tmp_path):
+    bad_b = [{"prompt": "f('z0", "prompt_alt": "{'z0", "correct": "')", "incorrect": "'}"}]
+    with pytest.raises(UserError, match=r"b\.jsonl:1: answer \"'}\" is not an answer"):
+        load_compound_task(*_user_files(tmp_path, bad_b))
+
+
+def test_compound_file_with_a_bad_row(tmp_path):
+    c, a, b = _user_files(tmp_path)
+    c.write_text(c.read_text() + '{"prompt": "x", "answer": "y"}\n')
+    with pytest.raises(UserError, match=r"c\.jsonl:13: expected an object with exactly"):
+        load_compound_task(c, a, b)
+
+
+# ---------- weight masks ----------
+
+
+def test_weight_masks_zero_and_mean_modes():
+    model = planted_model(SOFT).requires_grad_(False)
+    tokens = planted_batch(8, 0).tokens
+    names = masked_layers(model, ["blocks.*.mlp.*"])
+    assert names == ["blocks.0.mlp.fc_in", "blocks.0.mlp.fc_out"]
+    ones = {n: torch.ones_like(dict(model.named_modules())[n].weight) for n in names}
+    ref = model(tokens)
+    with weight_masks(model, ones):
+        assert torch.allclose(model(tokens), ref, atol=1e-6)
+    # Mean mode with everything removed: the layer's output no longer depends on its input.
+    zeros = {n: torch.zeros_like(m) for n, m in ones.items()}
+    means = {n: torch.randn(dict(model.named_modules())[n].in_features) for n in names}
+    seen = []
+    with weight_masks(model, zeros, "mean", means):
+        # registered after the mask's hook, so it sees the masked output
+        handle = model.blocks[0].mlp.fc_out.register_forward_hook(lambda m, i, o: seen.append(o))
+        model(tokens)
+    handle.remove()
+    out = seen[-1].reshape(-1, seen[-1].shape[-1])
+    expected = model.blocks[0].mlp.fc_out.weight @ means["blocks.0.mlp.fc_out"]
+    assert torch.allclose(out, expected.expand_as(out), atol=1e-5)
+    with pytest.raises(UserError, match="input means"), weight_masks(model, zeros, "mean"):
+        pass
+
+
+def test_continuous_sparsification_finds_the_planted_weights():
+    """Ground truth: the planted head's four weights carry the task; the MLP and the
+    distractor head's q/k do not."""
+    model = planted_model(SOFT).requires_grad_(False)
+    names = masked_layers(model, ["blocks.*"])
+    mask = continuous_sparsification(model, names, planted_batch(64, 1), MaskConfig(steps=200), 0)
+    kept = {
+        (n, tuple(i)) for n, v in kept_weights(model, mask).items() for i in v.nonzero().tolist()
+    }
+    planted = {
+        ("blocks.0.attn.q_proj", (0, 3)),
+        ("blocks.0.attn.k_proj", (0, 2)),
+        ("blocks.0.attn.v_proj", (0, 1)),
+        ("blocks.0.attn.o_proj", (4, 0)),
+    }
+    assert planted <= kept
+    assert not {
+        k
+        for k in kept
+        if "mlp" in k[0]
+        or k in {("blocks.0.attn.q_proj", (2, 0)), ("blocks.0.attn.k_proj", (2, 0))}
+    }
+    test = planted_batch(64, 2)
+    assert masked_accuracy(model, mask, test) == 1.0
+    removed = {n: 1 - m for n, m in mask.items()}
+    assert masked_accuracy(model, removed, test) <= 0.6  # the task needs the subnetwork
+
+
+def test_interval_says_not_found_when_it_includes_zero():
+    assert interval([0.5, 0.6, 0.55])["found"] is True
+    assert interval([-0.1, 0.2, 0.05])["found"] is False
+    assert interval([0.3])["found"] is None
+    assert interval([None, float("nan")]) is None
+
+
+# ---------- FER: ground truth ----------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fer_measures_tell_planted_from_rotated(seed):
+    clean = planted_model(SOFT).requires_grad_(False)
+    rotated = rotate_hidden(clean, seed).requires_grad_(False)
+    test = planted_batch(64, 2)
+    assert torch.allclose(clean(test.tokens), rotated(test.tokens), atol=1e-4)  # same behaviour
+    names = masked_layers(clean, ["blocks.*"])
+    measures = {}
+    for label, model in (("clean", clean), ("rotated", rotated)):
+        means = compute_node_means(
+            model, [planted_batch(64, 100).tokens], node_sites(model.cfg), False
+        )
+        cfg = PruneConfig(target_loss=0.15, random_draws=0, effect_nodes=0, example_pairs=0)
+        circuit = find_circuit(model, planted_batch(64, 1), test, means, cfg, False)
+        measures[label] = (
+            len(circuit.nodes),
+            perturbation_sensitivity(model, [test], names, seed=seed)["median"],
+            weight_sweep(model, [test], names)["roughness"],
+        )
+    (c_nodes, c_pert, c_rough), (r_nodes, r_pert, r_rough) = measures["clean"], measures["rotated"]
+    assert c_nodes == 7 and r_nodes > 10
+    assert r_pert > 3 * c_pert
+    assert r_rough > 3 * c_rough
+
+
+def test_rotation_refuses_a_model_it_would_change(tmp_path):
+    from sparsecircuits.config import ModelConfig
+    from sparsecircuits.model import SparseGPT
+
+    model = SparseGPT(
+        ModelConfig(
+            vocab_size=16, n_ctx=8, d_model=8, n_layer=1, d_head=4, n_head=2, d_mlp=8, afrac=0.5
+        )
+    )
+    with pytest.raises(UserError, match="AbsTopK"):
+        rotate_hidden(model)
+
+
+# ---------- the experiment end to end ----------
+
+
+@pytest.fixture(scope="module")
+def compound_models(tmp_path_factory):
+    """A dense and a weight-sparse model pretrained on code full of the compound tasks'
+    patterns, so the tokenizer has the closers as single tokens."""
+    root = tmp_path_factory.mktemp("compound_corpus")
+    rng = random.Random(0)
+    for f in range(8):
+        lines = []
+        for name in COMPOUND_TASKS:
+            task = get_compound_task(name, 40, 1, seed=f)
+            lines += [e.prompt + e.answer for e in task.train]
+        rng.shuffle(lines)
+        (root / f"m{f}.py").write_text("\n".join(lines) + "\n")
+    dirs = []
+    for density in (1.0, 0.25):
+        m, t = tiny_configs(root, vocab_size=400, n_ctx=24, steps=40, lr=0.01, density=density)
+        dirs.append(train(m, t, tmp_path_factory.mktemp("pre") / "run", progress=False))
+    return dirs
+
+
+TINY = dict(
+    tasks=["quote_bracket"],
+    base_seeds=2,
+    mask_seeds=2,
+    n_train=16,
+    n_test=8,
+    finetune_steps=40,
+    node_steps=20,
+    node_target=0.6,
+)
+
+
+@pytest.mark.slow
+def test_modularity_end_to_end(compound_models, tmp_path):
+    cfg = ModularityConfig(**TINY, masks=MaskConfig(steps=40))
+    out = tmp_path / "mod"
+    res = run_modularity(compound_models, out, cfg, progress=False)
+    assert len(res["runs"]) == 2 * 3 * 2  # models x regimes x base seeds
+    run = res["runs"][0]
+    assert {"subnetwork", "ablation_zero", "ablation_mean", "kept", "status"} <= set(
+        run["weights"]["a"][0]
+    )
+    assert len(run["weights"]["a"]) == 2 and run["weights"]["a"][0]["kept"] > 0
+    # the sparse model's fine-tuning kept its sparsity: masks only count existing weights
+    sparse = next(
+        r for r in res["runs"] if r["kind"].startswith("sparse") and r["regime"] == "pretrained"
+    )
+    dense = next(
+        r for r in res["runs"] if r["kind"].startswith("dense") and r["regime"] == "pretrained"
+    )
+    assert sparse["weights_total"] < 0.5 * dense["weights_total"]
+    kinds = {(r["kind"], r["structure"]) for r in res["forced_vs_emergent"]}
+    assert len(kinds) == 4
+    assert (out / "ablation_matrix.png").stat().st_size > 1000
+    section = json.loads((out / "section.json").read_text())
+    assert section["title"] == "Forced vs emergent modularity" and len(section["tables"]) == 3
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+
+    # Resume: a torn last line (an interrupted run) is redone, finished runs are reused.
+    (out / "runs.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:40])
+    again = run_modularity(compound_models, out, cfg, progress=False)
+    assert again["runs"][:5] == res["runs"][:5]
+    assert len(again["runs"]) == 12
+    # Another configuration in the same folder is refused without --force.
+    with pytest.raises(UserError, match="other models or settings"):
+        run_modularity(
+            compound_models, out, ModularityConfig(**TINY | {"base_seeds": 3}), progress=False
+        )
+
+
+@pytest.mark.slow
+def test_collapsed_masks_are_reported_not_averaged(compound_models, tmp_path):
+    cfg = ModularityConfig(
+        **TINY | {"regimes": ["pretrained"], "base_seeds": 1},
+        masks=MaskConfig(steps=40, l1=10.0),  # a penalty no task loss can resist
+    )
+    res = run_modularity(compound_models[:1], tmp_path / "c", cfg, progress=False)
+    rows = [r for r in res["summary"] if r["structure"] == "weights"]
+    assert all(r["collapsed"] == 2 and r["usable"] == 0 for r in rows)
+    assert all(r["subnetwork"] is None for r in rows)
+    assert "collapsed" in " ".join(
+        json.loads((tmp_path / "c" / "section.json").read_text())["paragraphs"]
+    )
+
+
+def test_cli_modularity_needs_models_or_a_study(tmp_path, capsys):
+    assert main(["modularity", "--out", str(tmp_path)]) == 2
+    assert "MODEL_DIR" in capsys.readouterr().err
+    assert main(["modularity", "--study", str(tmp_path)]) == 2
+    assert "no results.json" in capsys.readouterr().err
+    assert main(["modularity", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a checkpoint" in capsys.readouterr().err
