@@ -237,6 +237,45 @@ def _cmd_activations(args) -> None:
     print(f"written: {out / FILES['json']} and plots in {out}")
 
 
+def _cmd_modularity(args) -> None:
+    from .modularity import ModularityConfig, run_modularity, study_models
+    from .report import build_report
+    from .weightmask import MaskConfig
+
+    if bool(args.study) == bool(args.model_dirs):
+        raise UserError("modularity needs MODEL_DIR ... --out DIR, or --study DIR (not both)")
+    dirs = study_models(args.study) if args.study else args.model_dirs
+    out = Path(args.out) if args.out else Path(args.study) / "modularity" if args.study else None
+    if out is None:
+        raise UserError("modularity needs --out DIR (or --study DIR)")
+    cfg = ModularityConfig(
+        tasks=args.tasks.split(","),
+        regimes=args.regimes.split(","),
+        base_seeds=args.base_seeds,
+        mask_seeds=args.mask_seeds,
+        finetune_steps=args.finetune_steps,
+        node_target=args.node_target,
+        masks=MaskConfig(layers=tuple(args.layers), steps=args.mask_steps, l1=args.l1),
+    )
+    results = run_modularity(
+        dirs, out, cfg, resume=not args.no_resume, force=args.force, progress=not args.quiet
+    )
+    print(f"results: {out / 'modularity.json'} ({len(results['runs'])} base models)")
+    print(f"plot:    {out / 'ablation_matrix.png'}")
+    if args.study:
+        print(f"report:  {build_report(args.study)}")
+    for row in results["forced_vs_emergent"]:
+        print(
+            f"{row['task']:>14} {row['kind']:>16} {row['structure']:>7}: acc "
+            f"{row['compound_accuracy']:.2f}, subnetwork {_num(row['subnetwork_metric'])}, "
+            f"ablation {_num(row['ablation_metric'])}, A/B overlap {_num(row['overlap_ab'])}"
+        )
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparsecircuits", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -344,6 +383,32 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--no-training", action="store_true", help="skip training snapshots")
     ac.add_argument("--seed", type=int, default=0)
     ac.set_defaults(fn=_cmd_activations)
+
+    mo = sub.add_parser(
+        "modularity", help="subroutine subnetworks (Lepori tests), forced vs emergent, FER"
+    )
+    mo.add_argument("model_dirs", nargs="*", metavar="MODEL_DIR", help="pretrained checkpoints")
+    mo.add_argument("--study", help="use this study's dense and sparsest base-width models")
+    mo.add_argument("--out", help="output folder (default with --study: DIR/modularity)")
+    mo.add_argument("--tasks", default="quote_bracket,nested_close", help="compound tasks")
+    mo.add_argument("--regimes", default="pretrained,scratch,random")
+    mo.add_argument("--base-seeds", type=int, default=3)
+    mo.add_argument("--mask-seeds", type=int, default=2)
+    mo.add_argument("--finetune-steps", type=int, default=200)
+    mo.add_argument("--mask-steps", type=int, default=300)
+    mo.add_argument("--l1", type=float, default=1e-4, help="weight-mask penalty per weight")
+    mo.add_argument("--node-target", type=float, default=0.3, help="node circuits' task loss")
+    mo.add_argument(
+        "--layers",
+        nargs="+",
+        default=["blocks.*"],
+        metavar="PATTERN",
+        help="linear layers to mask (globs over module names)",
+    )
+    mo.add_argument("--no-resume", action="store_true", help="recompute finished runs")
+    mo.add_argument("--force", action="store_true", help="replace another run in --out")
+    mo.add_argument("--quiet", action="store_true")
+    mo.set_defaults(fn=_cmd_modularity)
 
     add_view_command(sub)
     return p
