@@ -31,22 +31,13 @@ import statistics
 import torch
 from torch import nn
 
+from .config import ACT_SITES
 from .errors import UserError
 from .model import SparseGPT
 from .tasks import TaskBatch, task_logit_diff
 
-# Sites whose activations a rotation mixes: AbsTopK there would not commute with it.
-_ROTATED_SITES = (
-    "attn_in",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_out",
-    "mlp_in",
-    "mlp_out",
-    "resid_post_attn",
-    "resid_post_mlp",
-)
+# Every site but the MLP neurons is mixed by the rotation: AbsTopK there would not commute.
+_ROTATED_SITES = tuple(site for site in ACT_SITES if site != "mlp_neuron")
 
 
 def _orthogonal(n: int, g: torch.Generator) -> torch.Tensor:

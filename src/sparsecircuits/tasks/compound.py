@@ -18,7 +18,6 @@ change their own, is refused: it would not measure what it claims.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from tokenizers import Tokenizer
 from ..errors import UserError
 from ..tokenizer import eot_id
 from .base import Pair, Task
-from .jsonl import load_jsonl_task
+from .jsonl import load_jsonl_task, read_objects
 from .snippets import WORDS, func_name, names
 
 FACTORS = ("a", "b")
@@ -257,19 +256,9 @@ def load_compound_task(
 ) -> CompoundTask:
     """A user compound task from three JSONL files (see the module docstring)."""
     path = Path(compound)
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except (FileNotFoundError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read ({type(e).__name__})") from None
     examples = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or sorted(row) != sorted(COMPOUND_FIELDS):
+    for n, row in read_objects(path):
+        if sorted(row) != sorted(COMPOUND_FIELDS):
             raise UserError(
                 f"{path}:{n}: expected an object with exactly {', '.join(COMPOUND_FIELDS)}"
             )

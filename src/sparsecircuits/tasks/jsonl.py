@@ -19,8 +19,8 @@ REQUIRED = ("prompt", "correct", "incorrect")
 OPTIONAL = ("prompt_alt",)
 
 
-def _rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) for every non-blank line, each row checked on its own."""
+def read_objects(path: Path) -> list[tuple[int, dict]]:
+    """(line number, JSON object) for every non-blank line of a JSONL file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -39,6 +39,14 @@ def _rows(path: Path) -> list[tuple[int, dict[str, str]]]:
             raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        rows.append((n, row))
+    return rows
+
+
+def _rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) for every non-blank line, each row checked on its own."""
+    rows = []
+    for n, row in read_objects(path):
         for key in row:
             if key not in REQUIRED + OPTIONAL:
                 allowed = ", ".join(REQUIRED + OPTIONAL)
