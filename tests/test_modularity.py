@@ -12,12 +12,9 @@ import torch
 from conftest import tiny_configs
 from sparsecircuits.cli import main
 from sparsecircuits.errors import UserError
-from sparsecircuits.fer import perturbation_sensitivity, rotate_hidden, weight_sweep
+from sparsecircuits.fer import rotate_hidden, validate_on_planted
 from sparsecircuits.modularity import ModularityConfig, interval, run_modularity
-from sparsecircuits.nodes import compute_node_means, node_sites
 from sparsecircuits.planted import SOFT, planted_batch, planted_model
-from sparsecircuits.prune import find_circuit
-from sparsecircuits.pruning import PruneConfig
 from sparsecircuits.tasks.compound import (
     COMPOUND_TASKS,
     get_compound_task,
@@ -199,27 +196,12 @@ def test_interval_says_not_found_when_it_includes_zero():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fer_measures_tell_planted_from_rotated(seed):
-    clean = planted_model(SOFT).requires_grad_(False)
-    rotated = rotate_hidden(clean, seed).requires_grad_(False)
-    test = planted_batch(64, 2)
-    assert torch.allclose(clean(test.tokens), rotated(test.tokens), atol=1e-4)  # same behaviour
-    names = masked_layers(clean, ["blocks.*"])
-    measures = {}
-    for label, model in (("clean", clean), ("rotated", rotated)):
-        means = compute_node_means(
-            model, [planted_batch(64, 100).tokens], node_sites(model.cfg), False
-        )
-        cfg = PruneConfig(target_loss=0.15, random_draws=0, effect_nodes=0, example_pairs=0)
-        circuit = find_circuit(model, planted_batch(64, 1), test, means, cfg, False)
-        measures[label] = (
-            len(circuit.nodes),
-            perturbation_sensitivity(model, [test], names, seed=seed)["median"],
-            weight_sweep(model, [test], names)["roughness"],
-        )
-    (c_nodes, c_pert, c_rough), (r_nodes, r_pert, r_rough) = measures["clean"], measures["rotated"]
-    assert c_nodes == 7 and r_nodes > 10
-    assert r_pert > 3 * c_pert
-    assert r_rough > 3 * c_rough
+    v = validate_on_planted(seed)
+    assert v["output_max_diff"] < 1e-4  # the same behaviour
+    assert v["clean"]["circuit_nodes"] == 7 and v["rotated"]["circuit_nodes"] > 10
+    assert v["rotated"]["perturbation_median"] > 3 * v["clean"]["perturbation_median"]
+    assert v["rotated"]["sweep_roughness"] > 3 * v["clean"]["sweep_roughness"]
+    assert v["separates"]["circuit_nodes"] and not v["separates"]["sweep_control"]
 
 
 def test_rotation_refuses_a_model_it_would_change(tmp_path):
@@ -293,7 +275,7 @@ def test_modularity_end_to_end(compound_models, tmp_path):
     assert len(kinds) == 4
     assert (out / "ablation_matrix.png").stat().st_size > 1000
     section = json.loads((out / "section.json").read_text())
-    assert section["title"] == "Forced vs emergent modularity" and len(section["tables"]) == 3
+    assert section["title"] == "Forced vs emergent modularity" and len(section["tables"]) == 4
     lines = (out / "runs.jsonl").read_text().splitlines()
     assert len(lines) == 12
 
@@ -331,3 +313,11 @@ def test_cli_modularity_needs_models_or_a_study(tmp_path, capsys):
     assert "no results.json" in capsys.readouterr().err
     assert main(["modularity", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a checkpoint" in capsys.readouterr().err
+
+
+def test_study_models_are_the_dense_and_sparsest_at_base_width(tmp_path):
+    from sparsecircuits.modularity import study_models
+    from study_fixture import write_fake_study
+
+    study = write_fake_study(tmp_path / "study")
+    assert study_models(study) == ["models/w64_dense_s0", "models/w64_d0.25_s0"]

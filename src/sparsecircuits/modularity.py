@@ -427,6 +427,27 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def consistency(summary: list[dict]) -> list[dict]:
+    """Per regime x structure: how consistent the effects are across tasks, models (shapes,
+    kinds) and subroutines. Each unit is one (task, model, subroutine) mean over base seeds;
+    `agree` is the fraction with the modular sign (subnetwork > 0, ablation < 0)."""
+    rows = []
+    for regime in sorted({r["regime"] for r in summary}):
+        for structure in METRICS:
+            units = [r for r in summary if (r["regime"], r["structure"]) == (regime, structure)]
+            row = {"regime": regime, "structure": structure, "units": len(units)}
+            for metric, sign in (("subnetwork", 1), ("ablation_mean", -1)):
+                xs = [u[metric]["mean"] for u in units if u.get(metric)]
+                row[metric] = {
+                    "mean": statistics.fmean(xs) if xs else None,
+                    "sd": statistics.stdev(xs) if len(xs) > 1 else None,
+                    "agree": sum(sign * x > 0 for x in xs) / len(xs) if xs else None,
+                    "found": sum(bool(u[metric]["found"]) for u in units if u.get(metric)),
+                }
+            rows.append(row)
+    return rows
+
+
 def forced_vs_emergent(runs: list[dict], summary: list[dict], tol: float = 0.05) -> list[dict]:
     """Dense (emergent) and weight-sparse (forced) models side by side, per task, for the
     pretrained regime: accuracy, structure size, selectivity, A/B overlap, stability.
@@ -500,7 +521,7 @@ def run_modularity(
     plots and the report section. A rerun with the same models and config resumes."""
     import json
 
-    from .fer import fer_measures
+    from .fer import fer_measures, validate_on_planted
     from .tokenizer import load_tokenizer
 
     cfg = cfg or ModularityConfig()
@@ -569,7 +590,9 @@ def run_modularity(
         "setup": setup,
         "runs": runs,
         "summary": summary,
+        "consistency": consistency(summary),
         "forced_vs_emergent": forced_vs_emergent(runs, summary),
+        "fer_validation": validate_on_planted(cfg.seed),
         "seconds": time.perf_counter() - t0,
     }
     write_json_atomic(out / RESULTS_FILE, results)
@@ -695,7 +718,46 @@ def write_report_section(results: dict, out: Path) -> None:
             "Compound accuracy differs by more than 0.05 between the kinds of model on "
             f"{', '.join(sorted(unmatched))}: compare their structures with care."
         )
+    v = results["fer_validation"]
+    paragraphs.append(
+        "FER measures on ground truth (a planted 7-node circuit vs the same function in rotated "
+        f"bases, outputs equal to {v['output_max_diff']:.0e}): circuit nodes "
+        f"{v['clean']['circuit_nodes']} vs {v['rotated']['circuit_nodes']}, perturbation median "
+        f"{v['clean']['perturbation_median']:.3f} vs {v['rotated']['perturbation_median']:.3f}, "
+        f"sweep roughness {v['clean']['sweep_roughness']:.2f} vs "
+        f"{v['rotated']['sweep_roughness']:.2f}; separated by: "
+        + ", ".join(k for k, ok in v["separates"].items() if ok)
+        + "; not separated by: "
+        + (", ".join(k for k, ok in v["separates"].items() if not ok) or "none")
+        + "."
+    )
     tables = [
+        {
+            "caption": "Consistency across tasks, models and subroutines: mean and sd of the "
+            "per-unit effects, fraction with the modular sign, units whose interval excludes 0",
+            "columns": [
+                "regime",
+                "structure",
+                "units",
+                "subnetwork mean",
+                "sd",
+                "agree",
+                "found",
+                "ablation mean",
+                "sd",
+                "agree",
+                "found",
+            ],
+            "rows": [
+                [r["regime"], r["structure"], r["units"]]
+                + [
+                    r[m][k]
+                    for m in ("subnetwork", "ablation_mean")
+                    for k in ("mean", "sd", "agree", "found")
+                ]
+                for r in results["consistency"]
+            ],
+        },
         {
             "caption": "Forced (weight-sparse) vs emergent (dense), pretrained then fine-tuned "
             "on the compound task; means over subroutines and base models",
