@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import builtins
 import fnmatch
+import functools
 import io
 import keyword
 import math
@@ -239,9 +240,15 @@ def condition_windows(
 # --- statistics ------------------------------------------------------------------------
 
 
-def _boot_means(v: torch.Tensor, n_boot: int, seed: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _resample_index(n: int, n_boot: int, seed: int) -> torch.Tensor:
+    # the same seeded draw for every metric: drawing it once per size saves most of the time
     g = torch.Generator().manual_seed(seed)
-    return v[torch.randint(0, v.numel(), (n_boot, v.numel()), generator=g)].mean(1)
+    return torch.randint(0, n, (n_boot, n), generator=g)
+
+
+def _boot_means(v: torch.Tensor, n_boot: int, seed: int) -> torch.Tensor:
+    return v[_resample_index(v.numel(), n_boot, seed)].mean(1)
 
 
 def _interval(samples: torch.Tensor, level: float) -> tuple[float, float]:
