@@ -167,12 +167,30 @@ def _accuracy_profile(acc: dict[str, float], factor: str) -> dict:
     return {"own": acc[factor], "other": acc[other], "metric": acc[factor] - acc[other]}
 
 
+def _lepori(accuracy, keep, removed, subs, factor: str, modes: tuple[str, ...]) -> dict:
+    """Subnetwork metric (the structure alone, rest removed in the first mode) and ablation
+    metric per mode (the structure removed), each on the test pairs of both subroutines.
+    `accuracy(masks, batch, mode)` runs the model under masks."""
+    test = {f: subs[f]["test"] for f in FACTORS}
+
+    def profile(masks, mode):
+        return _accuracy_profile({f: accuracy(masks, test[f], mode) for f in FACTORS}, factor)
+
+    return {"subnetwork": profile(keep, modes[0])} | {
+        f"ablation_{mode}": profile(removed, mode) for mode in modes
+    }
+
+
 def weight_structures(
     model, names, subs: dict[str, dict[str, TaskBatch]], means, cfg: ModularityConfig
 ):
     """Per subroutine: one mask per mask seed, with its size and Lepori metrics."""
     modules = dict(model.named_modules())
     total = sum(int((modules[n].weight != 0).sum()) for n in names)
+
+    def accuracy(masks, batch, mode):
+        return masked_accuracy(model, masks, batch, mode, means)
+
     out, kept = {}, {}
     for factor in FACTORS:
         runs, kept[factor] = [], []
@@ -184,26 +202,13 @@ def weight_structures(
             n_kept = sum(int(v.sum()) for v in k.values())
             status = "empty" if n_kept == 0 else "full" if n_kept >= total else "ok"
             removed = {n: 1 - m for n, m in mask.items()}
-            test = {f: subs[f]["test"] for f in FACTORS}
             runs.append(
                 {
                     "mask_seed": ms,
                     "status": status,
                     "kept": n_kept,
                     "kept_frac": n_kept / total,
-                    "subnetwork": _accuracy_profile(
-                        {f: masked_accuracy(model, mask, test[f]) for f in FACTORS}, factor
-                    ),
-                    "ablation_zero": _accuracy_profile(
-                        {f: masked_accuracy(model, removed, test[f]) for f in FACTORS}, factor
-                    ),
-                    "ablation_mean": _accuracy_profile(
-                        {
-                            f: masked_accuracy(model, removed, test[f], "mean", means)
-                            for f in FACTORS
-                        },
-                        factor,
-                    ),
+                    **_lepori(accuracy, mask, removed, subs, factor, ("zero", "mean")),
                 }
             )
             kept[factor].append(k)
@@ -219,16 +224,15 @@ def _node_masks(model, circuit) -> dict[str, torch.Tensor]:
     return masks
 
 
-@torch.no_grad()
-def _node_accuracy(model, sites, means, masks, batch: TaskBatch) -> float:
-    return task_accuracy(
-        model.run_with_hooks(batch.tokens, fwd_hooks=ablation_hooks(sites, means, masks)), batch
-    )
-
-
 def node_structures(model, subs, node_means, cfg: ModularityConfig):
     """Per subroutine: the node circuit per mask seed (or why there is none), with metrics."""
     sites = node_sites(model.cfg)
+
+    @torch.no_grad()
+    def accuracy(masks, batch, mode):  # nodes are always mean-ablated
+        hooks = ablation_hooks(sites, node_means, masks)
+        return task_accuracy(model.run_with_hooks(batch.tokens, fwd_hooks=hooks), batch)
+
     out, kept = {}, {}
     for factor in FACTORS:
         runs, kept[factor] = [], []
@@ -256,7 +260,6 @@ def node_structures(model, subs, node_means, cfg: ModularityConfig):
                 continue
             masks = _node_masks(model, circuit)
             removed = {h: 1 - m for h, m in masks.items()}
-            test = {f: subs[f]["test"] for f in FACTORS}
             n = len(circuit.nodes)
             runs.append(
                 {
@@ -265,20 +268,7 @@ def node_structures(model, subs, node_means, cfg: ModularityConfig):
                     "nodes": n,
                     "edges": len(circuit.edges),
                     "kept_frac": n / circuit.n_nodes_total,
-                    "subnetwork": _accuracy_profile(
-                        {
-                            f: _node_accuracy(model, sites, node_means, masks, test[f])
-                            for f in FACTORS
-                        },
-                        factor,
-                    ),
-                    "ablation_mean": _accuracy_profile(
-                        {
-                            f: _node_accuracy(model, sites, node_means, removed, test[f])
-                            for f in FACTORS
-                        },
-                        factor,
-                    ),
+                    **_lepori(accuracy, masks, removed, subs, factor, ("mean",)),
                 }
             )
             kept[factor].append({h: m > 0 for h, m in masks.items()})
