@@ -210,6 +210,7 @@ def runs(tmp_path_factory):
 def test_cli_activations_end_to_end(tmp_path, runs):
     import json
 
+    from sparsecircuits.activations import CONDITIONS
     from sparsecircuits.cli import main
 
     dirs = [str(runs[k]) for k in ("s0", "s1", "s2", "dense")]
@@ -223,15 +224,7 @@ def test_cli_activations_end_to_end(tmp_path, runs):
         "blocks.1.mlp.hook_post",
         "blocks.1.hook_resid_post",
     ]
-    assert list(m["conditions"]) == [
-        "train",
-        "heldout",
-        "renamed_identifiers",
-        "shuffled_lines",
-        "non_code_text",
-        "shuffled_tokens",
-        "random_tokens",
-    ]
+    assert list(m["conditions"]) == list(CONDITIONS)  # all seven, in order
     dense, sparse = res["groups"]  # dense first, seeds grouped
     assert dense["kind"] == "dense" and dense["seeds"] == [0]
     assert sparse["kind"] == "sparse" and sorted(sparse["seeds"]) == [0, 1, 2]
