@@ -43,6 +43,7 @@ import torch
 
 from .corpus import TokenData
 from .errors import UserError, read_json, save_figure_atomic, write_json_atomic
+from .stats import t_interval
 
 EPS = 1e-30
 
@@ -285,10 +286,6 @@ def bootstrap_diff(b: torch.Tensor, a: torch.Tensor, n_boot: int = 1000, seed: i
     return (_r(b.mean() - a.mean()), _r(lo), _r(hi))
 
 
-# Two-sided 95% Student t quantiles by degrees of freedom (df > 30 uses df 30: conservative).
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
-_T95 += [2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]
-_T95 += [2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 MIN_SEEDS = 3
 
 
@@ -302,8 +299,8 @@ def combine_seeds(stats: list) -> dict:
     means = [s[0] for s in stats]
     m = statistics.fmean(means)
     if len(stats) >= MIN_SEEDS:
-        half = _T95[min(len(means), 31) - 2] * statistics.stdev(means) / math.sqrt(len(means))
-        lo, hi, how = m - half, m + half, f"t interval across {len(means)} seeds"
+        m, lo, hi = t_interval(means)
+        how = f"t interval across {len(means)} seeds"
     else:
         lo, hi = min(s[1] for s in stats), max(s[2] for s in stats)
         how = "inputs only" + (" (union over 2 seeds)" if len(stats) == 2 else " (1 seed)")

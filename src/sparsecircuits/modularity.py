@@ -50,6 +50,7 @@ from .nodes import ablation_hooks, compute_node_means, node_sites, parse_node
 from .prune import TargetUnreachable, find_circuit
 from .pruning import PruneConfig
 from .sparsity import WeightSparsifier
+from .stats import t_interval
 from .tasks import TaskBatch, prompt_windows, task_accuracy
 from .tasks.compound import (
     FACTORS,
@@ -337,21 +338,15 @@ def study_models(study_dir: str | Path) -> list[str]:
     return [dense[0]["dir"], sparse[0]["dir"]]
 
 
-# Two-sided 95% t quantiles by degrees of freedom (scipy is not a dependency).
-_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
-
-
 def interval(xs: list[float]) -> dict | None:
     """Mean with a 95% t-interval over independent units (base models); `found` says whether
     the interval excludes zero (an effect smaller than its interval is not found)."""
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     if not xs:
         return None
-    mean = statistics.fmean(xs)
     if len(xs) < 2:
-        return {"mean": mean, "low": None, "high": None, "n": 1, "found": None}
-    half = _T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
-    low, high = mean - half, mean + half
+        return {"mean": xs[0], "low": None, "high": None, "n": 1, "found": None}
+    mean, low, high = t_interval(xs)
     return {"mean": mean, "low": low, "high": high, "n": len(xs), "found": low > 0 or high < 0}
 
 
