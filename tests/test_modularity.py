@@ -276,6 +276,9 @@ def test_modularity_end_to_end(compound_models, tmp_path):
     assert (out / "ablation_matrix.png").stat().st_size > 1000
     section = json.loads((out / "section.json").read_text())
     assert section["title"] == "Forced vs emergent modularity" and len(section["tables"]) == 4
+    assert len(res["findings"]) == 6  # task x structure x regime
+    assert res["findings"][0] in section["paragraphs"]
+    assert res["fer_validation"]["separates"]["circuit_nodes"]
     lines = (out / "runs.jsonl").read_text().splitlines()
     assert len(lines) == 12
 

@@ -264,16 +264,8 @@ def _cmd_modularity(args) -> None:
     print(f"plot:    {out / 'ablation_matrix.png'}")
     if args.study:
         print(f"report:  {build_report(args.study)}")
-    for row in results["forced_vs_emergent"]:
-        print(
-            f"{row['task']:>14} {row['kind']:>16} {row['structure']:>7}: acc "
-            f"{row['compound_accuracy']:.2f}, subnetwork {_num(row['subnetwork_metric'])}, "
-            f"ablation {_num(row['ablation_metric'])}, A/B overlap {_num(row['overlap_ab'])}"
-        )
-
-
-def _num(x) -> str:
-    return "n/a" if x is None else f"{x:+.2f}"
+    for line in results["findings"]:
+        print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:

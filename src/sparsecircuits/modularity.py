@@ -480,6 +480,36 @@ def forced_vs_emergent(runs: list[dict], summary: list[dict], tol: float = 0.05)
     return rows
 
 
+def findings(summary: list[dict]) -> list[str]:
+    """One sentence per task x structure x regime: the subroutine metrics of every model kind,
+    with intervals over base models, both subroutines pooled by their mean."""
+    lines = []
+    keys = sorted({(r["task"], r["structure"], r["regime"]) for r in summary})
+    for task, structure, regime in keys:
+        rows = [
+            r
+            for r in summary
+            if (r["task"], r["structure"], r["regime"]) == (task, structure, regime)
+        ]
+        parts = []
+        for kind in sorted({r["kind"] for r in rows}):
+            per = [r for r in rows if r["kind"] == kind]
+            if not any(r["subnetwork"] for r in per):
+                parts.append(f"{kind}: no usable structure")
+                continue
+            parts.append(
+                f"{kind}: "
+                + "; ".join(
+                    f"{r['factor'].upper()} subnetwork {_fmt_ci(r['subnetwork'])}, "
+                    f"ablation {_fmt_ci(r['ablation_mean'])}"
+                    for r in per
+                    if r["subnetwork"]
+                )
+            )
+        lines.append(f"{task}, {regime}, {structure}: " + " | ".join(parts))
+    return lines
+
+
 def _read_runs(path: Path) -> list[dict]:
     """Finished runs of an earlier, interrupted call (a torn last line is dropped)."""
     import json
@@ -576,6 +606,7 @@ def run_modularity(
         "runs": runs,
         "summary": summary,
         "consistency": consistency(summary),
+        "findings": findings(summary),
         "forced_vs_emergent": forced_vs_emergent(runs, summary),
         "fer_validation": validate_on_planted(cfg.seed),
         "seconds": time.perf_counter() - t0,
@@ -645,7 +676,11 @@ def plot_ablation_matrix(results: dict, path: Path) -> None:
     ]
     groups = sorted({(r["kind"], r["regime"]) for r in runs})
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(3.2 * len(panels), 0.5 * 2 * len(groups) + 1.5), squeeze=False
+        1,
+        len(panels),
+        figsize=(2.2 * len(panels) + 2.5, 0.45 * 2 * len(groups) + 1.6),
+        squeeze=False,
+        layout="constrained",  # room for the long row labels and the colour bar
     )
     for ax, (task, structure, mode) in zip(axes[0], panels, strict=True):
         labels, matrix = [], []
@@ -671,8 +706,11 @@ def plot_ablation_matrix(results: dict, path: Path) -> None:
         ax.set_title(f"{task}\n{structure}, {mode.replace('ablation_', '')} ablation", fontsize=8)
         for i, row in enumerate(matrix):
             for j, v in enumerate(row):
-                if math.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
+                # an empty cell: no usable structure (e.g. the untrained control cannot
+                # reach the node circuits' target loss)
+                label = f"{v:.2f}" if math.isfinite(v) else "none"
+                color = "white" if math.isfinite(v) and v > 0.3 else "black"
+                ax.text(j, i, label, ha="center", va="center", fontsize=6, color=color)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy drop")
     save_figure_atomic(fig, path)
     plt.close(fig)
@@ -691,6 +729,7 @@ def write_report_section(results: dict, out: Path) -> None:
         "(< 0 = removing it broke only its own job). Intervals are 95% t-intervals over base "
         "models; an effect whose interval includes 0 is reported as not found.",
     ]
+    paragraphs += results["findings"]
     collapsed = sum(r["collapsed"] for r in summary)
     if collapsed:
         paragraphs.append(
