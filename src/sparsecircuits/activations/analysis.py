@@ -1,0 +1,390 @@
+"""Measuring: hook activations per input, one checkpoint (conditions, difficulty, snapshots),
+groups of seeds, and the whole run into a folder."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError, read_json, write_json_atomic
+from . import metrics
+from .conditions import CONDITIONS, condition_windows, difficulty_levels, fitting_batch
+from .config import FILES, ActivationsConfig
+from .intervals import bootstrap_ci, bootstrap_diff, combine_seeds, verdict
+from .metrics import sparsity_metrics
+from .plots import plot_by_layer, plot_difficulty, plot_training, write_activation_section
+
+# --- measuring -------------------------------------------------------------------------
+
+# Hooks whose activations are not one vector per position (attention scores and patterns).
+_NOT_VECTORS = ("hook_attn_scores", "hook_pattern", "hook_sink")
+
+
+def resolve_hooks(model, patterns: list[str], where) -> list[str]:
+    """Hook names matching any pattern, in model order. A pattern with * ? or [ is a glob on
+    the full name; any other pattern matches names containing it (`resid_post`, `mlp.hook_post`)."""
+    names = [n for n in model.hook_dict if not n.endswith(_NOT_VECTORS)]
+    chosen = set()
+    for p in patterns:
+        glob = p if any(c in p for c in "*?[") else f"*{p}*"
+        hits = [n for n in names if fnmatch.fnmatchcase(n, glob)]
+        if not hits:
+            raise UserError(
+                f"{where}: no per-position hook matches {p!r} (hooks: {', '.join(names[:6])}, ...)"
+            )
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
+
+
+@torch.no_grad()
+def per_input(model, tokens: torch.Tensor, hooks: list[str], last_pos=None):
+    """(logits, {hook: {metric: {"last": [n], "all_positions": [n]}}}): every metric for each
+    input at its last token (`last_pos`, default the final position) and averaged over its
+    positions up to there."""
+    logits, cache = model.run_with_cache(tokens, names_filter=hooks)
+    n, t = tokens.shape
+    last = torch.full((n,), t - 1) if last_pos is None else last_pos
+    valid = torch.arange(t)[None, :] <= last[:, None]
+    out = {}
+    for hook in hooks:
+        h = cache[hook].flatten(2) if cache[hook].dim() > 3 else cache[hook]
+        out[hook] = {
+            name: {
+                "last": v[torch.arange(n), last],
+                "all_positions": torch.where(valid, v, torch.nan).nanmean(1),
+            }
+            for name, v in sparsity_metrics(h).items()
+        }
+    return logits, out
+
+
+def _map(fn, *trees):
+    """fn applied leaf-wise to {hook: {metric: {position: leaf}}} trees of the same shape."""
+    return {
+        hook: {
+            m: {p: fn(m, *(t[hook][m][p] for t in trees)) for p in trees[0][hook][m]}
+            for m in trees[0][hook]
+        }
+        for hook in trees[0]
+    }
+
+
+def summarise(values: dict) -> dict:
+    """{hook: {metric: {position: (mean, low, high)}}}, intervals over inputs."""
+    return _map(lambda _m, v: bootstrap_ci(v), values)
+
+
+def effects(values: dict, baseline: dict) -> dict:
+    """{hook: {metric: {position: {diff, low, high, verdict}}}} of values - baseline."""
+
+    def one(metric, b, a):
+        d, lo, hi = bootstrap_diff(b, a)
+        return {"diff": d, "low": lo, "high": hi, "verdict": verdict(metric, lo, hi)}
+
+    return _map(one, values, baseline)
+
+
+def layer_metrics(model, windows: torch.Tensor, hooks: list[str] | None = None) -> dict:
+    """{hook: {metric: {"last": (mean, lo, hi), "all_positions": (mean, lo, hi)}}}; the
+    interval is over inputs (windows)."""
+    hooks = hooks or [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layer)]
+    return summarise(per_input(model, windows, hooks)[1])
+
+
+# --- one checkpoint --------------------------------------------------------------------
+
+
+def snapshots(model_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of the snapshots training kept, oldest first."""
+    found = []
+    for d in (model_dir / "checkpoints").glob("step_*"):
+        m = re.fullmatch(r"step_(\d+)", d.name)
+        if m and d.is_dir():
+            found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def familiarity(model, windows: dict, hooks: list[str]) -> tuple[dict, dict]:
+    """(summaries, effects vs training code) of every condition."""
+    vals = {name: per_input(model, w, hooks)[1] for name, w in windows.items()}
+    return (
+        {name: summarise(v) for name, v in vals.items()},
+        {name: effects(v, vals["train"]) for name, v in vals.items() if name != "train"},
+    )
+
+
+def describe_config(model_dir) -> tuple[str, str, dict]:
+    """(kind, label, config without the seed) of a checkpoint: models that differ only in
+    seed get the same config and so form one group."""
+    from ..checkpoint import load_config
+    from ..config import config_to_dict
+
+    m, t = load_config(model_dir)
+    key = config_to_dict(m, t)
+    if t is None:
+        return "imported", f"d_model {m.d_model} (imported)", key
+    key["train"].pop("seed")
+    kind = "dense" if t.density >= 1 else "sparse"
+    label = (
+        f"dense, d_model {m.d_model}"
+        if kind == "dense"
+        else f"sparse {t.density:.4g}, d_model {m.d_model}"
+    )
+    return kind, label, key
+
+
+def analyse_checkpoint(model_dir, cfg: ActivationsConfig | None = None) -> dict:
+    """Every condition x hook x metric for one checkpoint on its own corpus, difficulty
+    levels with accuracy, and the same on every training snapshot."""
+    from ..checkpoint import checkpoint_corpus, load, load_config
+
+    cfg = cfg or ActivationsConfig()
+    model_dir = Path(model_dir)
+    model, tok = load(model_dir)
+    if tok is None:
+        raise UserError(f"{model_dir}: activation analysis needs the checkpoint's tokenizer.json")
+    hooks = resolve_hooks(model, cfg.hooks, model_dir)
+    data = checkpoint_corpus(model_dir, model, tok)
+    windows = condition_windows(data, cfg.n, model.cfg.n_ctx, cfg.seed)
+    summaries, effs = familiarity(model, windows, hooks)
+    kind, label, _ = describe_config(model_dir)
+    _, train_cfg = load_config(model_dir)
+    out = {
+        "model_dir": str(model_dir),
+        "kind": kind,
+        "label": label,
+        "seed": train_cfg.seed if train_cfg else None,
+        "n_inputs": cfg.n,
+        "hooks": hooks,
+        "conditions": summaries,
+        "effects": effs,
+        "skipped_conditions": [c for c in CONDITIONS if c not in windows],
+    }
+    if cfg.difficulty:
+        out["difficulty"] = measure_difficulty(
+            model, tok, difficulty_levels(cfg, data, model.cfg.n_ctx), hooks
+        )
+    if cfg.training:
+        out["training"] = _over_training(model_dir, windows, hooks, train_cfg, model)
+    return out
+
+
+def _over_training(model_dir: Path, windows: dict, hooks: list[str], train_cfg, final) -> dict:
+    """The familiarity measurement on every snapshot (and the final weights, when training
+    ended between snapshots), on the same windows."""
+    from ..checkpoint import load
+
+    steps = []
+    snaps = snapshots(model_dir)
+    for step, d in snaps:
+        model, _ = load(d)
+        if model.cfg != final.cfg:
+            raise UserError(f"{d / 'config.json'}: snapshot does not match {model_dir}")
+        steps.append((step, *familiarity(model, windows, hooks)))
+    if snaps and train_cfg and train_cfg.steps not in {s for s, _ in snaps}:
+        steps.append((train_cfg.steps, *familiarity(final, windows, hooks)))
+    return {
+        "steps": [s for s, _, _ in steps],
+        "conditions": [c for _, c, _ in steps],
+        "effects": [e for _, _, e in steps],
+    }
+
+
+# --- groups of seeds -------------------------------------------------------------------
+
+
+def _group_tree(trees: list[dict], with_verdict: bool = False) -> dict:
+    """Leaf-wise combine_seeds over the seeds' trees (leaves (mean, lo, hi) or effects)."""
+
+    def one(metric, *leaves):
+        stats = [(x["diff"], x["low"], x["high"]) if isinstance(x, dict) else x for x in leaves]
+        c = combine_seeds(stats)
+        if with_verdict:
+            c["verdict"] = verdict(metric, c["low"], c["high"])
+        return c
+
+    return _map(one, *trees)
+
+
+def _group_difficulty(models: list[dict]) -> dict:
+    out = {}
+    for axis in models[0].get("difficulty", {}):
+        per = [m["difficulty"][axis] for m in models]
+        common = set.intersection(*({lv["level"] for lv in p["levels"]} for p in per))
+        levels = []
+        for row in per[0]["levels"]:
+            if row["level"] in common:
+                rows = [next(x for x in p["levels"] if x["level"] == row["level"]) for p in per]
+                levels.append(
+                    {
+                        "level": row["level"],
+                        "label": row["label"],
+                        "accuracy": combine_seeds([r["accuracy"] for r in rows]),
+                        "metrics": _group_tree([r["metrics"] for r in rows]),
+                    }
+                )
+        res = {"levels": levels}
+        if all("hardest_minus_easiest" in p for p in per):
+            res["hardest_minus_easiest"] = _group_tree(
+                [p["hardest_minus_easiest"] for p in per], True
+            )
+            acc = combine_seeds([tuple(p["accuracy_hardest_minus_easiest"].values()) for p in per])
+            res["accuracy_hardest_minus_easiest"] = acc | {
+                "verdict": verdict("accuracy", acc["low"], acc["high"])
+            }
+        out[axis] = res
+    return out
+
+
+def _group_training(models: list[dict], hook: str, metric: str) -> dict | None:
+    runs = [m.get("training") for m in models]
+    if not all(r and r["steps"] for r in runs):
+        return None
+    steps = sorted(set.intersection(*(set(r["steps"]) for r in runs)))
+    pick = [[r["steps"].index(s) for s in steps] for r in runs]
+    conditions = [
+        {
+            c: _group_tree([r["conditions"][i[k]][c] for r, i in zip(runs, pick, strict=True)])
+            for c in runs[0]["conditions"][0]
+        }
+        for k in range(len(steps))
+    ]
+    effs = [
+        {
+            c: _group_tree([r["effects"][i[k]][c] for r, i in zip(runs, pick, strict=True)], True)
+            for c in runs[0]["effects"][0]
+        }
+        for k in range(len(steps))
+    ]
+    emergence = {}
+    for c in effs[0] if effs else {}:
+        vs = [e[c][hook][metric]["last"]["verdict"] for e in effs]
+        # the first snapshot from which the unfamiliar input stays sparser to the end
+        at = next(
+            (steps[i] for i in range(len(vs)) if all(v == "found: sparser" for v in vs[i:])), None
+        )
+        emergence[c] = {"verdicts": vs, "sparser_from_step": at}
+    return {"steps": steps, "conditions": conditions, "effects": effs, "emergence": emergence}
+
+
+def group_results(models: list[dict], keys: list[dict], cfg: ActivationsConfig) -> list[dict]:
+    """Models of the same config (all but the seed) as one group, dense groups first."""
+    import json
+
+    by_key: dict[str, list[dict]] = {}
+    for m, key in zip(models, keys, strict=True):
+        by_key.setdefault(json.dumps(key, sort_keys=True), []).append(m)
+    groups = []
+    for members in by_key.values():
+        hook = members[0]["hooks"][-1]
+        groups.append(
+            {
+                "label": members[0]["label"],
+                "kind": members[0]["kind"],
+                "model_dirs": [m["model_dir"] for m in members],
+                "seeds": [m["seed"] for m in members],
+                "headline": {"hook": hook, "metric": cfg.metric, "position": "last"},
+                "conditions": {
+                    c: _group_tree([m["conditions"][c] for m in members])
+                    for c in members[0]["conditions"]
+                },
+                "effects": {
+                    c: _group_tree([m["effects"][c] for m in members], True)
+                    for c in members[0]["effects"]
+                },
+                "difficulty": _group_difficulty(members),
+                "training": _group_training(members, hook, cfg.metric),
+            }
+        )
+    return sorted(groups, key=lambda g: (g["kind"] != "dense", g["label"]))
+
+
+# --- running ---------------------------------------------------------------------------
+
+RESULTS_VERSION = 2
+
+
+def run_activations(model_dirs: list, out, cfg: ActivationsConfig | None = None) -> dict:
+    """Analyse every checkpoint, group seeds, write activations.json, the plots and a
+    report section into `out`."""
+    from ..report import _finite
+
+    cfg = cfg or ActivationsConfig()
+    out = Path(out)
+    models = [analyse_checkpoint(d, cfg) for d in model_dirs]
+    keys = [describe_config(d)[2] for d in model_dirs]
+    results = {
+        "schema_version": RESULTS_VERSION,
+        "metric_definitions": metrics.__doc__,
+        "config": asdict(cfg),
+        "groups": group_results(models, keys, cfg),
+        "models": models,
+    }
+    results = _finite(results)
+    write_json_atomic(out / FILES["json"], results)
+    plot_by_layer(results, out / FILES["layers"], cfg.metric)
+    images = [("layers", "metric by layer per input condition")]
+    if any(g["training"] for g in results["groups"]):
+        plot_training(results, out / FILES["training"], cfg.metric)
+        images.append(("training", "metric over training, familiar vs unfamiliar"))
+    if any(g["difficulty"] for g in results["groups"]):
+        plot_difficulty(results, out / FILES["difficulty"], cfg.metric)
+        images.append(("difficulty", "metric and accuracy by difficulty level"))
+    write_activation_section(results, out, images)
+    return results
+
+
+def run_study_activations(study_dir, out=None, cfg: ActivationsConfig | None = None):
+    """The analysis on a study's models (every kind and seed), into DIR/activations by
+    default, then the study report rebuilt with its section."""
+    from ..report import build_report
+
+    study_dir = Path(study_dir)
+    rows = read_json(study_dir / "results.json").get("models")
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{study_dir / 'results.json'}: lists no models")
+    dirs = [Path(r["dir"]) if Path(r["dir"]).is_absolute() else study_dir / r["dir"] for r in rows]
+    results = run_activations(dirs, Path(out) if out else study_dir / "activations", cfg)
+    return results, build_report(study_dir)
+
+
+def measure_difficulty(model, tok, levels: dict, hooks: list[str]) -> dict:
+    """Per axis: per level the accuracy (correct logit > incorrect) and metrics at the last
+    prompt token, and the hardest - easiest effects."""
+    from ..tasks import task_logit_diff
+
+    out = {}
+    for axis, rows in levels.items():
+        measured, skipped = [], []
+        for level, label, task in rows:
+            batch = fitting_batch(task, tok, model.cfg.n_ctx)
+            if isinstance(batch, str):
+                skipped.append(f"level {level}: {batch}")
+                continue
+            logits, vals = per_input(model, batch.tokens, hooks, batch.last_pos)
+            correct = (task_logit_diff(logits, batch) > 0).double()
+            measured.append((level, label, len(batch), correct, vals))
+        res = {
+            "levels": [
+                {
+                    "level": lv,
+                    "label": label,
+                    "n_prompts": n,
+                    "accuracy": bootstrap_ci(correct),
+                    "metrics": summarise(vals),
+                }
+                for lv, label, n, correct, vals in measured
+            ],
+            "skipped": skipped,
+        }
+        if len(measured) >= 2:
+            first, last = measured[0], measured[-1]
+            res["hardest_minus_easiest"] = effects(last[4], first[4])
+            d, lo, hi = bootstrap_diff(last[3], first[3])
+            res["accuracy_hardest_minus_easiest"] = {"diff": d, "low": lo, "high": hi}
+        out[axis] = res
+    return out
