@@ -324,3 +324,36 @@ def test_study_models_are_the_dense_and_sparsest_at_base_width(tmp_path):
 
     study = write_fake_study(tmp_path / "study")
     assert study_models(study) == ["models/w64_dense_s0", "models/w64_d0.25_s0"]
+
+
+@pytest.mark.slow
+def test_cli_with_a_user_compound_task(compound_models, tmp_path, capsys):
+    """The built-in quote x bracket task written out as the three user files, run through
+    the CLI: the user's task is analysed under its file's name."""
+    task = get_compound_task("quote_bracket", 12, 6, seed=5)
+    rows = [{"prompt": e.prompt, "answer": e.answer, "a": e.a, "b": e.b} for e in task.train]
+    files = [_write_jsonl(tmp_path / "mine.jsonl", rows)]
+    for f in "ab":
+        pairs = task.sub[f].train + task.sub[f].test
+        files.append(
+            _write_jsonl(
+                tmp_path / f"mine_{f}.jsonl",
+                [
+                    {
+                        "prompt": p.prompt_a,
+                        "prompt_alt": p.prompt_b,
+                        "correct": p.answer_a,
+                        "incorrect": p.answer_b,
+                    }
+                    for p in pairs
+                ],
+            )
+        )
+    out = tmp_path / "out"
+    argv = ["modularity", str(compound_models[0]), "--compound-files", *map(str, files)]
+    argv += ["--out", str(out), "--regimes", "pretrained", "--base-seeds", "1", "--mask-seeds", "1"]
+    argv += ["--finetune-steps", "20", "--mask-steps", "20", "--node-target", "0.9", "--quiet"]
+    assert main(argv) == 0
+    res = json.loads((out / "modularity.json").read_text())
+    assert {r["task"] for r in res["runs"]} == {"mine"}
+    assert "mine, pretrained, weights" in capsys.readouterr().out

@@ -248,8 +248,11 @@ def _cmd_modularity(args) -> None:
     out = Path(args.out) if args.out else Path(args.study) / "modularity" if args.study else None
     if out is None:
         raise UserError("modularity needs --out DIR (or --study DIR)")
+    files = args.compound_files or []
+    default = "" if files else "quote_bracket,nested_close"
     cfg = ModularityConfig(
-        tasks=args.tasks.split(","),
+        tasks=[t for t in (args.tasks if args.tasks is not None else default).split(",") if t],
+        task_files=[list(f) for f in files],
         regimes=args.regimes.split(","),
         base_seeds=args.base_seeds,
         mask_seeds=args.mask_seeds,
@@ -382,7 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("model_dirs", nargs="*", metavar="MODEL_DIR", help="pretrained checkpoints")
     mo.add_argument("--study", help="use this study's dense and sparsest base-width models")
     mo.add_argument("--out", help="output folder (default with --study: DIR/modularity)")
-    mo.add_argument("--tasks", default="quote_bracket,nested_close", help="compound tasks")
+    mo.add_argument("--tasks", help="built-in compound tasks (default: quote_bracket,nested_close)")
+    mo.add_argument(
+        "--compound-files",
+        nargs=3,
+        action="append",
+        metavar=("COMPOUND", "A", "B"),
+        help="a user compound task: its .jsonl, subroutine A's and B's (repeatable)",
+    )
     mo.add_argument("--regimes", default="pretrained,scratch,random")
     mo.add_argument("--base-seeds", type=int, default=3)
     mo.add_argument("--mask-seeds", type=int, default=2)

@@ -59,6 +59,7 @@ from .tasks.compound import (
     compound_accuracy,
     compound_loss,
     get_compound_task,
+    load_compound_task,
 )
 from .weightmask import (
     MaskConfig,
@@ -77,6 +78,8 @@ RESULTS_FILE = "modularity.json"
 @dataclass
 class ModularityConfig:
     tasks: list[str] = field(default_factory=lambda: ["quote_bracket", "nested_close"])
+    # user compound tasks: [compound.jsonl, a.jsonl, b.jsonl] each (tasks/compound.py)
+    task_files: list[list[str]] = field(default_factory=list)
     regimes: list[str] = field(default_factory=lambda: list(REGIMES))
     base_seeds: int = 3
     mask_seeds: int = 2
@@ -97,6 +100,10 @@ class ModularityConfig:
         bad = [r for r in self.regimes if r not in REGIMES]
         if bad:
             raise UserError(f"unknown regime(s) {bad}; choose from {', '.join(REGIMES)}")
+        if any(len(files) != 3 for files in self.task_files):
+            raise UserError("each user compound task is three files: compound, A and B (.jsonl)")
+        if not self.tasks and not self.task_files:
+            raise UserError("modularity needs at least one compound task")
         for name in ("base_seeds", "mask_seeds", "n_train", "n_test"):
             if getattr(self, name) < 1:
                 raise UserError(f"modularity config: {name} must be >= 1")
@@ -569,16 +576,21 @@ def run_modularity(
         for r in (_read_runs(runs_path) if resume else [])
     }
 
+    tasks = {t: get_compound_task(t, cfg.n_train, cfg.n_test, cfg.seed) for t in cfg.tasks}
+    for files in cfg.task_files:
+        task = load_compound_task(*files, seed=cfg.seed)
+        if task.name in tasks:
+            raise UserError(f"{files[0]}: a second compound task named {task.name!r}")
+        tasks[task.name] = task
     jobs = [
         (t, d, reg, s)
-        for t in cfg.tasks
+        for t in tasks
         for d in dirs
         for reg in cfg.regimes
         for s in range(cfg.base_seeds)
     ]
     t0 = time.perf_counter()
     runs = []
-    tasks = {t: get_compound_task(t, cfg.n_train, cfg.n_test, cfg.seed) for t in cfg.tasks}
     with runs_path.open("a", encoding="utf-8") as log:
         for task_name, d, regime, seed in tqdm(
             jobs, desc="modularity", unit="model", disable=not progress
