@@ -287,11 +287,18 @@ def test_modularity_end_to_end(compound_models, tmp_path):
     again = run_modularity(compound_models, out, cfg, progress=False)
     assert again["runs"][:5] == res["runs"][:5]
     assert len(again["runs"]) == 12
-    # Another configuration in the same folder is refused without --force.
-    with pytest.raises(UserError, match="other models or settings"):
-        run_modularity(
-            compound_models, out, ModularityConfig(**TINY | {"base_seeds": 3}), progress=False
-        )
+    # A smaller job list in the same folder reuses its runs; other settings are refused.
+    one = run_modularity(
+        compound_models[:1],
+        out,
+        ModularityConfig(**TINY | {"base_seeds": 1}, masks=MaskConfig(steps=40)),
+        progress=False,
+    )
+    assert one["runs"] == [
+        r for r in res["runs"] if r["model"] == res["runs"][0]["model"] and r["base_seed"] == 0
+    ]
+    with pytest.raises(UserError, match="other settings"):
+        run_modularity(compound_models, out, ModularityConfig(**TINY), progress=False)
 
 
 @pytest.mark.slow

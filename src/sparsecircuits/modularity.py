@@ -73,6 +73,7 @@ from .weightmask import (
 
 REGIMES = ("pretrained", "scratch", "random")
 RESULTS_FILE = "modularity.json"
+JOB_FIELDS = ("tasks", "task_files", "regimes", "base_seeds")  # what a run folder may grow by
 
 
 @dataclass
@@ -540,7 +541,8 @@ def run_modularity(
     progress: bool = True,
 ) -> dict:
     """The whole experiment into `out`: runs.jsonl as it goes, then modularity.json, the
-    plots and the report section. A rerun with the same models and config resumes."""
+    plots and the report section, over the runs of this call's job list. A rerun resumes,
+    and may add tasks, models, regimes or seeds; other settings need a fresh folder."""
     import json
 
     from .fer import fer_measures, validate_on_planted
@@ -548,23 +550,24 @@ def run_modularity(
 
     cfg = cfg or ModularityConfig()
     out = Path(out)
-    dirs = [Path(d) for d in model_dirs]
+    dirs = [Path(d).resolve() for d in model_dirs]
     if not dirs:
         raise UserError("modularity needs at least one model directory (a pretrained checkpoint)")
     for d in dirs:
         load_config(d)  # a clear error for a folder that is not a checkpoint
         if not (d / "tokenizer.json").is_file():
             raise UserError(f"{d}: no tokenizer.json (needed to encode the task prompts)")
-    # Through JSON, so it compares equal to the setup.json an earlier call wrote (tuples -> lists).
-    setup = json.loads(
-        json.dumps({"config": dataclasses.asdict(cfg), "models": [str(d.resolve()) for d in dirs]})
-    )
+    # What every run's numbers depend on. The job list (tasks, models, regimes, seeds) is not
+    # part of it, so a folder can be extended with more of them and keeps its finished runs.
+    # Through JSON, so it compares equal to the setup.json an earlier call wrote.
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in JOB_FIELDS}
+    setup = json.loads(json.dumps({"settings": settings}))
     out.mkdir(parents=True, exist_ok=True)
     setup_path, runs_path = out / "setup.json", out / "runs.jsonl"
     if setup_path.exists() and read_json(setup_path) != setup:
         if not force:
             raise UserError(
-                f"{out}: holds a modularity run with other models or settings "
+                f"{out}: holds a modularity run with other settings "
                 "(pass --force to start over there, or choose another --out)"
             )
         resume = False
@@ -614,7 +617,7 @@ def run_modularity(
     summary = summarise(runs)
     results = {
         "schema_version": 1,
-        "setup": setup,
+        "setup": setup | {"config": dataclasses.asdict(cfg), "models": [str(d) for d in dirs]},
         "runs": runs,
         "summary": summary,
         "consistency": consistency(summary),
