@@ -364,3 +364,16 @@ def test_cli_with_a_user_compound_task(compound_models, tmp_path, capsys):
     res = json.loads((out / "modularity.json").read_text())
     assert {r["task"] for r in res["runs"]} == {"mine"}
     assert "mine, pretrained, weights" in capsys.readouterr().out
+
+
+def test_fer_measures_leave_the_model_unchanged():
+    from sparsecircuits.fer import perturbation_sensitivity, weight_sweep
+
+    model = planted_model(SOFT).requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    names = masked_layers(model, ["blocks.*"])
+    batch = planted_batch(16, 3)
+    perturbation_sensitivity(model, [batch], names, draws=4)
+    sweep = weight_sweep(model, [batch], names, points=5)
+    assert sweep["t"] == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

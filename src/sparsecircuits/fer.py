@@ -116,16 +116,17 @@ def perturbation_sensitivity(
     base = _behaviour(model, batches)
     scale = float(base.abs().mean()) or 1.0
     changes = []
-    for _ in range(draws):
-        saved = {}
-        with torch.no_grad():
-            for n in names:
-                w = modules[n].weight
-                saved[n] = w.clone()
-                hit = torch.rand(w.shape, generator=g) < frac
-                rms = float(w.pow(2).mean().sqrt())
-                w.add_(hit * torch.randn(w.shape, generator=g) * eps * rms)
-        changes.append(float((_behaviour(model, batches) - base).abs().mean()) / scale)
+    saved = {n: modules[n].weight.detach().clone() for n in names}
+    try:
+        for _ in range(draws):
+            with torch.no_grad():
+                for n in names:
+                    w = modules[n].weight
+                    hit = torch.rand(w.shape, generator=g) < frac
+                    rms = float(saved[n].pow(2).mean().sqrt())
+                    w.copy_(saved[n] + hit * torch.randn(w.shape, generator=g) * eps * rms)
+            changes.append(float((_behaviour(model, batches) - base).abs().mean()) / scale)
+    finally:  # the caller's model comes back unchanged, whatever happens
         with torch.no_grad():
             for n in names:
                 modules[n].weight.copy_(saved[n])
@@ -149,11 +150,14 @@ def weight_sweep(model, batches: list[TaskBatch], names: list[str], points: int 
     original = float(w[idx])
     ts = torch.linspace(-2.0, 2.0, points)
     ys = []
-    with torch.no_grad():
-        for t in ts:
-            w[idx] = original * (1 + float(t))
-            ys.append(float(_behaviour(model, batches).mean()))
-        w[idx] = original
+    try:
+        with torch.no_grad():
+            for t in ts:
+                w[idx] = original * (1 + float(t))
+                ys.append(float(_behaviour(model, batches).mean()))
+    finally:
+        with torch.no_grad():
+            w[idx] = original
     y = torch.tensor(ys)
     y0 = float(_behaviour(model, batches).mean())
     first, second = y.diff(), y.diff(n=2)
