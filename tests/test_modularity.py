@@ -330,7 +330,10 @@ def test_study_models_are_the_dense_and_sparsest_at_base_width(tmp_path):
     from study_fixture import write_fake_study
 
     study = write_fake_study(tmp_path / "study")
-    assert study_models(study) == ["models/w64_dense_s0", "models/w64_d0.25_s0"]
+    assert study_models(study) == [
+        str(study / "models/w64_dense_s0"),
+        str(study / "models/w64_d0.25_s0"),
+    ]
 
 
 @pytest.mark.slow

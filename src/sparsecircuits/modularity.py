@@ -343,7 +343,8 @@ def study_models(study_dir: str | Path) -> list[str]:
     sparse = sorted((m for m in base if m["density"] < 1.0), key=lambda m: m["density"])
     if not dense or not sparse:
         raise UserError(f"{path}: needs a dense and a sparse model of the same width")
-    return [dense[0]["dir"], sparse[0]["dir"]]
+    # study folders may be moved: a relative model dir is relative to the study
+    return [str(Path(study_dir) / m["dir"]) for m in (dense[0], sparse[0])]
 
 
 def interval(xs: list[float]) -> dict | None:
