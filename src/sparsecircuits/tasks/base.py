@@ -97,14 +97,8 @@ class Task:
         pairs = self.train if split == "train" else self.test
         if not pairs:
             raise UserError(f"{self._label()}: the {split} split has no pairs")
-        first_token: dict[str, int] = {}
-        for pair in pairs:
-            for answer in (pair.answer_a, pair.answer_b):
-                if answer not in first_token:
-                    ids = tokenizer.encode(answer, add_special_tokens=False).ids
-                    if not ids:
-                        raise UserError(f"{self._label()}: answer {answer!r} encodes to no tokens")
-                    first_token[answer] = ids[0]
+        answers = [a for pair in pairs for a in (pair.answer_a, pair.answer_b)]
+        first_token = first_tokens(tokenizer, answers, self._label())
 
         prompts = [p for pair in pairs for p in (pair.prompt_a, pair.prompt_b)]
         encoded = [e.ids for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
@@ -128,16 +122,34 @@ class Task:
             correct += [a, b]
             incorrect += [b, a]
 
-        width = max(len(ids) for ids in encoded)
-        tokens = torch.full((len(encoded), width), eot_id(tokenizer), dtype=torch.long)
-        for r, ids in enumerate(encoded):
-            tokens[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        tokens, last_pos = padded(tokenizer, encoded)
         return TaskBatch(
             tokens=tokens,
-            last_pos=torch.tensor([len(ids) - 1 for ids in encoded], dtype=torch.long),
+            last_pos=last_pos,
             correct=torch.tensor(correct, dtype=torch.long),
             incorrect=torch.tensor(incorrect, dtype=torch.long),
         )
+
+
+def first_tokens(tokenizer: Tokenizer, answers, label: str) -> dict[str, int]:
+    """{answer: its first token}, each encoded alone without special tokens."""
+    first: dict[str, int] = {}
+    for answer in answers:
+        if answer not in first:
+            ids = tokenizer.encode(answer, add_special_tokens=False).ids
+            if not ids:
+                raise UserError(f"{label}: answer {answer!r} encodes to no tokens")
+            first[answer] = ids[0]
+    return first
+
+
+def padded(tokenizer: Tokenizer, encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [N, longest] right-padded with end-of-text, index of each last real token)."""
+    width = max(len(ids) for ids in encoded)
+    tokens = torch.full((len(encoded), width), eot_id(tokenizer), dtype=torch.long)
+    for r, ids in enumerate(encoded):
+        tokens[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return tokens, torch.tensor([len(ids) - 1 for ids in encoded], dtype=torch.long)
 
 
 def prompt_windows(batch) -> list[torch.Tensor]:

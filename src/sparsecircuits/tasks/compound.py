@@ -27,9 +27,9 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import UserError
-from ..tokenizer import eot_id
-from .base import Pair, Task
-from .jsonl import load_jsonl_task, read_objects
+from .base import Pair, Task, first_tokens, padded
+from .generators import draw_distinct
+from .jsonl import load_jsonl_task, read_objects, split_indices
 from .snippets import WORDS, func_name, names
 
 FACTORS = ("a", "b")
@@ -82,18 +82,13 @@ class CompoundTask:
         examples = self.train if split == "train" else self.test
         if not examples:
             raise UserError(f"{self.source or self.name}: the {split} split has no examples")
-        first = {}
-        for ans in self.answers:
-            ids = tokenizer.encode(ans, add_special_tokens=False).ids
-            if not ids:
-                raise UserError(f"{self.source or self.name}: answer {ans!r} encodes to no tokens")
-            first[ans] = ids[0]
+        order = self.answers
+        first = first_tokens(tokenizer, order, self.source or self.name)
         if len(set(first.values())) < len(first):
             raise UserError(
-                f"{self.source or self.name}: answers {self.answers} do not start with distinct "
+                f"{self.source or self.name}: answers {order} do not start with distinct "
                 "tokens under this tokenizer, so they cannot be told apart"
             )
-        order = self.answers
         encoded = [
             e.ids
             for e in tokenizer.encode_batch([x.prompt for x in examples], add_special_tokens=False)
@@ -103,12 +98,10 @@ class CompoundTask:
             raise UserError(
                 f"{self.source or self.name}: a prompt is {longest} tokens > n_ctx={n_ctx}"
             )
-        tokens = torch.full((len(encoded), longest), eot_id(tokenizer), dtype=torch.long)
-        for r, ids in enumerate(encoded):
-            tokens[r, : len(ids)] = torch.tensor(ids)
+        tokens, last_pos = padded(tokenizer, encoded)
         return CompoundBatch(
             tokens,
-            torch.tensor([len(ids) - 1 for ids in encoded]),
+            last_pos,
             torch.tensor([order.index(x.answer) for x in examples]),
             torch.tensor([first[a] for a in order]),
         )
@@ -208,17 +201,9 @@ def get_compound_task(
         raise UserError(f"unknown compound task {name!r}; known: {', '.join(COMPOUND_TASKS)}")
     spec = COMPOUND_TASKS[name]
     rng = random.Random(f"{name}/{seed}")
-    seen: set[str] = set()
-    cells: list[dict] = []
-    for _ in range(20 * (n_train + n_test) + 100):
-        if len(cells) == n_train + n_test:
-            break
-        cell = spec.make_cell(rng)
-        if not seen.intersection(cell.values()):
-            seen.update(cell.values())
-            cells.append(cell)
-    if len(cells) < n_train + n_test:
-        raise UserError(f"compound task {name}: only {len(cells)} distinct cells found")
+    cells = draw_distinct(
+        rng, n_train + n_test, spec.make_cell, dict.values, set(), f"compound task {name}", "cells"
+    )
     splits = {"test": cells[:n_test], "train": cells[n_test:]}
     examples = {
         split: [Example(p, spec.answer(a, b), a, b) for cell in cs for (a, b), p in cell.items()]
@@ -278,14 +263,7 @@ def load_compound_task(
             raise UserError(
                 f"{path}: a={e.a!r}, b={e.b!r} has two answers, {answer_of[(e.a, e.b)]!r} and {e.answer!r}"
             )
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_test = (
-        min(max(round(len(examples) * n_test_frac), 1), len(examples) - 1)
-        if len(examples) > 1
-        else 0
-    )
-    test_idx = set(order[:n_test])
+    test_idx = split_indices(len(examples), n_test_frac, seed)
     sub = {
         "a": load_jsonl_task(a_file, n_test_frac, seed),
         "b": load_jsonl_task(b_file, n_test_frac, seed),
@@ -315,11 +293,7 @@ def check_subroutines(task: CompoundTask) -> None:
         label = task.factor_names[i]
         for split, pairs in (("train", sub.train), ("test", sub.test)):
             for k, pair in enumerate(pairs):
-                where = (
-                    f"{sub.source}:{pair.line}"
-                    if sub.source and pair.line
-                    else f"{sub.name} ({split} pair {k})"
-                )
+                where = sub._where(split, k, pair)
                 fa, fb = factors_of.get(pair.answer_a), factors_of.get(pair.answer_b)
                 if not fa or not fb:
                     missing = pair.answer_a if not fa else pair.answer_b

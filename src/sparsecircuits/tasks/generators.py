@@ -54,19 +54,34 @@ class TaskGenerator:
         return Task(self.name, self.description, train, test, notes=self.notes)
 
     def _draw(self, rng: random.Random, n: int, seen: set[str]) -> list[Pair]:
-        pairs: list[Pair] = []
-        for _ in range(20 * n + 100):
-            if len(pairs) == n:
-                break
-            pair = self.make_pair(rng)
-            if pair.prompt_a not in seen and pair.prompt_b not in seen:
-                seen.update((pair.prompt_a, pair.prompt_b))
-                pairs.append(pair)
-        if len(pairs) < n:
-            raise UserError(
-                f"task {self.name}: only {len(pairs)} distinct pairs found of the {n} asked for"
-            )
-        return pairs
+        return draw_distinct(
+            rng,
+            n,
+            self.make_pair,
+            lambda p: (p.prompt_a, p.prompt_b),
+            seen,
+            f"task {self.name}",
+            "pairs",
+        )
+
+
+def draw_distinct(
+    rng, n: int, make: Callable, prompts: Callable, seen: set[str], what: str, noun: str
+):
+    """`n` items from `make(rng)` none of whose prompts (`prompts(item)`) was seen before;
+    `seen` is updated. A generator that cannot produce that many is an error, not a loop."""
+    items = []
+    for _ in range(20 * n + 100):
+        if len(items) == n:
+            break
+        item = make(rng)
+        texts = tuple(prompts(item))
+        if not seen.intersection(texts):
+            seen.update(texts)
+            items.append(item)
+    if len(items) < n:
+        raise UserError(f"{what}: only {len(items)} distinct {noun} found of the {n} asked for")
+    return items
 
 
 TASKS: dict[str, TaskGenerator] = {}

@@ -97,6 +97,17 @@ def _pairs(path: Path, rows: list[tuple[int, dict[str, str]]]) -> list[Pair]:
     return pairs
 
 
+def split_indices(n: int, n_test_frac: float, seed: int) -> set[int]:
+    """Which of `n` rows are test rows: about `n_test_frac` of them, shuffled by `seed`; both
+    splits non-empty when there are two rows or more (a lone row is for testing)."""
+    n_test = round(n * n_test_frac)
+    if 0 < n_test_frac < 1:
+        n_test = min(max(n_test, 1), max(n - 1, 1))
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return set(order[:n_test])
+
+
 def load_jsonl_task(path: str | Path, n_test_frac: float = 0.5, seed: int = 0) -> Task:
     """A task from a JSONL file, its pairs shuffled by `seed` and split so that about
     `n_test_frac` of them are test pairs; each split keeps the file's order."""
@@ -106,13 +117,7 @@ def load_jsonl_task(path: str | Path, n_test_frac: float = 0.5, seed: int = 0) -
     pairs = _pairs(path, _rows(path))
     if not pairs:
         raise UserError(f"{path}: no rows; expected JSON objects with {', '.join(REQUIRED)}")
-    n_test = round(len(pairs) * n_test_frac)
-    if 0 < n_test_frac < 1:
-        # Both splits non-empty when there are two pairs or more; a lone pair is for testing.
-        n_test = min(max(n_test, 1), max(len(pairs) - 1, 1))
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    test_idx = set(order[:n_test])
+    test_idx = split_indices(len(pairs), n_test_frac, seed)
     return Task(
         name=path.stem,
         description=f"user task from {path.name} ({len(pairs)} pairs)",
