@@ -171,9 +171,8 @@ def weight_sweep(model, batches: list[TaskBatch], names: list[str], points: int 
     }
 
 
-def fer_measures(model, subs: dict, names: list[str], seed: int = 0) -> dict:
-    """Perturbation sensitivity and the weight sweep on the subroutines' test pairs."""
-    batches = [subs[f]["test"] for f in sorted(subs)]
+def fer_measures(model, batches: list[TaskBatch], names: list[str], seed: int = 0) -> dict:
+    """Perturbation sensitivity and the weight sweep of the behaviour on `batches`."""
     return {
         "perturbation": perturbation_sensitivity(model, batches, names, seed=seed),
         "sweep": weight_sweep(model, batches, names),
@@ -201,16 +200,12 @@ def validate_on_planted(seed: int = 0) -> dict:
         )
         cfg = PruneConfig(target_loss=0.15, random_draws=0, effect_nodes=0, example_pairs=0)
         circuit = find_circuit(model, train, test, means, cfg, progress=False)
-        sweep = weight_sweep(model, [test], names)
+        measures = fer_measures(model, [test], names, seed=seed)
         out[label] = {
             "circuit_nodes": len(circuit.nodes),
-            "perturbation_median": perturbation_sensitivity(model, [test], names, seed=seed)[
-                "median"
-            ],
-            "sweep_roughness": sweep["roughness"],
-            "sweep_control": sweep["control"],
+            "perturbation_median": measures["perturbation"]["median"],
+            "sweep_roughness": measures["sweep"]["roughness"],
+            "sweep_control": measures["sweep"]["control"],
         }
-    out["separates"] = {
-        k: out["rotated"][k] >= 2 * out["clean"][k] for k in out["clean"] if k in out["rotated"]
-    }
+    out["separates"] = {k: out["rotated"][k] >= 2 * out["clean"][k] for k in out["clean"]}
     return out

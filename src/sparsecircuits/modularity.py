@@ -34,10 +34,12 @@ A mask that keeps nothing or everything is reported as collapsed and left out of
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from itertools import combinations, product
 from pathlib import Path
 
 import torch
@@ -45,6 +47,7 @@ from tqdm import tqdm
 
 from .checkpoint import load, load_config
 from .errors import UserError, read_json, save_figure_atomic, write_json_atomic
+from .fer import fer_measures, validate_on_planted
 from .model import SparseGPT
 from .nodes import ablation_hooks, compute_node_means, node_sites, parse_node
 from .prune import TargetUnreachable, find_circuit
@@ -61,6 +64,7 @@ from .tasks.compound import (
     get_compound_task,
     load_compound_task,
 )
+from .tokenizer import load_tokenizer
 from .weightmask import (
     MaskConfig,
     continuous_sparsification,
@@ -113,12 +117,11 @@ class ModularityConfig:
 # ---------- building the base models ----------
 
 
-def _kind(model_dir: Path) -> tuple[str, float]:
-    cfg, train_cfg = load_config(model_dir)
+def _kind(model_cfg, train_cfg) -> tuple[str, float]:
     density = train_cfg.density if train_cfg is not None else 1.0
     kind = "dense" if density >= 1.0 else "sparse"
     frac = "" if density >= 1.0 else f" 1/{round(1 / density)}"
-    return f"{kind}{frac} w{cfg.d_model}", density
+    return f"{kind}{frac} w{model_cfg.d_model}", density
 
 
 def _support(model: SparseGPT) -> dict[str, torch.Tensor]:
@@ -150,16 +153,16 @@ def train_on_compound(
 
 
 def base_model(
-    model_dir: Path, regime: str, seed: int, batch: CompoundBatch, cfg: ModularityConfig
+    model_dir: Path, train_cfg, regime: str, seed: int, batch: CompoundBatch, cfg: ModularityConfig
 ) -> SparseGPT:
-    """The model of one regime (see the module docstring), ready for mask search."""
+    """The model of one regime (see the module docstring), ready for mask search;
+    `train_cfg` is the checkpoint's (its density is kept)."""
     model, _ = load(model_dir)
     if regime == "pretrained":
         train_on_compound(model, batch, cfg.finetune_steps, cfg.finetune_lr, cfg.batch_size, seed)
         return model
     torch.manual_seed(seed)
     fresh = SparseGPT(model.cfg)
-    _, train_cfg = load_config(model_dir)
     if train_cfg is not None and train_cfg.density < 1.0:
         WeightSparsifier(fresh, train_cfg).apply(train_cfg.steps)  # the base's final density
     fresh.eval().requires_grad_(False)
@@ -285,14 +288,9 @@ def node_structures(model, subs, node_means, cfg: ModularityConfig):
     return out, kept
 
 
-def _pairwise_jaccard(masks: list) -> float | None:
-    values = [jaccard(x, y) for i, x in enumerate(masks) for y in masks[i + 1 :]]
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
-
-
-def _cross_jaccard(xs: list, ys: list) -> float | None:
-    values = [v for x in xs for y in ys if (v := jaccard(x, y)) is not None]
+def _mean_jaccard(pairs) -> float | None:
+    """Mean Jaccard over (mask, mask) pairs, skipping pairs of two empty masks."""
+    values = [v for x, y in pairs if (v := jaccard(x, y)) is not None]
     return statistics.fmean(values) if values else None
 
 
@@ -316,12 +314,12 @@ def analyse_base(model, batches: dict, cfg: ModularityConfig, names: list[str]) 
         "weights": weights,
         "nodes": nodes,
         "stability": {
-            "weights": {f: _pairwise_jaccard(wkept[f]) for f in FACTORS},
-            "nodes": {f: _pairwise_jaccard(nkept[f]) for f in FACTORS},
+            "weights": {f: _mean_jaccard(combinations(wkept[f], 2)) for f in FACTORS},
+            "nodes": {f: _mean_jaccard(combinations(nkept[f], 2)) for f in FACTORS},
         },
         "overlap_ab": {
-            "weights": _cross_jaccard(wkept["a"], wkept["b"]),
-            "nodes": _cross_jaccard(nkept["a"], nkept["b"]),
+            "weights": _mean_jaccard(product(wkept["a"], wkept["b"])),
+            "nodes": _mean_jaccard(product(nkept["a"], nkept["b"])),
         },
     }
 
@@ -370,6 +368,11 @@ def _per_base(run: dict, structure: str, factor: str, metric: str) -> float | No
     return statistics.fmean(vals) if vals else None
 
 
+def _sd(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.stdev(xs) if len(xs) > 1 else None
+
+
 METRICS = {
     "weights": ("subnetwork", "ablation_zero", "ablation_mean", "kept_frac", "kept"),
     "nodes": ("subnetwork", "ablation_mean", "kept_frac", "nodes", "edges"),
@@ -398,25 +401,14 @@ def summarise(runs: list[dict]) -> list[dict]:
                     "unreachable": sum(s == "unreachable" for s in statuses),
                     "usable": sum(s == "ok" for s in statuses),
                 }
+                per_base = {
+                    m: [_per_base(run, structure, factor, m) for run in rs] for m in metrics
+                }
                 for m in metrics:
-                    row[m] = interval([_per_base(run, structure, factor, m) for run in rs])
+                    row[m] = interval(per_base[m])
                 row["stability"] = interval([run["stability"][structure][factor] for run in rs])
                 row["overlap_ab"] = interval([run["overlap_ab"][structure] for run in rs])
-                row["spread"] = {
-                    m: (
-                        statistics.stdev(v)
-                        if len(
-                            v := [
-                                x
-                                for run in rs
-                                if (x := _per_base(run, structure, factor, m)) is not None
-                            ]
-                        )
-                        > 1
-                        else None
-                    )
-                    for m in ("subnetwork", "ablation_mean")
-                }
+                row["spread"] = {m: _sd(per_base[m]) for m in ("subnetwork", "ablation_mean")}
                 rows.append(row)
     return rows
 
@@ -521,8 +513,6 @@ def findings(summary: list[dict]) -> list[str]:
 
 def _read_runs(path: Path) -> list[dict]:
     """Finished runs of an earlier, interrupted call (a torn last line is dropped)."""
-    import json
-
     runs = []
     if path.exists():
         for line in path.read_text(encoding="utf-8").split("\n"):
@@ -544,11 +534,6 @@ def run_modularity(
     """The whole experiment into `out`: runs.jsonl as it goes, then modularity.json, the
     plots and the report section, over the runs of this call's job list. A rerun resumes,
     and may add tasks, models, regimes or seeds; other settings need a fresh folder."""
-    import json
-
-    from .fer import fer_measures, validate_on_planted
-    from .tokenizer import load_tokenizer
-
     cfg = cfg or ModularityConfig()
     out = Path(out)
     dirs = [Path(d).resolve() for d in model_dirs]
@@ -603,15 +588,7 @@ def run_modularity(
             if key in done:
                 runs.append(done[key])
                 continue
-            run = _one_run(
-                tasks[task_name],
-                d,
-                regime,
-                seed,
-                cfg,
-                load_tokenizer(d / "tokenizer.json"),
-                fer_measures,
-            )
+            run = _one_run(tasks[task_name], d, regime, seed, cfg)
             runs.append(run)
             log.write(json.dumps(run) + "\n")
             log.flush()
@@ -633,20 +610,21 @@ def run_modularity(
     return results
 
 
-def _one_run(
-    task: CompoundTask, model_dir: Path, regime: str, seed: int, cfg, tokenizer, fer_measures
-) -> dict:
-    kind, density = _kind(model_dir)
-    n_ctx = load_config(model_dir)[0].n_ctx
-    batches = {s: task.encode(tokenizer, s, n_ctx) for s in ("train", "test")}
+def _one_run(task: CompoundTask, model_dir: Path, regime: str, seed: int, cfg) -> dict:
+    model_cfg, train_cfg = load_config(model_dir)
+    kind, density = _kind(model_cfg, train_cfg)
+    tokenizer = load_tokenizer(model_dir / "tokenizer.json")
+    batches = {s: task.encode(tokenizer, s, model_cfg.n_ctx) for s in ("train", "test")}
     batches["sub"] = {
-        f: {s: task.sub[f].encode(tokenizer, s, n_ctx) for s in ("train", "test")} for f in FACTORS
+        f: {s: task.sub[f].encode(tokenizer, s, model_cfg.n_ctx) for s in ("train", "test")}
+        for f in FACTORS
     }
-    model = base_model(model_dir, regime, cfg.seed + seed, batches["train"], cfg)
+    model = base_model(model_dir, train_cfg, regime, cfg.seed + seed, batches["train"], cfg)
     names = masked_layers(model, cfg.masks.layers)
     t0 = time.perf_counter()
     result = analyse_base(model, batches, cfg, names)
-    result["fer"] = fer_measures(model, batches["sub"], names, seed=cfg.seed + seed)
+    tests = [batches["sub"][f]["test"] for f in FACTORS]
+    result["fer"] = fer_measures(model, tests, names, seed=cfg.seed + seed)
     return {
         "task": task.name,
         "model": str(model_dir),
