@@ -195,14 +195,15 @@ def write_fake_study(root: Path) -> Path:
             | {"model": m["id"], "geomean_edges": geomean, "n_tasks": len(ok)}
         )
     results = {
-        "schema_version": 1,
+        "schema_version": 2,
         "study": {"preset": "quick", "tasks": TASKS, "seeds": [0], "target_loss": 0.3},
         "models": models,
         "circuits": circuits,
         "frontier": frontier,
         "answer": {
             "sentence": "Sparse models' circuits are 16x smaller at equal loss (fake <b>data</b>).",
-            "ratio": {"median": 16.0, "low": 8.0, "high": 30.0, "n": 6},
+            "ratio": {"value": 16.0, "low": 8.0, "high": 30.0, "n": 6, "n_tasks": 2, "n_seeds": 1},
+            "controls": "no control came close on 7 validated circuits",
             "density_trend": "Sparser models have smaller circuits.",
             "width_effect": "Wider models reach lower loss.",
             "details": ["This is a fixture, not a result.", "</script><!-- still text"],

@@ -280,7 +280,7 @@ def test_study_option_adds_a_report_section(tmp_path, runs):
     (study / "results.json").write_text(
         json.dumps(
             {
-                "schema_version": 1,
+                "schema_version": 2,
                 "models": models,
                 "circuits": [],
                 "frontier": [],

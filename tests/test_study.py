@@ -1,12 +1,24 @@
 import json
+import math
 
 import pytest
 
 from conftest import write_quote_task
-from sparsecircuits import study as study_mod
+from sparsecircuits import report
 from sparsecircuits.cli import main
 from sparsecircuits.errors import UserError
-from sparsecircuits.study import StudyConfig, model_specs, run_study, study_config
+from sparsecircuits.study import (
+    RESULTS_VERSION,
+    StudyConfig,
+    analyse,
+    measures,
+    model_specs,
+    nonsense_task,
+    run_study,
+    study_config,
+)
+from sparsecircuits.study import run as study_run
+from sparsecircuits.tasks import get_task
 
 
 @pytest.fixture()
@@ -23,37 +35,44 @@ def tiny_study(tmp_path, corpus_dir):
             steps=8,
             batch_size=4,
             eval_every=4,
-            eval_batches=1,
+            eval_batches=2,
             checkpoint_every=4,
         ),
         base_width=32,
         densities=[0.5, 0.25],
         fixed_l0_density=0.25,
-        wide_widths=[64],
+        l0_widths=[32, 64],
         dense_widths=[32],
         tasks=[str(task)],
         seeds=1,
-        target_loss="auto",
-        auto_cap=10.0,
+        # A tiny model is at chance: a target above chance and no accuracy bar let every
+        # step of the pipeline run; the rules themselves are tested on synthetic rows below.
+        target_loss=10.0,
+        min_accuracy=0.0,
+        k_coefs=[1e-3, 1e-2],
         prune=dict(steps=5, n_train=4, n_test=4, random_draws=2, effect_pairs=2, example_pairs=1),
     )
 
 
 def test_family_shapes():
-    cfg = study_config("quick")
-    specs = model_specs(cfg)
-    assert len(specs) >= 4 and len(cfg.tasks) >= 3
-    sparse_base = {s.density for s in specs if s.kind == "sparse" and s.d_model == cfg.base_width}
-    assert len(sparse_base) >= 3
-    assert any(s.kind == "dense" for s in specs)
-    # the fixed-L0 axis: equal nonzeros per square matrix at two widths
-    wide = [s for s in specs if s.d_model in cfg.wide_widths]
-    assert wide and all(
-        abs(s.density * s.d_model**2 - cfg.fixed_l0_density * cfg.base_width**2) < 1e-6
-        for s in wide
-    )
-    small = study_config("small")
-    assert len(model_specs(small)) >= 6 and len(small.tasks) >= 6 and small.seeds >= 2
+    for name in ("quick", "small", "paper"):
+        cfg = study_config(name)
+        specs = model_specs(cfg)
+        assert len({s.id for s in specs}) == len(specs)  # each model once
+        l0 = [s for s in specs if "l0" in s.roles and s.seed == 0]
+        # the scaling axis: >= 3 widths with equal nonzeros per square matrix
+        assert len({s.d_model for s in l0}) >= 3
+        for s in l0:
+            assert s.density * s.d_model**2 == pytest.approx(
+                cfg.fixed_l0_density * cfg.base_width**2
+            )
+        dense = {s.d_model for s in specs if "dense" in s.roles}
+        sparse = {s.density for s in specs if "density" in s.roles}
+        # quick may be smaller; the full presets have the family the comparison needs
+        assert (len(dense), len(sparse)) >= ((2, 3) if name == "quick" else (3, 4))
+        assert all(0 < cfg.target(t) < 2 * math.log(2) for t in cfg.tasks)
+    assert study_config("paper").target("for_while") == 0.15
+    assert study_config("small").seeds >= 2
 
 
 def test_unknown_preset_and_task():
@@ -63,30 +82,236 @@ def test_unknown_preset_and_task():
         study_config("quick", ["nope"])
 
 
+def test_report_reads_this_results_version():
+    assert report.SCHEMA_VERSION == RESULTS_VERSION
+
+
+# --- measures on synthetic rows ---------------------------------------------------------
+
+
+def test_interpolation_uses_the_bracketing_segment():
+    # The issue's case: sparse points at 3.70, 3.72, 3.90 and a dense model at 3.73. The
+    # bracketing segment is [3.72, 3.90]; the segment with the nearest midpoint, [3.70,
+    # 3.72], would extrapolate off it and give log edges 2 + 1 * 0.01 / 0.02 = 2.5.
+    pts = [(3.70, 1.0), (3.72, 2.0), (3.90, 4.0)]
+    value, extra = measures.interp_log_edges(pts, 3.73)
+    assert not extra
+    assert value == pytest.approx(2.0 + 2.0 * 0.01 / 0.18)
+    assert measures.interp_log_edges(pts, 3.95) == (pytest.approx(4.0 + 2.0 * 0.05 / 0.18), True)
+    assert measures.interp_log_edges(pts, 3.60)[1] is True
+    assert measures.interp_log_edges(pts, 3.72) == (pytest.approx(2.0), False)
+
+
+def _rows(spec, tasks, seeds=(0,)):
+    """models and circuits from (id, roles, width, density, loss, edges per task) rows."""
+    models, circuits = [], []
+    for seed in seeds:
+        for mid, roles, w, d, loss, edges in spec:
+            models.append(
+                dict(
+                    id=f"{mid}_s{seed}",
+                    label=mid,
+                    kind="dense" if d == 1 else "sparse",
+                    d_model=w,
+                    density=d,
+                    seed=seed,
+                    roles=roles,
+                    heldout_loss=loss,
+                    heldout_loss_se=0.001,
+                )
+            )
+            for t, e in zip(tasks, edges, strict=True):
+                circuits.append(dict(model=f"{mid}_s{seed}", task=t, status="ok", n_edges=e))
+    return models, circuits
+
+
+FAMILY = [  # id, roles, width, density, held-out loss, edges on t1, t2
+    ("d32", ["dense"], 32, 1.0, 3.90, [400, 800]),
+    ("d64", ["dense"], 64, 1.0, 3.71, [1600, 3200]),
+    ("s50", ["density"], 64, 0.5, 3.70, [200, 400]),
+    ("s25", ["density"], 64, 0.25, 3.80, [100, 200]),
+    ("s12", ["density", "l0"], 64, 0.125, 3.92, [50, 100]),
+]
+
+
+def test_dense_sparse_ratio_interpolates_and_keeps_extrapolations_apart():
+    models, circuits = _rows(FAMILY, ["t1", "t2"])
+    r = measures.dense_sparse(models, circuits, ["t1", "t2"])
+    by = {(x["model"], x["task"]): x for x in r["readings"]}
+    # d64 (3.71) lies on the sparse segment [3.70, 3.80]: log edges 10% of the way 200 -> 100
+    want = 1600 / math.exp(math.log(200) + 0.1 * math.log(0.5))
+    assert by[("d64_s0", "t1")]["ratio"] == pytest.approx(want)
+    assert not by[("d64_s0", "t1")]["extrapolated"]
+    # s12 (3.92) is beyond the dense curve (3.71-3.90): extrapolated, not in the headline
+    assert by[("s12_s0", "t1")]["extrapolated"]
+    interpolated = [
+        x["ratio"] for x in r["readings"] if x["task"] == "t1" and not x["extrapolated"]
+    ]
+    # per task: d32, d64 and s25 interpolated; s50 (3.70, below the dense curve) and s12
+    # extrapolated. Two units (tasks), each the geomean of its three readings.
+    assert len(interpolated) == 3 and r["n_interpolated"] == 6 and r["n_extrapolated"] == 4
+    assert r["ratio"]["n"] == 2
+    assert r["ratio"]["value"] == pytest.approx(measures.geomean(interpolated))
+    # both tasks give the same ratio: the interval is that point, and excludes 1
+    assert r["ratio"]["low"] == pytest.approx(r["ratio"]["value"]) and r["verdict"] == "found"
+
+
+def test_bootstrap_interval_and_verdicts():
+    units = {("a", 0): 0.5, ("b", 0): 2.0, ("c", 0): 1.0, ("a", 1): 0.6, ("b", 1): 1.8}
+    iv = measures.bootstrap_interval(units)
+    assert iv["n"] == 5 and iv["n_tasks"] == 3 and iv["n_seeds"] == 2
+    assert iv["low"] < 1 < iv["high"] and measures.verdict(iv) == "not found"
+    one = measures.bootstrap_interval({("a", 0): 3.0})
+    assert one["low"] is None and measures.verdict(one) == "no interval"
+    assert measures.verdict(None) == "not measured"
+    # resampling is seeded: the same rows give the same interval
+    assert measures.bootstrap_interval(units) == iv
+
+
+def test_density_and_width_axes():
+    fam = FAMILY + [
+        ("w32", ["l0"], 32, 0.5, 3.95, [100, 200]),
+        ("w128", ["l0"], 128, 0.03125, 3.915, [25, 50]),
+    ]
+    models, circuits = _rows(fam, ["t1", "t2"], seeds=(0, 1))
+    d = measures.density_trend(models, circuits, ["t1", "t2"])
+    # edges halve at every halving of density, on every task and seed
+    assert d["edges_factor"]["value"] == pytest.approx(0.5)
+    assert d["edges_verdict"] == "found" and d["edges_factor"]["n"] == 4
+    assert d["loss_change"]["value"] > 0 and d["loss_verdict"] == "found"
+    w = measures.width_effect(models, circuits, ["t1", "t2"])
+    assert w["edges_factor"]["value"] == pytest.approx(0.5)
+    assert [p["x"] for p in w["points"]] == [32, 64, 128]
+    # loss per doubling of width: (3.915 - 3.95) / 2 = -0.0175, larger than the eval noise
+    assert w["loss_change"]["value"] == pytest.approx(-0.0175)
+    assert w["eval_noise"] == pytest.approx(0.002) and w["loss_verdict"] == "found"
+
+
+def test_a_loss_change_within_eval_noise_is_not_a_finding():
+    fam = [
+        ("a", ["l0"], 32, 0.5, 3.900, [10]),
+        ("b", ["l0"], 64, 0.125, 3.901, [20]),
+    ]
+    models, circuits = _rows(fam, ["t1"])
+    w = measures.width_effect(models, circuits, ["t1"])
+    assert w["loss_verdict"] == "within eval noise"
+
+
+def _eligibility(models, tasks, miss=()):
+    return [
+        {
+            "model": m["id"],
+            "task": t,
+            "loss_calibrated": 0.1,
+            "accuracy_calibrated": 0.8 if (m["id"], t) in miss else 0.95,
+            "reaches": (m["id"], t) not in miss,
+        }
+        for m in models
+        for t in tasks
+    ]
+
+
+def test_target_rule_and_validation_decide_what_counts():
+    cfg = StudyConfig(tasks=["t1", "t2"], seeds=1, target_loss=0.3)
+    models, circuits = _rows(FAMILY, ["t1", "t2"])
+    # one model misses the accuracy bar on t2: t2 leaves the frontier for every model
+    elig = _eligibility(models, ["t1", "t2"], miss={("s25_s0", "t2")})
+    assert measures.frontier_tasks(cfg, elig) == ["t1"]
+    # a circuit that failed validation on test pairs is not counted
+    for c in circuits:
+        if (c["model"], c["task"]) == ("s50_s0", "t1"):
+            c["status"] = "failed_validation"
+    res = analyse(cfg, models, circuits, elig)
+    front = {f["model"]: f for f in res["frontier"]}
+    assert front["s50_s0"]["n_tasks"] == 0 and front["s50_s0"]["geomean_edges"] is None
+    assert front["s25_s0"]["geomean_edges"] == pytest.approx(100)
+    assert res["study"]["frontier_tasks"] == ["t1"]
+    assert all(x["task"] == "t1" for x in res["measures"]["dense_sparse"]["readings"])
+
+
+def test_controls_that_come_close_are_named_in_the_answer():
+    cfg = StudyConfig(tasks=["t1"], seeds=1)
+    models, circuits = _rows(FAMILY, ["t1", "t2"])
+    for c in circuits:
+        far = {"status": "unreachable", "n_edges": None}
+        c["controls"] = {
+            "nonsense": far,
+            "random_init": far,
+            "random_circuits": {"reach_target": 0.0},
+        }
+        if c["model"] == "s25_s0" and c["task"] == "t1":
+            c["controls"]["nonsense"] = {"status": "ok", "n_edges": 150}  # < 2 x 100
+    ctl = measures.controls([c for c in circuits if c["task"] == "t1"])
+    assert ctl["close"]["nonsense"] == ["s25_s0/t1"] and ctl["n_checked"] == 5
+    assert not ctl["close"]["random_init"] and not ctl["close"]["random_circuits"]
+    res = analyse(
+        cfg, models, [c for c in circuits if c["task"] == "t1"], _eligibility(models, ["t1"])
+    )
+    assert "nonsense on 1 of 5 (s25_s0/t1)" in res["answer"]["sentence"]
+    assert "one pretraining seed" in res["answer"]["sentence"].lower()
+    assert "interval" in res["answer"]["sentence"]
+
+
+def test_no_frontier_says_why():
+    cfg = StudyConfig(tasks=["t1"], seeds=1)
+    models, circuits = _rows(FAMILY, ["t1", "t2"])
+    res = analyse(cfg, models, circuits, _eligibility(models, ["t1"], miss={("d32_s0", "t1")}))
+    assert "no task entered the frontier" in res["answer"]["sentence"]
+    assert res["answer"]["ratio"] is None
+
+
+def test_nonsense_task_keeps_prompts_and_swaps_answers_at_random():
+    task = get_task("single_double_quote", 64, 16, 0)
+    nt = nonsense_task(task, 0)
+    assert [(p.prompt_a, p.prompt_b) for p in nt.train] == [
+        (p.prompt_a, p.prompt_b) for p in task.train
+    ]
+    swapped = sum(p.answer_a != q.answer_a for p, q in zip(task.train, nt.train, strict=True))
+    assert 16 < swapped < 48  # about half the pairs lose their relation to the prompt
+    assert nonsense_task(task, 0).train == nt.train
+
+
+# --- the pipeline -----------------------------------------------------------------------
+
+
 @pytest.mark.slow
-def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch):
+def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, capsys):
     out = tmp_path / "study"
     res = run_study(tiny_study, out, progress=False)
     assert (out / "results.json").exists() and (out / "frontier.png").stat().st_size > 1000
     saved = json.loads((out / "results.json").read_text())
-    assert saved["schema_version"] == 1 and len(saved["models"]) == 4
-    assert {m["kind"] for m in saved["models"]} == {"dense", "sparse"}
-    assert all(
-        m["heldout_loss"] > 0 and m["nonzero_params"] <= m["total_params"] for m in saved["models"]
-    )
-    assert len(saved["circuits"]) == 4
-    ok = [c for c in saved["circuits"] if c["status"] == "ok"]
-    for c in ok:
-        assert (out / c["path"]).exists() and c["n_edges"] >= 0
-    assert len(saved["frontier"]) == 4
-    assert "sentence" in res["answer"] and res["answer"]["density_trend"]
+    assert saved["schema_version"] == RESULTS_VERSION
+    ids = [m["id"] for m in saved["models"]]
+    assert len(ids) == 4 and "w32_d0.25_s0" in ids  # shared by the density and l0 curves
+    for m in saved["models"]:
+        assert m["heldout_loss_se"] is not None and m["heldout_loss_batches"] == 2
+    assert len(saved["eligibility"]) == 4 and all(r["reaches"] for r in saved["eligibility"])
+    for c in saved["circuits"]:
+        assert c["status"] in ("ok", "failed_validation", "collapsed", "unreachable")
+        if c["n_edges"] is None:
+            continue
+        m = c["metrics"]
+        # raw and calibrated test numbers side by side; the grid tried every k_coef
+        assert {"loss", "accuracy", "loss_calibrated", "accuracy_calibrated"} <= set(m["circuit"])
+        assert [g["k_coef"] for g in m["grid"]] == tiny_study.k_coefs
+        assert c["k_coef"] in tiny_study.k_coefs
+        assert m["validation"]["status"] == c["status"]
+        assert set(c["controls"]) == {"nonsense", "random_init", "random_circuits"}
+    assert set(saved["measures"]) == {"dense_sparse", "density", "width", "controls"}
+    assert res["answer"]["sentence"] == saved["answer"]["sentence"]
+
+    # the summary is regenerated from results.json alone
+    (out / "summary.md").unlink()
+    assert main(["study", "--out", str(out), "--summary"]) == 0
+    text = (out / "summary.md").read_text()
+    assert saved["answer"]["sentence"] in text and "w64_d0.0625_s0" in text
 
     # a second run reuses every model and circuit
     def boom(*a, **k):
         raise AssertionError("should have been cached")
 
-    monkeypatch.setattr(study_mod, "train", boom)
-    monkeypatch.setattr(study_mod, "find_circuit", boom)
+    monkeypatch.setattr(study_run, "train", boom)
+    monkeypatch.setattr(study_run, "find_circuit", boom)
     again = run_study(tiny_study, out, resume=True, progress=False)
     assert again["circuits"] == res["circuits"]
 
@@ -97,8 +322,9 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch):
 
 
 def test_a_killed_prune_leaves_nothing_half_reused(tmp_path, tiny_study, monkeypatch):
+    tiny_study.controls = False
     out = tmp_path / "s"
-    real = study_mod.find_circuit
+    real = study_run.find_circuit
     calls = {"n": 0}
 
     def dies_second_time(*a, **k):
@@ -107,14 +333,22 @@ def test_a_killed_prune_leaves_nothing_half_reused(tmp_path, tiny_study, monkeyp
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(study_mod, "find_circuit", dies_second_time)
+    monkeypatch.setattr(study_run, "find_circuit", dies_second_time)
     with pytest.raises(KeyboardInterrupt):
         run_study(tiny_study, out, progress=False)
     keys = list((out / "circuits").rglob("key.json"))
     assert len(keys) == 1  # only the finished circuit is marked done
-    monkeypatch.setattr(study_mod, "find_circuit", real)
+    monkeypatch.setattr(study_run, "find_circuit", real)
     res = run_study(tiny_study, out, resume=True, progress=False)
     assert len(res["circuits"]) == 4
+
+
+def test_summary_refuses_a_missing_or_old_result(tmp_path, capsys):
+    assert main(["study", "--out", str(tmp_path), "--summary"]) == 2
+    assert "no results.json" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text(json.dumps({"schema_version": 1}))
+    assert main(["study", "--out", str(tmp_path), "--summary"]) == 2
+    assert "schema version 1" in capsys.readouterr().err
 
 
 def test_cli_refuses_foreign_out(tmp_path, capsys):
@@ -123,37 +357,3 @@ def test_cli_refuses_foreign_out(tmp_path, capsys):
     assert main(["study", "--preset", "quick", "--out", str(tmp_path / "x")]) == 2
     assert "not a study folder" in capsys.readouterr().err
     assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
-
-
-def test_analysis_states_the_answer_from_numbers():
-    from sparsecircuits.study import analyse
-
-    cfg = StudyConfig(
-        base_width=64,
-        densities=[0.5, 0.25],
-        fixed_l0_density=0.25,
-        wide_widths=[128],
-        dense_widths=[64],
-        tasks=["t1", "t2"],
-    )
-    rows = [  # id, kind, width, density, loss, edges per task
-        ("dense", "dense", 64, 1.0, 3.70, [800, 800]),
-        ("s50", "sparse", 64, 0.5, 3.72, [200, 200]),
-        ("s25", "sparse", 64, 0.25, 3.80, [50, 50]),
-        ("wide", "sparse", 128, 0.0625, 3.802, [20, 20]),
-    ]
-    models = [
-        dict(id=i, label=i, kind=k, d_model=w, density=d, seed=0, heldout_loss=loss)
-        for i, k, w, d, loss, _ in rows
-    ]
-    circuits = [
-        dict(model=i, task=t, status="ok", n_edges=e[j])
-        for i, *_, e in rows
-        for j, t in enumerate(cfg.tasks)
-    ]
-    a = analyse(cfg, models, circuits, {"t1": 0.5, "t2": 0.5})["answer"]
-    # the sparse curve at loss 3.70 extrapolates to 200 * (200/50)^(0.02/0.08) = 283 edges
-    assert a["ratio"]["median"] == pytest.approx(800 / (200 * 4**0.25), rel=1e-6)
-    assert a["ratio"]["n"] == 2 and "2 extrapolated" in a["sentence"]
-    assert "(rises)" in a["density_trend"] and "(shrink)" in a["density_trend"]
-    assert "moves the frontier out" in a["width_effect"]  # +0.002 nats is within tolerance

@@ -196,8 +196,11 @@ def _cmd_tasks(args) -> None:
 
 def _cmd_study(args) -> None:
     from .report import build_report
-    from .study import run_study, study_config
+    from .study import run_study, study_config, write_summary
 
+    if args.summary:  # only rewrite the summary of a finished study
+        print(f"summary:  {write_summary(args.out)}")
+        return
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
     cfg = study_config(args.preset, tasks, args.seeds)
     results = run_study(
@@ -207,6 +210,7 @@ def _cmd_study(args) -> None:
     report = build_report(out)
     print(f"results:  {out / 'results.json'}")
     print(f"frontier: {out / 'frontier.png'}")
+    print(f"summary:  {out / 'summary.md'}")
     print(f"report:   {report}  (or: sparsecircuits view {out})")
     print(f"answer:   {results['answer']['sentence']}")
 
@@ -359,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", required=True)
     st.add_argument("--resume", action="store_true", help="continue a study in --out")
     st.add_argument("--force", action="store_true", help="replace a different study in --out")
+    st.add_argument(
+        "--summary", action="store_true", help="only rewrite --out's summary.md from results.json"
+    )
     st.add_argument("--quiet", action="store_true")
     st.set_defaults(fn=_cmd_study)
 

@@ -9,6 +9,10 @@ validate it.
               ablated (necessity), and random circuits of the same size (the control)
 
 Every method goes through the same bisection and validation, so their sizes compare.
+Calibration (a positive logit scale and a shift) is fitted on train pairs only and applied
+unchanged to test pairs, so it can sharpen or soften an answer but never invert it.
+Given several k_coef values, each is searched and the smallest circuit that validates on
+test pairs without collapsing (keeping most nodes) is kept; every try is recorded.
 """
 
 from __future__ import annotations
@@ -43,25 +47,57 @@ def _orientation(batch: TaskBatch) -> torch.Tensor:
 
 
 def calibrate(diff: torch.Tensor, batch: TaskBatch, steps: int) -> tuple[float, float, float]:
-    """Fit a logit scale and shift (L-BFGS) -> (loss, scale, shift)."""
+    """Fit a logit scale and shift (L-BFGS) -> (loss, scale, shift). The scale is exp of the
+    fitted parameter, so it stays positive: a circuit whose answers are inverted cannot be
+    flipped back into a good one (its best fit is a scale near 0, i.e. chance)."""
     sign = _orientation(batch)
     diff = diff.detach()
-    params = torch.tensor([1.0, 0.0], requires_grad=True)
+    params = torch.tensor([0.0, 0.0], requires_grad=True)  # log scale, shift
+
+    def calibrated():
+        return pair_loss(params[0].exp() * diff + params[1] * sign)
+
     opt = torch.optim.LBFGS([params], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = pair_loss(params[0] * diff + params[1] * sign)
+        loss = calibrated()
         loss.backward()
         return loss
 
     if steps > 0:
         opt.step(closure)
     with torch.no_grad():
-        loss = pair_loss(params[0] * diff + params[1] * sign)
+        loss = calibrated()
     if not math.isfinite(float(loss)):  # a degenerate fit: fall back to no calibration
         return float(pair_loss(diff)), 1.0, 0.0
-    return float(loss), float(params[0].detach()), float(params[1].detach())
+    return float(loss), float(params[0].exp().detach()), float(params[1].detach())
+
+
+def diff_metrics(d: torch.Tensor, batch: TaskBatch, calibration=None) -> dict:
+    """Raw task loss and accuracy of logit differences `d`, and with a (scale, shift)
+    calibration fitted elsewhere: calibrated loss, accuracy, and the standard error of the
+    calibrated loss over pairs (the sampling noise a validation tolerance is made of)."""
+    out = {"loss": float(pair_loss(d)), "accuracy": float((d > 0).float().mean())}
+    if calibration is not None:
+        scale, shift = calibration
+        cd = scale * d + shift * _orientation(batch)
+        per_pair = torch.nn.functional.softplus(-cd).view(-1, 2).sum(1)
+        out["loss_calibrated"] = float(per_pair.mean())
+        out["accuracy_calibrated"] = float((cd > 0).float().mean())
+        n = len(per_pair)
+        out["loss_se"] = float(per_pair.std() / math.sqrt(n)) if n > 1 else None
+    return out
+
+
+def full_model_metrics(model, train_b: TaskBatch, test_b: TaskBatch, calib_steps: int) -> dict:
+    """The unpruned model on a task: calibration fitted on the train pairs, test metrics
+    (raw and calibrated) on the test pairs."""
+    with torch.no_grad():
+        tr = task_logit_diff(model(train_b.tokens), train_b).cpu()
+        te = task_logit_diff(model(test_b.tokens), test_b).cpu()
+    loss, scale, shift = calibrate(tr, train_b, calib_steps)
+    return diff_metrics(te, test_b, (scale, shift)) | {"train_loss_calibrated": loss}
 
 
 class Evaluator:
@@ -75,14 +111,7 @@ class Evaluator:
         return task_logit_diff(self.problem.logits(masks, self.batch), self.batch).cpu()
 
     def metrics(self, masks, calibration: tuple[float, float] | None = None) -> dict:
-        d = self.diff(masks)
-        out = {"loss": float(pair_loss(d)), "accuracy": float((d > 0).float().mean())}
-        if calibration is not None:
-            scale, shift = calibration
-            cd = scale * d + shift * _orientation(self.batch)
-            out["loss_calibrated"] = float(pair_loss(cd))
-            out["accuracy_calibrated"] = float((cd > 0).float().mean())
-        return out
+        return diff_metrics(self.diff(masks), self.batch, calibration)
 
 
 def top_k_masks(
@@ -104,26 +133,32 @@ def top_k_masks(
 
 def bisect_budget(
     problem, scores, train_eval: Evaluator, cfg: PruneConfig
-) -> tuple[int, list[dict]]:
-    """Smallest k whose calibrated train loss reaches the target (loss assumed to fall with k)."""
+) -> tuple[int, list[dict], bool]:
+    """Smallest k whose train loss reaches the target (loss assumed to fall with k) ->
+    (k, history, reached). The loss is calibrated at every step, or raw when
+    `cfg.calibrate_in_bisection` is off (calibration then comes after, as in the paper)."""
     total = sum(s.width for s in problem.sites)
     history = []
 
     def loss_at(k):
-        loss, _, _ = calibrate(
-            train_eval.diff(top_k_masks(problem, scores, k)), train_eval.batch, cfg.calib_steps
-        )
+        d = train_eval.diff(top_k_masks(problem, scores, k))
+        if cfg.calibrate_in_bisection:
+            loss, _, _ = calibrate(d, train_eval.batch, cfg.calib_steps)
+        else:
+            loss = float(pair_loss(d))
         history.append({"k": k, "loss": loss})
         return loss
 
-    lo, hi = 0, total  # loss(lo) > target is assumed (nothing kept), loss(hi) <= target is checked
+    lo, hi = 0, total  # loss(lo) > target is assumed (nothing kept)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if loss_at(mid) <= cfg.target_loss:
             hi = mid
         else:
             lo = mid
-    return hi, history
+    # hi was never tested when every midpoint failed: a control task may not be reachable.
+    reached = any(h["k"] == hi and h["loss"] <= cfg.target_loss for h in history)
+    return hi, history, reached or loss_at(hi) <= cfg.target_loss
 
 
 def prune(
@@ -180,12 +215,16 @@ def find_circuit(
     task_name: str = "task",
     where: str = "model",
     token_text=None,
+    k_coefs: list[float] | None = None,
+    require_full_model: bool = True,
 ) -> Circuit:
     """The work of `prune` on objects in memory: any SparseGPT, encoded pairs, node means.
-    `token_text(id) -> str` (the tokenizer's decode) adds example prompts for the viewer."""
+    `token_text(id) -> str` (the tokenizer's decode) adds example prompts for the viewer.
+    `k_coefs`: the settings to search (default: cfg.k_coef alone). A control (a nonsense
+    task, a random-init model) passes require_full_model=False: the full model cannot do
+    it, but a mask might still manufacture the behaviour, which is what the control asks."""
     _check_config(cfg)
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
     model.requires_grad_(False)  # only masks learn
     device = next(model.parameters()).device
     sites = node_sites(model.cfg)
@@ -195,7 +234,7 @@ def find_circuit(
     full = problem.full_masks(1.0)
 
     full_loss, full_scale, full_shift = calibrate(train_eval.diff(full), train_b, cfg.calib_steps)
-    if full_loss > cfg.target_loss:
+    if require_full_model and full_loss > cfg.target_loss:
         raise TargetUnreachable(
             f"{where}: the full model's task loss on {task_name} is {full_loss:.4f} "
             f"(calibrated, train pairs), above the target {cfg.target_loss}; no circuit can reach it "
@@ -203,14 +242,27 @@ def find_circuit(
             full_loss,
         )
 
-    scores = METHODS[cfg.method](problem, cfg, progress)
-    k, history = bisect_budget(problem, scores, train_eval, cfg)
-    masks = top_k_masks(problem, scores, k)
-    _, scale, shift = calibrate(train_eval.diff(masks), train_b, cfg.calib_steps)
+    tries = [
+        _search(problem, train_eval, test_eval, dataclasses.replace(cfg, k_coef=c), progress)
+        for c in (k_coefs or [cfg.k_coef])
+    ]
+    reached = [t for t in tries if t["reached"]]
+    if not reached:
+        raise TargetUnreachable(
+            f"{where}: no node budget reaches the target {cfg.target_loss} on {task_name} "
+            f"(train pairs; full model {full_loss:.4f})",
+            full_loss,
+        )
+    # The smallest circuit that validates and keeps less than most of the model; failing
+    # that, the smallest one that at least did not collapse (reported as failing).
+    best = min(
+        reached, key=lambda t: (t["status"] != "ok", t["status"] == "collapsed", t["n_edges"])
+    )
+    cfg, k, masks, scores = best["cfg"], best["k"], best["masks"], best["scores"]
+    scale, shift = best["calibration"]
 
     removed = {h: 1.0 - m for h, m in masks.items()}
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    total = sum(s.width for s in sites)
     random_runs = []
     for _ in range(cfg.random_draws):
         rand_scores = {s.hook: torch.rand(s.width, generator=g) for s in sites}
@@ -221,18 +273,32 @@ def find_circuit(
     ra = torch.tensor([r["accuracy_calibrated"] for r in random_runs])
     metrics = {
         "full": test_eval.metrics(full, (full_scale, full_shift)),
-        "circuit": test_eval.metrics(masks, (scale, shift)),
+        "circuit": best["test"],
         "ablated": test_eval.metrics(removed),
         "random": {
             "draws": len(random_runs),
             "loss_mean": float(rl.mean()) if len(rl) else None,
             "loss_std": float(rl.std()) if len(rl) > 1 else None,
             "accuracy_mean": float(ra.mean()) if len(ra) else None,
+            # random circuits of this size that also validate: the scores then add nothing
+            "reach_target": float((rl <= best["limit"]).float().mean()) if len(rl) else None,
         },
         "full_train_loss_calibrated": full_loss,
+        "validation": {
+            "status": best["status"],
+            "test_loss_calibrated": best["test"]["loss_calibrated"],
+            "limit": best["limit"],
+            "tolerance": best["limit"] - cfg.target_loss,
+            "tolerance_rule": "2 standard errors of the circuit's per-pair test loss",
+        },
+        "grid": [
+            {key: t[key] for key in ("k_coef", "k", "n_edges", "reached", "status")}
+            | {"test_loss_calibrated": t["test"]["loss_calibrated"]}
+            for t in tries
+        ],
     }
 
-    kept = {h: m.cpu() > 0 for h, m in masks.items()}
+    kept = best["kept"]
     nodes = [
         Node(s.node(i), s.kind, s.layer, i, float(means[s.hook][i]), float(scores[s.hook][i]))
         for s in sites
@@ -243,16 +309,54 @@ def find_circuit(
         method=cfg.method,
         target_loss=cfg.target_loss,
         nodes=nodes,
-        edges=circuit_edges(model, sites, kept),
-        n_nodes_total=total,
+        edges=best["edges"],
+        n_nodes_total=sum(s.width for s in sites),
         metrics=metrics,
         calibration={"scale": scale, "shift": shift},
         model_config=dataclasses.asdict(model.cfg),
         prune_config=dataclasses.asdict(cfg),
-        bisection=history,
+        bisection=best["history"],
         node_effects=node_effects(problem, test_b, masks, scores, (scale, shift), cfg),
         examples=examples(problem, test_b, masks, scores, token_text, cfg) if token_text else [],
         seconds=time.perf_counter() - t0,
+    )
+
+
+def _search(problem, train_eval: Evaluator, test_eval: Evaluator, cfg: PruneConfig, progress):
+    """One pruning setting: scores, bisection, calibration on train pairs, validation on
+    test pairs, and whether the circuit collapsed (kept `collapse_frac` of all nodes)."""
+    torch.manual_seed(cfg.seed)
+    scores = METHODS[cfg.method](problem, cfg, progress)
+    k, history, reached = bisect_budget(problem, scores, train_eval, cfg)
+    masks = top_k_masks(problem, scores, k)
+    _, scale, shift = calibrate(train_eval.diff(masks), train_eval.batch, cfg.calib_steps)
+    test = test_eval.metrics(masks, (scale, shift))
+    limit = cfg.target_loss + 2 * (test["loss_se"] or 0.0)
+    total = sum(s.width for s in problem.sites)
+    kept = {h: m.cpu() > 0 for h, m in masks.items()}
+    edges = circuit_edges(problem.model, problem.sites, kept)
+    status = (
+        "collapsed"
+        if k >= cfg.collapse_frac * total
+        else "ok"
+        if test["loss_calibrated"] <= limit
+        else "failed_validation"
+    )
+    return dict(
+        cfg=cfg,
+        k_coef=cfg.k_coef,
+        scores=scores,
+        k=k,
+        masks=masks,
+        kept=kept,
+        edges=edges,
+        n_edges=len(edges),
+        history=history,
+        reached=reached,
+        calibration=(scale, shift),
+        test=test,
+        limit=limit,
+        status=status,
     )
 
 

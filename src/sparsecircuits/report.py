@@ -33,7 +33,9 @@ from .errors import UserError, read_json, write_text_atomic
 
 REPORT_FILE = "report.html"
 SECTION_FILE = "section.json"
-SCHEMA_VERSION = 1  # of results.json
+# results.json's version: study.measures.RESULTS_VERSION (not imported: it pulls in torch;
+# a test checks they agree)
+SCHEMA_VERSION = 2
 # Node sites of one layer in forward order (the same as nodes.SITE_KINDS, which a test checks;
 # not imported because sparsecircuits.nodes imports torch, too slow for `view`).
 SITES = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")

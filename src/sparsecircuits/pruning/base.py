@@ -32,6 +32,10 @@ class PruneConfig:
     seed: int = 0
     random_draws: int = 10  # random circuits of the same size: the control
     calib_steps: int = 16  # L-BFGS steps of the logit scale/shift calibration
+    # Calibrate at every bisection step (True), or bisect on the raw loss and calibrate the
+    # found circuit after (the paper's order; never smaller, as calibration only lowers loss).
+    calibrate_in_bisection: bool = True
+    collapse_frac: float = 0.5  # a circuit keeping this share of all nodes is no circuit
     # For the viewer: per-node ablation effects and example activations (bounded cost).
     effect_nodes: int = 300
     effect_pairs: int = 32

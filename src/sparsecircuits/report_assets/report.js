@@ -73,13 +73,13 @@
     const lines = [];
     if (a.ratio) {
       const r = a.ratio;
-      lines.push(
-        `Circuit-size ratio: median ${fmt(r.median, 3)}× (range ${fmt(r.low, 3)}–${fmt(r.high, 3)}, ` +
-          `n = ${r.n})`
-      );
+      const iv = isNum(r.low) ? `95% interval ${fmt(r.low, 3)}–${fmt(r.high, 3)}` : "no interval";
+      lines.push(`Dense/sparse circuit-size ratio (interpolated): ${fmt(r.value, 3)}× (${iv}, n = ${r.n})`);
     }
     if (a.density_trend) lines.push(a.density_trend);
     if (a.width_effect) lines.push(a.width_effect);
+    if (a.controls) lines.push(`Controls: ${a.controls}`);
+    if (a.seeds) lines.push(a.seeds);
     for (const d of a.details || []) lines.push(d);
     const ul = document.getElementById("answer-details");
     for (const line of lines) ul.appendChild(el("li", {}, line));
@@ -253,18 +253,25 @@
         // Message instead of numbers: why there is no circuit, or why it cannot be shown.
         const msg = c.status === "ok" ? `circuit file: ${c.view_error}` : c.message || "";
         const td = cell(msg, "error");
-        td.setAttribute("colspan", "6");
+        td.setAttribute("colspan", "8");
         tr.appendChild(td);
         return tr;
       }
       const m = c.metrics || {};
       const g = (part, key) => (m[part] || {})[key];
       const rnd = `${fmt(g("random", "loss_mean"))} ± ${fmt(g("random", "loss_std"), 2)}`;
+      // The controls beside the real size: edges when the control validates, else its status.
+      const ctl = (name) => {
+        const x = (c.controls || {})[name];
+        if (!x) return cell("–");
+        return cell(isNum(x.n_edges) ? `${fmtInt(x.n_edges)} (${x.status})` : x.status, "num");
+      };
       tr.append(
         cell(fmtInt(c.n_nodes), "num"), cell(fmtInt(c.n_edges), "num"),
         cell(fmt(g("full", "loss_calibrated")), "num"),
         cell(fmt(g("circuit", "loss_calibrated")), "num"),
-        cell(fmt(g("ablated", "loss")), "num"), cell(rnd, "num")
+        cell(fmt(g("ablated", "loss")), "num"), cell(rnd, "num"),
+        ctl("nonsense"), ctl("random_init")
       );
       tr.className = "viewable";
       tr.title = "show in the circuit viewer";
@@ -275,7 +282,8 @@
       return tr;
     });
     fillTable(document.getElementById("circuits-table"),
-      ["model", "task", "status", "nodes", "edges", "full", "circuit", "ablated", "random"], rows);
+      ["model", "task", "status", "nodes", "edges", "full", "circuit", "ablated", "random",
+        "nonsense task", "random init"], rows);
   }
 
   // ---------- circuit viewer ----------

@@ -1,0 +1,29 @@
+"""The study: train a family of dense and weight-sparse models, prune each for each task,
+and measure the capability-interpretability frontier (held-out loss vs circuit size).
+
+    config    StudyConfig, the presets, the model family
+    run       training, the full-model check per task, the pruning grid and controls
+    measures  the named measures and the answer sentence (pure functions of the rows)
+    summary   the frontier plot and the markdown summary, from results.json
+"""
+
+from .config import STUDY_PRESETS, ModelSpec, StudyConfig, model_dir, model_specs, study_config
+from .measures import RESULTS_VERSION, analyse
+from .run import nonsense_task, run_study
+from .summary import plot_frontier, summary_markdown, write_summary
+
+__all__ = [
+    "RESULTS_VERSION",
+    "STUDY_PRESETS",
+    "ModelSpec",
+    "StudyConfig",
+    "analyse",
+    "model_dir",
+    "model_specs",
+    "nonsense_task",
+    "plot_frontier",
+    "run_study",
+    "study_config",
+    "summary_markdown",
+    "write_summary",
+]

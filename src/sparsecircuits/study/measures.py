@@ -1,0 +1,387 @@
+"""The study's measures, each a function of the results' rows, and the answer sentence.
+
+    frontier_rows   per model: held-out loss and geometric-mean edges over frontier tasks
+    dense_sparse    dense vs sparse circuit size at matched held-out loss, read where the
+                    curves overlap (bracketing segment); extrapolated readings kept apart
+    density_trend   circuit size and loss per halving of density at the base width
+    width_effect    circuit size and loss per doubling of width at fixed nonzeros
+    controls        how close each control comes to the real circuit
+    sentence        the answer, stated from the numbers above
+
+Intervals are 95% bootstrap intervals over tasks and pretraining seeds (both resampled);
+an effect is "not found" when its interval includes no change (a ratio of 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import statistics
+
+from .config import StudyConfig, task_label
+
+RESULTS_VERSION = 2
+BOOTSTRAP_DRAWS = 2000
+CLOSE_FACTOR = 2.0  # a control circuit within this factor of the real one "comes close"
+
+
+def geomean(xs: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(max(x, 1e-12)) for x in xs))
+
+
+def interp_log_edges(points: list[tuple[float, float]], loss: float) -> tuple[float, bool]:
+    """log(edges) of a curve of (loss, log edges) points at `loss`, linear on the segment
+    whose ends bracket `loss` -> (value, extrapolated?). Outside the curve's loss range the
+    end segment is extended and the reading is flagged as extrapolated."""
+    pts = sorted(points)
+    if len(pts) < 2:
+        raise ValueError("a curve needs at least two points")
+    if loss < pts[0][0]:
+        (l0, e0), (l1, e1), extra = pts[0], pts[1], True
+    elif loss > pts[-1][0]:
+        (l0, e0), (l1, e1), extra = pts[-2], pts[-1], True
+    else:
+        i = next(i for i in range(len(pts) - 1) if pts[i + 1][0] >= loss)
+        (l0, e0), (l1, e1), extra = pts[i], pts[i + 1], False
+    if l1 == l0:
+        return (e0 + e1) / 2, extra
+    return e0 + (e1 - e0) * (loss - l0) / (l1 - l0), extra
+
+
+def bootstrap_interval(
+    units: dict[tuple[str, int], float], stat=geomean, seed: int = 0
+) -> dict | None:
+    """`stat` of per-(task, seed) values with a 95% interval: tasks and seeds resampled
+    with replacement (a draw keeps the units of its chosen tasks and seeds). None without
+    values; no interval from a single unit."""
+    if not units:
+        return None
+    tasks = sorted({t for t, _ in units})
+    seeds = sorted({s for _, s in units})
+    out = {
+        "value": stat(list(units.values())),
+        "low": None,
+        "high": None,
+        "n": len(units),
+        "n_tasks": len(tasks),
+        "n_seeds": len(seeds),
+    }
+    if len(units) < 2:
+        return out
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(BOOTSTRAP_DRAWS):
+        ts = [rng.choice(tasks) for _ in tasks]
+        ss = [rng.choice(seeds) for _ in seeds]
+        vals = [units[(t, s)] for t in ts for s in ss if (t, s) in units]
+        if vals:
+            draws.append(stat(vals))
+    draws.sort()
+    out["low"] = draws[int(0.025 * len(draws))]
+    out["high"] = draws[min(len(draws) - 1, int(0.975 * len(draws)))]
+    return out
+
+
+def verdict(interval: dict | None, null: float = 1.0) -> str:
+    """found | not found (interval includes `null`) | no interval (one unit) | not measured."""
+    if interval is None:
+        return "not measured"
+    if interval["low"] is None:
+        return "no interval"
+    return "not found" if interval["low"] <= null <= interval["high"] else "found"
+
+
+def ok_edges(circuits: list[dict]) -> dict[tuple[str, str], int]:
+    """(model, task) -> edges of every circuit that validated."""
+    return {(c["model"], c["task"]): max(c["n_edges"], 1) for c in circuits if c["status"] == "ok"}
+
+
+def frontier_tasks(cfg: StudyConfig, eligibility: list[dict]) -> list[str]:
+    """Tasks that every full model reaches (target and accuracy, on test pairs)."""
+    return [t for t in cfg.tasks if all(r["reaches"] for r in eligibility if r["task"] == t)]
+
+
+def frontier_rows(models: list[dict], circuits: list[dict], tasks: list[str]) -> list[dict]:
+    ok = ok_edges(circuits)
+    rows = []
+    for m in models:
+        edges = [ok[(m["id"], t)] for t in tasks if (m["id"], t) in ok]
+        rows.append(
+            {k: m[k] for k in ("id", "label", "kind", "d_model", "density", "seed", "heldout_loss")}
+            | {
+                "model": m["id"],
+                "roles": m.get("roles", []),
+                # over the tasks this model validated; n_tasks says how many
+                "geomean_edges": geomean(edges) if edges else None,
+                "n_tasks": len(edges),
+            }
+        )
+    return rows
+
+
+def _curve(models, ok, role: str, seed: int, task: str) -> list[tuple[float, float, str]]:
+    return [
+        (m["heldout_loss"], math.log(ok[(m["id"], task)]), m["id"])
+        for m in models
+        if role in m.get("roles", [])
+        and m["seed"] == seed
+        and m["heldout_loss"] is not None
+        and (m["id"], task) in ok
+    ]
+
+
+def dense_sparse(models: list[dict], circuits: list[dict], tasks: list[str]) -> dict:
+    """Dense / sparse circuit edges at matched held-out loss. Each dense model is read on
+    the sparse curve (base width, all densities) and each sparse model on the dense curve
+    (all widths); a reading inside the other curve's loss range is interpolated on its
+    bracketing segment, one outside is extrapolated and kept out of the headline."""
+    ok = ok_edges(circuits)
+    readings = []
+    for seed in sorted({m["seed"] for m in models}):
+        for t in tasks:
+            dense = _curve(models, ok, "dense", seed, t)
+            sparse = _curve(models, ok, "density", seed, t)
+            for own, other, dense_side in ((dense, sparse, True), (sparse, dense, False)):
+                if len(other) < 2:
+                    continue
+                for loss, log_e, mid in own:
+                    at, extra = interp_log_edges([(a, b) for a, b, _ in other], loss)
+                    ratio = math.exp(log_e - at) if dense_side else math.exp(at - log_e)
+                    readings.append(
+                        {
+                            "task": t,
+                            "seed": seed,
+                            "model": mid,
+                            "ratio": ratio,
+                            "extrapolated": extra,
+                        }
+                    )
+    per_unit: dict[tuple[str, int], list[float]] = {}
+    for r in readings:
+        if not r["extrapolated"]:
+            per_unit.setdefault((r["task"], r["seed"]), []).append(r["ratio"])
+    interval = bootstrap_interval({u: geomean(v) for u, v in per_unit.items()})
+    extrapolated = [r["ratio"] for r in readings if r["extrapolated"]]
+    return {
+        "ratio": interval,
+        "verdict": verdict(interval),
+        "readings": readings,
+        "n_interpolated": sum(not r["extrapolated"] for r in readings),
+        "n_extrapolated": len(extrapolated),
+        "extrapolated_geomean": geomean(extrapolated) if extrapolated else None,
+    }
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+
+
+def _axis(models, circuits, tasks, role: str, x_of, per: float) -> dict:
+    """Along one curve of the family (role), per task and seed, the factor by which circuit
+    edges change when x (log2 of density or width) moves by `per` (a least-squares slope
+    over the curve's models); and held-out loss per x with its measured eval noise."""
+    ok = ok_edges(circuits)
+    units = {}
+    loss_units = {}
+    for seed in sorted({m["seed"] for m in models}):
+        curve = sorted(
+            (m for m in models if role in m.get("roles", []) and m["seed"] == seed), key=x_of
+        )
+        for t in tasks:
+            pts = [
+                (math.log2(x_of(m)), math.log2(ok[(m["id"], t)]))
+                for m in curve
+                if (m["id"], t) in ok
+            ]
+            if len({x for x, _ in pts}) >= 2:
+                units[(t, seed)] = 2 ** (per * _slope(*zip(*pts, strict=True)))
+        lp = [
+            (math.log2(x_of(m)), m["heldout_loss"]) for m in curve if m["heldout_loss"] is not None
+        ]
+        if len({x for x, _ in lp}) >= 2:
+            loss_units[("loss", seed)] = per * _slope(*zip(*lp, strict=True))
+    points = {}
+    for m in models:
+        if role in m.get("roles", []):
+            p = points.setdefault(x_of(m), {"losses": [], "se": [], "edges": []})
+            p["losses"].append(m["heldout_loss"])
+            p["se"].append(m.get("heldout_loss_se") or 0.0)
+            p["edges"] += [ok[(m["id"], t)] for t in tasks if (m["id"], t) in ok]
+    table = [
+        {
+            "x": x,
+            "heldout_loss": statistics.fmean(p["losses"]),
+            "eval_se": statistics.fmean(p["se"]),
+            "geomean_edges": geomean(p["edges"]) if p["edges"] else None,
+            "n_circuits": len(p["edges"]),
+        }
+        for x, p in sorted(points.items())
+    ]
+    edges = bootstrap_interval(units)
+    loss = bootstrap_interval(loss_units, stat=statistics.fmean)
+    noise = max((r["eval_se"] for r in table), default=0.0)
+    return {
+        "edges_factor": edges,
+        "edges_verdict": verdict(edges),
+        "loss_change": loss,
+        # two standard errors of a held-out loss: smaller changes are eval noise
+        "eval_noise": 2 * noise,
+        "loss_verdict": "not measured"
+        if loss is None
+        else "within eval noise"
+        if abs(loss["value"]) <= 2 * noise
+        else "found",
+        "points": table,
+    }
+
+
+def density_trend(models, circuits, tasks) -> dict:
+    """Per halving of density at the base width (x = density, step -1 in log2)."""
+    return _axis(models, circuits, tasks, "density", lambda m: m["density"], -1.0)
+
+
+def width_effect(models, circuits, tasks) -> dict:
+    """Per doubling of width at a fixed number of nonzero weights per matrix."""
+    return _axis(models, circuits, tasks, "l0", lambda m: m["d_model"], 1.0)
+
+
+def controls(circuits: list[dict]) -> dict:
+    """Per validated circuit, whether each control comes close: a nonsense-task or
+    random-init circuit that validates within CLOSE_FACTOR of the real size, or random
+    circuits of the real size that validate too."""
+    rows = []
+    for c in circuits:
+        if c["status"] != "ok" or not c.get("controls"):
+            continue
+        ctl = c["controls"]
+        row = {"model": c["model"], "task": c["task"], "n_edges": c["n_edges"]}
+        for name in ("nonsense", "random_init"):
+            x = ctl.get(name)
+            row[name] = (
+                None
+                if x is None
+                else x["status"] == "ok" and x["n_edges"] <= CLOSE_FACTOR * max(c["n_edges"], 1)
+            )
+        rnd = ctl.get("random_circuits") or {}
+        row["random_circuits"] = bool(rnd.get("reach_target"))
+        rows.append(row)
+    close = {
+        name: [f"{r['model']}/{task_label(r['task'])}" for r in rows if r[name]]
+        for name in ("nonsense", "random_init", "random_circuits")
+    }
+    return {"rows": rows, "close": close, "n_checked": len(rows)}
+
+
+def _fmt_interval(iv: dict | None, unit: str = "x", digits: int = 2) -> str:
+    if iv is None:
+        return "not measured"
+    core = f"{iv['value']:.{digits}f}{unit}"
+    if iv["low"] is None:
+        return f"{core} (n={iv['n']}, too few for an interval)"
+    return f"{core} (95% interval {iv['low']:.{digits}f}-{iv['high']:.{digits}f}{unit}, n={iv['n']}: {iv['n_tasks']} tasks x {iv['n_seeds']} seeds)"
+
+
+def sentence(cfg: StudyConfig, tasks, ratio: dict, density: dict, width: dict, ctl: dict) -> dict:
+    """The answer in words, every number taken from the measures."""
+    r = ratio["ratio"]
+    if r is None:
+        head = "the dense/sparse circuit-size ratio could not be read by interpolation: " + (
+            "no task entered the frontier"
+            if not tasks
+            else "the dense and sparse curves do not overlap in held-out loss (or too few circuits validated)"
+        )
+    else:
+        found = {
+            "found": "sparse models have smaller circuits"
+            if r["value"] > 1
+            else "sparse models have larger circuits",
+            "not found": "no dense/sparse difference found (the interval includes 1)",
+            "no interval": "no interval (one task and seed): a single comparison, not a finding",
+        }[ratio["verdict"]]
+        head = f"dense/sparse circuit edges at matched held-out loss: {_fmt_interval(r)}; {found}"
+    if ratio["n_extrapolated"]:
+        head += (
+            f" ({ratio['n_extrapolated']} extrapolated readings, geomean "
+            f"{ratio['extrapolated_geomean']:.2f}x, kept out of this number)"
+        )
+    dens = (
+        f"per halving of density at d_model {cfg.base_width}, circuit edges change "
+        f"{_fmt_interval(density['edges_factor'])} ({density['edges_verdict']}); held-out loss "
+        f"{_fmt_interval(density['loss_change'], ' nats', 3)} ({density['loss_verdict']}, eval noise "
+        f"{density['eval_noise']:.3f})"
+    )
+    wid = (
+        f"per doubling of width at fixed nonzeros, circuit edges change "
+        f"{_fmt_interval(width['edges_factor'])} ({width['edges_verdict']}); held-out loss "
+        f"{_fmt_interval(width['loss_change'], ' nats', 3)} ({width['loss_verdict']})"
+    )
+    close = [
+        f"{name.replace('_', ' ')} on {len(v)} of {ctl['n_checked']} ({', '.join(v[:3])}"
+        + (", ...)" if len(v) > 3 else ")")
+        for name, v in ctl["close"].items()
+        if v
+    ]
+    ctl_text = (
+        f"controls come close ({'; '.join(close)}): those circuit sizes may measure how easily a mask fits, not a mechanism"
+        if close
+        else f"no control came close on {ctl['n_checked']} validated circuits"
+        if ctl["n_checked"]
+        else "no controls were run"
+    )
+    seeds = (
+        "one pretraining seed: intervals resample tasks only, so they cannot show whether the "
+        "result survives retraining; it shows what these particular models do"
+        if cfg.seeds == 1
+        else f"{cfg.seeds} pretraining seeds, resampled in every interval"
+    )
+    return {
+        "sentence": ". ".join(x[0].upper() + x[1:] for x in (head, ctl_text, seeds)) + ".",
+        "density_trend": dens,
+        "width_effect": wid,
+        "controls": ctl_text,
+        "seeds": seeds,
+    }
+
+
+def analyse(
+    cfg: StudyConfig, models: list[dict], circuits: list[dict], eligibility: list[dict]
+) -> dict:
+    tasks = frontier_tasks(cfg, eligibility)
+    ratio = dense_sparse(models, circuits, tasks)
+    density = density_trend(models, circuits, tasks)
+    width = width_effect(models, circuits, tasks)
+    ctl = controls(circuits)
+    words = sentence(cfg, tasks, ratio, density, width, ctl)
+    statuses = {}
+    for c in circuits:
+        statuses[c["status"]] = statuses.get(c["status"], 0) + 1
+    return {
+        "schema_version": RESULTS_VERSION,
+        "study": {
+            "preset": cfg.preset,
+            "tasks": cfg.tasks,
+            "seeds": list(range(cfg.seeds)),
+            "targets": {t: cfg.target(t) for t in cfg.tasks},
+            "min_accuracy": cfg.min_accuracy,
+            "frontier_tasks": tasks,
+            "config": dataclasses.asdict(cfg),
+        },
+        "models": models,
+        "eligibility": eligibility,
+        "circuits": circuits,
+        "frontier": frontier_rows(models, circuits, tasks),
+        "measures": {"dense_sparse": ratio, "density": density, "width": width, "controls": ctl},
+        "answer": words
+        | {
+            "ratio": ratio["ratio"],
+            "details": [
+                f"tasks in the frontier: {', '.join(tasks) or 'none'} (of {', '.join(cfg.tasks)})",
+                "target loss per task: " + ", ".join(f"{t}: {cfg.target(t)}" for t in cfg.tasks),
+                "circuits by status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())),
+            ],
+        },
+    }

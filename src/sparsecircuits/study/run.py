@@ -1,0 +1,337 @@
+"""Running the study: train (or reuse) every model, check which tasks every model can do,
+prune each eligible (model, task) over the k_coef grid, and run the controls.
+
+Every finished model is cached under the token cache root keyed by its config (a second
+study reuses it); every circuit is cached in the study folder keyed by what it depends on,
+so a killed study resumes where it stopped.
+
+    DIR/study.json                      the study's config (a different one is refused)
+    DIR/circuits/<model>/<task>/        circuit.json + row.json + key.json
+    DIR/results.json                    everything the report needs
+    DIR/frontier.png                    held-out loss vs geometric-mean circuit edges
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import checkpoint_corpus, load, load_config, replace_dir, save_checkpoint
+from ..corpus import EVAL_SEED
+from ..errors import UserError, read_json, write_json_atomic
+from ..model import SparseGPT
+from ..nodes import cached_node_means
+from ..prune import TargetUnreachable, find_circuit, full_model_metrics
+from ..pruning import PruneConfig
+from ..sparsity import WeightSparsifier
+from ..tasks import Pair, Task, get_task
+from ..train import train
+from .config import ModelSpec, StudyConfig, model_configs, model_dir, model_specs, task_label
+from .measures import analyse
+from .summary import plot_frontier, write_summary
+
+PRUNE_UNITS = 200  # a circuit search weighs about as much as this many training steps
+
+
+def _check_out(out: Path, cfg: StudyConfig, resume: bool, force: bool) -> None:
+    path = out / "study.json"
+    mine = dataclasses.asdict(cfg)
+    if path.exists():
+        saved = read_json(path)
+        if saved != mine:
+            if not force:
+                hint = (
+                    "--resume needs the same preset, tasks and seeds"
+                    if resume
+                    else "use another --out"
+                )
+                raise UserError(
+                    f"{out}: holds a different study ({path}); {hint}, or pass --force to replace it"
+                )
+            for name in ("circuits", "results.json", "frontier.png", "report.html", "summary.md"):
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    elif out.exists() and any(out.iterdir()) and not force:
+        raise UserError(
+            f"{out}: exists and is not a study folder; choose another --out or pass --force"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, mine)
+
+
+def run_study(
+    cfg: StudyConfig,
+    out: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train, prune, analyse; returns the results (also written to DIR/results.json)."""
+    out = Path(out)
+    _check_out(out, cfg, resume, force)
+    specs = model_specs(cfg)
+    steps = {s.id: model_configs(cfg, s)[1].steps for s in specs}
+    total = sum(steps.values()) + PRUNE_UNITS * len(specs) * len(cfg.tasks)
+    bar = tqdm(total=total, desc="study", unit="u", disable=not progress, dynamic_ncols=True)
+
+    t0 = time.perf_counter()
+    models = []
+    for spec in specs:
+        mdir = model_dir(cfg, spec)
+        bar.set_postfix_str(f"train {spec.id}")
+        start = bar.n
+        if not (mdir / "done.json").exists():
+            m, t = model_configs(cfg, spec)
+            train(
+                m,
+                t,
+                mdir,
+                resume=True,
+                progress=False,
+                on_step=lambda d, start=start: bar.update(start + d - bar.n),
+            )
+            write_json_atomic(mdir / "done.json", {"id": spec.id})
+        bar.update(start + steps[spec.id] - bar.n)
+        models.append(_model_row(spec, mdir))
+
+    t1 = time.perf_counter()
+    eligibility = [row for spec in specs for row in _full_model_rows(cfg, spec)]
+    eligible = {t: all(r["reaches"] for r in eligibility if r["task"] == t) for t in cfg.tasks}
+    circuits = []
+    for spec in specs:
+        for task in cfg.tasks:
+            bar.set_postfix_str(f"prune {spec.id} {task}")
+            circuits.append(_circuit(cfg, spec, task, eligible[task], eligibility, out))
+            bar.update(PRUNE_UNITS)
+    bar.close()
+    results = analyse(cfg, models, circuits, eligibility)
+    # this run's wall time: cached models and circuits cost (almost) nothing
+    results["timing"] = {
+        "train_seconds": round(t1 - t0, 1),
+        "prune_seconds": round(time.perf_counter() - t1, 1),
+    }
+    write_json_atomic(out / "results.json", results)
+    plot_frontier(results, out / "frontier.png")
+    write_summary(out)
+    return results
+
+
+@torch.no_grad()
+def _heldout_noise(mdir: Path, model, tok, batches: int, batch_size: int) -> dict:
+    """Held-out loss per eval batch (the same windows training evaluates): its mean, the
+    std across batches, and the standard error of the mean, the eval noise the analysis
+    uses as its tolerance."""
+    corpus = checkpoint_corpus(mdir, model, tok)
+    losses = [
+        float(model(corpus.batch("heldout", batch_size, model.cfg.n_ctx, EVAL_SEED, i), "loss"))
+        for i in range(batches)
+    ]
+    std = statistics.stdev(losses) if len(losses) > 1 else None
+    return {
+        "heldout_loss_batches": len(losses),
+        "heldout_loss_std": std,
+        "heldout_loss_se": std / len(losses) ** 0.5 if std is not None else None,
+    }
+
+
+def _model_row(spec: ModelSpec, mdir: Path) -> dict:
+    model, tok = load(mdir)
+    _, tcfg = load_config(mdir)
+    metrics = [json.loads(x) for x in (mdir / "metrics.jsonl").read_text().splitlines()]
+    heldout = [r["heldout_loss"] for r in metrics if "heldout_loss" in r]
+    matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
+    return dict(
+        dataclasses.asdict(spec),
+        n_layer=model.cfg.n_layer,
+        dir=str(mdir),
+        total_params=model.num_params(),
+        nonzero_params=model.num_params(nonzero=True),
+        matrix_nonzero=int(sum((p != 0).sum() for p in matrices)),
+        heldout_loss=heldout[-1] if heldout else None,
+        **_heldout_noise(mdir, model, tok, tcfg.eval_batches, tcfg.batch_size),
+    )
+
+
+def _prune_config(cfg: StudyConfig, task: str, seed: int) -> PruneConfig:
+    return PruneConfig(**{**cfg.prune, "target_loss": cfg.target(task), "seed": seed})
+
+
+def _encode(task: Task, tok, n_ctx: int):
+    return task.encode(tok, "train", n_ctx), task.encode(tok, "test", n_ctx)
+
+
+def _full_model_rows(cfg: StudyConfig, spec: ModelSpec) -> list[dict]:
+    """Per task, the full model on held-out test pairs (calibrated on train pairs) against
+    the task's target and the accuracy bar: which tasks this model lets into the frontier."""
+    model, tok = load(model_dir(cfg, spec))
+    rows = []
+    for name in cfg.tasks:
+        pcfg = _prune_config(cfg, name, spec.seed)
+        task = get_task(name, pcfg.n_train, pcfg.n_test, spec.seed)
+        m = full_model_metrics(model, *_encode(task, tok, model.cfg.n_ctx), pcfg.calib_steps)
+        target = cfg.target(name)
+        rows.append(
+            {"model": spec.id, "task": name, "target_loss": target}
+            | m
+            | {
+                "reaches": m["loss_calibrated"] <= target
+                and m["accuracy_calibrated"] >= cfg.min_accuracy
+            }
+        )
+    return rows
+
+
+def nonsense_task(task: Task, seed: int) -> Task:
+    """The same prompts with each pair's answers swapped or not at random: labels with no
+    relation to the prompt, which a mask should not be able to make a small circuit for."""
+    rng = random.Random(seed)
+
+    def shuffled(pairs: list[Pair]) -> list[Pair]:
+        return [
+            Pair(p.prompt_a, p.prompt_b, p.answer_b, p.answer_a) if rng.random() < 0.5 else p
+            for p in pairs
+        ]
+
+    return dataclasses.replace(
+        task, name=f"{task.name} (nonsense)", train=shuffled(task.train), test=shuffled(task.test)
+    )
+
+
+def random_init_dir(cfg: StudyConfig, spec: ModelSpec) -> Path:
+    """A model of the spec's shape and density that never trained (the tokenizer and corpus
+    of the trained one, so node means and prompts are comparable), cached beside it."""
+    trained = model_dir(cfg, spec)
+    out = trained.with_name(trained.name + "-init")
+    if (out / "model.safetensors").exists():
+        return out
+    m, t = model_configs(cfg, spec)
+    torch.manual_seed(t.seed)
+    model = SparseGPT(m)
+    # anneal_frac 0: the target density from the start, as a trained model ends
+    WeightSparsifier(model, dataclasses.replace(t, anneal_frac=0.0)).apply(0)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(tmp, model, load(trained)[1], t)
+    replace_dir(tmp, out)
+    return out
+
+
+def _search(mdir: Path, task: Task, pcfg: PruneConfig, examples: bool = False, **kw):
+    """One circuit search on a model folder -> the Circuit (raises TargetUnreachable);
+    `examples` adds the viewer's example prompts."""
+    model, tok = load(mdir)
+    train_b, test_b = _encode(task, tok, model.cfg.n_ctx)
+    means = cached_node_means(mdir, model, tok, progress=False)
+    text = (lambda i: tok.decode([i])) if examples else None
+    c = find_circuit(
+        model, train_b, test_b, means, pcfg, False, task.name, str(mdir), token_text=text, **kw
+    )
+    c.model_dir = str(mdir)
+    return c
+
+
+def _control(mdir: Path, task: Task, pcfg: PruneConfig) -> dict:
+    """A control pruned like the real circuit, with its chosen k_coef, to the same target;
+    the full model need not reach the target (that is the point of the control)."""
+    light = dataclasses.replace(pcfg, random_draws=0, effect_nodes=0, example_pairs=0)
+    try:
+        c = _search(mdir, task, light, require_full_model=False)
+    except TargetUnreachable as e:
+        return {"status": "unreachable", "n_edges": None, "message": str(e)}
+    v = c.metrics["validation"]
+    return {
+        "status": v["status"],
+        "n_edges": c.n_edges,
+        "n_nodes": c.n_nodes,
+        "test_loss_calibrated": v["test_loss_calibrated"],
+        "full_test_loss_calibrated": c.metrics["full"]["loss_calibrated"],
+    }
+
+
+def _circuit(
+    cfg: StudyConfig,
+    spec: ModelSpec,
+    task_name: str,
+    eligible: bool,
+    eligibility: list[dict],
+    out: Path,
+) -> dict:
+    target = cfg.target(task_name)
+    row = dict(
+        model=spec.id,
+        task=task_name,
+        status="ok",
+        message=None,
+        n_nodes=None,
+        n_edges=None,
+        metrics=None,
+        path=None,
+        target_loss=target,
+        k_coef=None,
+        controls=None,
+    )
+    if not eligible:
+        missed = [
+            f"{r['model']} (test loss {r['loss_calibrated']:.3f}, accuracy {r['accuracy_calibrated']:.2f})"
+            for r in eligibility
+            if r["task"] == task_name and not r["reaches"]
+        ]
+        row.update(
+            status="not_eligible",
+            message=f"not every full model reaches target {target} with test accuracy >= "
+            f"{cfg.min_accuracy}: {', '.join(missed)}",
+        )
+        return row
+    cdir = out / "circuits" / spec.id / task_label(task_name)
+    mdir = model_dir(cfg, spec)
+    pcfg = _prune_config(cfg, task_name, spec.seed)
+    key = {
+        "model": str(mdir),
+        "weights": (mdir / "model.safetensors").stat().st_mtime_ns,
+        "task": task_name,
+        "prune": dataclasses.asdict(pcfg),
+        "k_coefs": cfg.k_coefs,
+        "controls": cfg.controls,
+    }
+    if (cdir / "key.json").exists() and read_json(cdir / "key.json") == key:
+        return read_json(cdir / "row.json")
+    task = get_task(task_name, pcfg.n_train, pcfg.n_test, spec.seed)
+    try:
+        c = _search(mdir, task, pcfg, examples=True, k_coefs=cfg.k_coefs)
+        c.save(cdir / "circuit.json")
+        v = c.metrics["validation"]
+        row.update(
+            status=v["status"],
+            message=None
+            if v["status"] == "ok"
+            else f"{v['status']}: test loss {v['test_loss_calibrated']:.3f} against the limit "
+            f"{v['limit']:.3f} (target + 2 s.e.), {c.n_nodes} of {c.n_nodes_total} nodes kept",
+            n_nodes=c.n_nodes,
+            n_edges=c.n_edges,
+            metrics=c.metrics,
+            path=str((cdir / "circuit.json").relative_to(out)),
+            k_coef=c.prune_config["k_coef"],
+        )
+        if cfg.controls:
+            chosen = dataclasses.replace(pcfg, k_coef=row["k_coef"])
+            controls = {"nonsense": _control(mdir, nonsense_task(task, spec.seed), chosen)}
+            if spec.seed == 0:  # one seed is enough for a model that never learned
+                controls["random_init"] = _control(random_init_dir(cfg, spec), task, chosen)
+            controls["random_circuits"] = c.metrics["random"]
+            row["controls"] = controls
+    except TargetUnreachable as e:
+        row.update(status="unreachable", message=str(e))
+    except UserError as e:
+        row.update(status="error", message=str(e))
+    # The result is written before the key, so a key on disk always has its result.
+    write_json_atomic(cdir / "row.json", row)
+    write_json_atomic(cdir / "key.json", key)
+    return row

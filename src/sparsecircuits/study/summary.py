@@ -1,0 +1,197 @@
+"""What a finished study shows: the frontier plot and a markdown summary, both made from
+results.json alone (`sparsecircuits study --out DIR --summary` rewrites the summary, so the
+numbers quoted in README come from a file a command regenerates)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError, read_json, save_figure_atomic, write_text_atomic
+from .measures import RESULTS_VERSION
+
+SUMMARY_FILE = "summary.md"
+
+
+def _num(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def _table(columns: list[str], rows: list[list]) -> list[str]:
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(_num(v) for v in row) + " |" for row in rows),
+    ]
+
+
+def _control_cell(x: dict | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x['n_edges']} ({x['status']})" if x.get("n_edges") is not None else x["status"]
+
+
+def summary_markdown(results: dict) -> str:
+    a, s, ms = results["answer"], results["study"], results["measures"]
+    lines = [
+        f"# Study `{s['preset']}`: summary",
+        "",
+        f"**Answer.** {a['sentence']}",
+        "",
+        f"- {a['density_trend']}",
+        f"- {a['width_effect']}",
+        *(f"- {d}" for d in a["details"]),
+        "",
+        "## Models",
+        "",
+        *_table(
+            ["model", "held-out loss", "eval s.e.", "nonzero block weights"],
+            [
+                [m["label"], m["heldout_loss"], m.get("heldout_loss_se"), m["matrix_nonzero"]]
+                for m in results["models"]
+            ],
+        ),
+        "",
+        "## Full models on test pairs (calibrated on train pairs)",
+        "",
+        *_table(
+            ["model", "task", "target", "loss", "accuracy", "raw loss", "raw accuracy", "reaches"],
+            [
+                [
+                    r["model"],
+                    r["task"],
+                    r["target_loss"],
+                    r["loss_calibrated"],
+                    r["accuracy_calibrated"],
+                    r["loss"],
+                    r["accuracy"],
+                    "yes" if r["reaches"] else "no",
+                ]
+                for r in results["eligibility"]
+            ],
+        ),
+        "",
+        "## Circuits and their controls",
+        "",
+        *_table(
+            [
+                "model",
+                "task",
+                "status",
+                "edges",
+                "k_coef",
+                "test loss",
+                "raw test loss",
+                "nonsense task",
+                "random init",
+                "random circuits reach",
+            ],
+            [
+                [
+                    c["model"],
+                    c["task"],
+                    c["status"],
+                    c["n_edges"],
+                    c.get("k_coef"),
+                    (c.get("metrics") or {}).get("circuit", {}).get("loss_calibrated"),
+                    (c.get("metrics") or {}).get("circuit", {}).get("loss"),
+                    _control_cell((c.get("controls") or {}).get("nonsense")),
+                    _control_cell((c.get("controls") or {}).get("random_init")),
+                    ((c.get("controls") or {}).get("random_circuits") or {}).get("reach_target"),
+                ]
+                for c in results["circuits"]
+            ],
+        ),
+        "",
+        "## Axes",
+        "",
+    ]
+    for name, title in (("density", "density (base width)"), ("width", "width (fixed nonzeros)")):
+        lines += [
+            f"{title}:",
+            "",
+            *_table(
+                ["x", "held-out loss", "eval s.e.", "geomean edges", "circuits"],
+                [
+                    [p["x"], p["heldout_loss"], p["eval_se"], p["geomean_edges"], p["n_circuits"]]
+                    for p in ms[name]["points"]
+                ],
+            ),
+            "",
+        ]
+    ds = ms["dense_sparse"]
+    lines += [
+        f"Dense/sparse readings: {ds['n_interpolated']} interpolated, {ds['n_extrapolated']} extrapolated.",
+        "",
+    ]
+    if "timing" in results:
+        t = results["timing"]
+        lines.append(
+            f"Wall time of this run: training {t['train_seconds']} s, pruning {t['prune_seconds']} s."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(study_dir: str | Path) -> Path:
+    study_dir = Path(study_dir)
+    path = study_dir / "results.json"
+    if not path.is_file():
+        raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
+    results = read_json(path)
+    if results.get("schema_version") != RESULTS_VERSION:
+        raise UserError(
+            f"{path}: schema version {results.get('schema_version')}, the summary reads "
+            f"{RESULTS_VERSION} (rerun the study with --resume to refresh it)"
+        )
+    try:
+        text = summary_markdown(results)
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a complete study result (missing {e})") from None
+    out = study_dir / SUMMARY_FILE
+    write_text_atomic(out, text)
+    return out
+
+
+def plot_frontier(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    pts = [f for f in results["frontier"] if f["geomean_edges"] and f["heldout_loss"] is not None]
+    curves = [
+        ("dense", "dense, widths", "s-"),
+        ("density", "sparse, densities", "o-"),
+        ("l0", "sparse, widths at fixed nonzeros", "^--"),
+    ]
+    for role, label, style in curves:
+        curve = sorted(
+            (f for f in pts if role in f.get("roles", [])), key=lambda f: f["heldout_loss"]
+        )
+        if curve:
+            ax.plot(
+                [f["geomean_edges"] for f in curve],
+                [f["heldout_loss"] for f in curve],
+                style,
+                label=label,
+            )
+            for f in curve:
+                ax.annotate(
+                    f"{f['d_model']}" + ("" if f["kind"] == "dense" else f"/{f['density']:.3g}"),
+                    (f["geomean_edges"], f["heldout_loss"]),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                )
+    ax.set_xscale("log")
+    ax.set_xlabel("circuit size (geometric-mean edges over validated frontier tasks)")
+    ax.set_ylabel("held-out pretraining loss (nats/token)")
+    ax.set_title("capability vs interpretability")
+    if pts:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(
+            0.5, 0.5, "no validated circuit on a frontier task", ha="center", transform=ax.transAxes
+        )
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=120)
