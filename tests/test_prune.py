@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -87,7 +89,12 @@ def test_baselines_share_the_bisection(trained, quote_task, method):
         progress=False,
     )
     assert c.method == method and c.n_nodes >= 1
-    assert c.bisection[-1]["k"] in {h["k"] for h in c.bisection}
+    # The bisection's answer: the smallest budget tested that reaches the target, with the
+    # budget one below it tested and failing (else a smaller circuit might exist).
+    passing = [h["k"] for h in c.bisection if h["loss"] <= target]
+    failing = [h["k"] for h in c.bisection if h["loss"] > target]
+    assert min(passing) == c.n_nodes
+    assert c.n_nodes == 1 or c.n_nodes - 1 in failing
 
 
 def test_node_means_are_cached_and_follow_the_weights(trained, quote_task, monkeypatch):
@@ -247,18 +254,106 @@ def test_edge_count_matches_nonzero_weights():
     )
 
 
-def test_calibration_only_rescales():
+def _pairs_batch(n_rows: int):
     from sparsecircuits.tasks import TaskBatch
 
-    batch = TaskBatch(
-        torch.zeros(4, 2, dtype=torch.long),
-        torch.ones(4, dtype=torch.long),
-        torch.zeros(4, dtype=torch.long),
-        torch.ones(4, dtype=torch.long),
+    return TaskBatch(
+        torch.zeros(n_rows, 2, dtype=torch.long),
+        torch.ones(n_rows, dtype=torch.long),
+        torch.zeros(n_rows, dtype=torch.long),
+        torch.ones(n_rows, dtype=torch.long),
     )
-    diff = torch.tensor([0.1, 0.1, 0.2, 0.2])  # right but timid
-    loss, scale, _ = calibrate(diff, batch, 16)
-    assert scale > 1 and loss < float(torch.nn.functional.softplus(-diff).view(-1, 2).sum(1).mean())
+
+
+def test_calibration_sharpens_a_right_but_timid_answer():
+    from sparsecircuits.tasks import pair_loss
+
+    diff = torch.tensor([0.1, 0.1, 0.2, 0.2])
+    loss, scale, shift = calibrate(diff, _pairs_batch(4), 16)
+    assert scale > 1 and abs(shift) < 1e-3 and loss < float(pair_loss(diff))
+
+
+def test_calibration_cannot_invert_an_all_wrong_answer():
+    # The case: every answer wrong (accuracy 0, loss 2.70). A free scale fitted
+    # -15.8 and loss 3e-5; a positive one can only shrink the logits towards chance.
+    from sparsecircuits.tasks import pair_loss
+
+    diff = torch.full((8,), -1.05)
+    assert float(pair_loss(diff)) == pytest.approx(2.70, abs=0.01)
+    loss, scale, _ = calibrate(diff, _pairs_batch(8), 16)
+    assert scale > 0 and loss >= 2 * math.log(2) - 1e-3
+
+
+def test_calibration_shift_removes_a_bias_towards_one_answer():
+    # Right margins plus a bias of 1.5 towards answer a: prompts whose answer is b look
+    # wrong. The shift moves against the bias (negative, in the a-vs-b direction) and the
+    # calibrated answers are all right.
+    from sparsecircuits.prune import diff_metrics
+
+    margins = torch.tensor([1.0, 0.6, 1.4, 0.8, 1.2, 0.7, 0.9, 1.1])
+    diff = margins + 1.5 * torch.tensor([1.0, -1.0]).repeat(4)
+    batch = _pairs_batch(8)
+    _, scale, shift = calibrate(diff, batch, 16)
+    m = diff_metrics(diff, batch, (scale, shift))
+    assert shift < 0 < scale and m["accuracy"] < 1 and m["accuracy_calibrated"] == 1.0
+
+
+def test_calibration_is_applied_unchanged_to_other_pairs():
+    from sparsecircuits.prune import diff_metrics
+    from sparsecircuits.tasks import pair_loss
+
+    diff = torch.tensor([0.5, -0.2, 1.0, 0.3])
+    m = diff_metrics(diff, _pairs_batch(4), (2.0, 0.25))
+    shifted = 2.0 * diff + 0.25 * torch.tensor([1.0, -1.0, 1.0, -1.0])
+    assert m["loss_calibrated"] == pytest.approx(float(pair_loss(shifted)))
+    assert m["loss"] == pytest.approx(float(pair_loss(diff)))  # raw beside calibrated
+
+
+def test_grid_keeps_the_smallest_valid_circuit_and_reports_collapse(trained, quote_task):
+    from sparsecircuits.nodes import cached_node_means
+    from sparsecircuits.prune import find_circuit
+
+    model, tok = load(trained)
+    task = get_task(quote_task, 8, 4, 0)
+    train_b, test_b = task.encode(tok, "train", 32), task.encode(tok, "test", 32)
+    means = cached_node_means(trained, model, tok, progress=False)
+    target = reachable_target(trained, quote_task)
+    cfg = PruneConfig(target_loss=target, steps=20, random_draws=2, effect_nodes=0)
+    c = find_circuit(model, train_b, test_b, means, cfg, False, k_coefs=[1e-3, 1e-2])
+    grid = c.metrics["grid"]
+    assert [g["k_coef"] for g in grid] == [1e-3, 1e-2]
+    chosen = c.prune_config["k_coef"]
+    same_status = [g for g in grid if g["status"] == c.metrics["validation"]["status"]]
+    assert c.n_edges == min(g["n_edges"] for g in same_status)
+    assert next(g for g in grid if g["k_coef"] == chosen)["n_edges"] == c.n_edges
+    assert {"loss", "loss_calibrated", "accuracy", "accuracy_calibrated"} <= set(
+        c.metrics["circuit"]
+    )
+    # a circuit keeping at least this share of all nodes is flagged, never called ok
+    every = find_circuit(
+        model, train_b, test_b, means, dataclasses.replace(cfg, collapse_frac=0.0), False
+    )
+    assert every.metrics["validation"]["status"] == "collapsed"
+
+
+def test_a_control_without_a_reachable_target_is_unreachable(trained, quote_task):
+    from sparsecircuits.nodes import cached_node_means
+    from sparsecircuits.prune import find_circuit
+
+    model, tok = load(trained)
+    task = get_task(quote_task, 8, 4, 0)
+    means = cached_node_means(trained, model, tok, progress=False)
+    cfg = PruneConfig(target_loss=1e-6, steps=5, random_draws=0, effect_nodes=0)
+    with pytest.raises(TargetUnreachable, match="no node budget reaches"):
+        find_circuit(
+            model,
+            task.encode(tok, "train", 32),
+            task.encode(tok, "test", 32),
+            means,
+            cfg,
+            False,
+            require_full_model=False,
+        )
 
 
 def test_get_task_used_by_prune_is_deterministic():

@@ -168,9 +168,11 @@ def prune(
     progress: bool = True,
     device: str = "cpu",
     data: list[str] | None = None,
+    k_coefs: list[float] | None = None,
 ) -> Circuit:
     """Find and validate the circuit of `task` in the checkpoint at `model_dir`. `data`
-    names the text for node means when the checkpoint has no corpus of its own (imports)."""
+    names the text for node means when the checkpoint has no corpus of its own (imports);
+    `k_coefs` the settings to search (see find_circuit)."""
     cfg = cfg or PruneConfig()
     _check_config(cfg)
     model, tokenizer = load(model_dir, device=device)
@@ -193,6 +195,7 @@ def prune(
         task.name,
         str(model_dir),
         token_text=lambda i: tokenizer.decode([i]),
+        k_coefs=k_coefs,
     )
     circuit.model_dir = str(model_dir)
     return circuit
