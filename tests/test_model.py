@@ -207,18 +207,35 @@ def test_tied_unembedding_uses_the_embedding():
     assert "unembed.weight" not in names
 
 
+def _with_base_weights(**kw) -> SparseGPT:
+    """The option's model carrying the base model's weights wherever the two share one, so
+    any difference in output is the option's doing, not a different random init."""
+    model = small(**kw)
+    shared = {k: v for k, v in small().state_dict().items() if k in model.state_dict()}
+    model.load_state_dict(shared, strict=False)
+    return model
+
+
 def test_options_change_the_computation():
     x = tokens()
-    base = small()(x)
-    for kw in [
-        dict(norm="layer"),
-        dict(act="relu"),
-        dict(resid_act="relu"),
-        dict(pos_emb=True),
-        dict(bias=False),
-        dict(final_bias=True),
-    ]:
-        assert small(**kw)(x).shape == base.shape
+    base_model = small()
+    base = base_model(x)
+    for kw in [dict(norm="layer"), dict(act="relu"), dict(resid_act="relu"), dict(pos_emb=True)]:
+        out = _with_base_weights(**kw)(x)
+        assert out.shape == base.shape and not torch.allclose(out, base, atol=1e-3), kw
+    # no biases = the base model with its biases zeroed
+    with torch.no_grad():
+        for name, p in base_model.named_parameters():
+            if (
+                name.endswith("proj.bias")
+                or name.endswith("fc_in.bias")
+                or name.endswith("fc_out.bias")
+            ):
+                p.zero_()
+    assert torch.allclose(_with_base_weights(bias=False)(x), base_model(x), atol=1e-5)
+    # a final bias adds the same vector to every position's logits
+    model = _with_base_weights(final_bias=True)
+    assert torch.allclose(model(x), base + model.logit_bias, atol=1e-5)
 
 
 def test_init_follows_the_recipe():

@@ -234,8 +234,11 @@ def compound_models(tmp_path_factory):
         rng.shuffle(lines)
         (root / f"m{f}.py").write_text("\n".join(lines) + "\n")
     dirs = []
-    for density in (1.0, 0.25):
-        m, t = tiny_configs(root, vocab_size=400, n_ctx=24, steps=40, lr=0.01, density=density)
+    # two independent pretraining seeds of the dense config, one of the sparse
+    for density, seed in ((1.0, 0), (0.25, 0), (1.0, 1)):
+        m, t = tiny_configs(
+            root, vocab_size=400, n_ctx=24, steps=40, lr=0.01, density=density, seed=seed
+        )
         dirs.append(train(m, t, tmp_path_factory.mktemp("pre") / "run", progress=False))
     return dirs
 
@@ -243,6 +246,7 @@ def compound_models(tmp_path_factory):
 TINY = dict(
     tasks=["quote_bracket"],
     base_seeds=2,
+    finetune_seeds=1,
     mask_seeds=2,
     n_train=16,
     n_test=8,
@@ -257,7 +261,8 @@ def test_modularity_end_to_end(compound_models, tmp_path):
     cfg = ModularityConfig(**TINY, masks=MaskConfig(steps=40))
     out = tmp_path / "mod"
     res = run_modularity(compound_models, out, cfg, progress=False)
-    assert len(res["runs"]) == 2 * 3 * 2  # models x regimes x base seeds
+    # pretrained: 3 checkpoints x 1 fine-tuning order; scratch and random: 2 configs x 2 inits
+    assert len(res["runs"]) == 3 + 2 * 2 * 2
     run = res["runs"][0]
     assert {"subnetwork", "ablation_zero", "ablation_mean", "kept", "status"} <= set(
         run["weights"]["a"][0]
@@ -271,6 +276,20 @@ def test_modularity_end_to_end(compound_models, tmp_path):
         r for r in res["runs"] if r["kind"].startswith("dense") and r["regime"] == "pretrained"
     )
     assert sparse["weights_total"] < 0.5 * dense["weights_total"]
+    # independent units: the dense config's two pretraining seeds give an interval, the
+    # sparse config's one checkpoint does not, whatever its fine-tuning runs would say
+    rows = {
+        (r["kind"], r["regime"]): r
+        for r in res["summary"]
+        if (r["structure"], r["factor"]) == ("weights", "a")
+    }
+    assert rows[(dense["kind"], "pretrained")]["units"] == 2
+    assert rows[(dense["kind"], "pretrained")]["unit"] == "pretraining seed"
+    assert rows[(sparse["kind"], "pretrained")]["units"] == 1
+    assert rows[(sparse["kind"], "pretrained")]["kept_frac"]["low"] is None
+    assert rows[(dense["kind"], "scratch")]["units"] == 2  # init seeds, once per config
+    assert {r["pretrain_seed"] for r in res["runs"] if r["kind"] == dense["kind"]} == {0, 1}
+    assert dense["kind"] == "dense, d_model 32" and sparse["kind"] == "sparse 1/4, d_model 32"
     kinds = {(r["kind"], r["structure"]) for r in res["forced_vs_emergent"]}
     assert len(kinds) == 4
     assert (out / "ablation_matrix.png").stat().st_size > 1000
@@ -280,13 +299,13 @@ def test_modularity_end_to_end(compound_models, tmp_path):
     assert res["findings"][0] in section["paragraphs"]
     assert res["fer_validation"]["separates"]["circuit_nodes"]
     lines = (out / "runs.jsonl").read_text().splitlines()
-    assert len(lines) == 12
+    assert len(lines) == 11
 
     # Resume: a torn last line (an interrupted run) is redone, finished runs are reused.
     (out / "runs.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:40])
     again = run_modularity(compound_models, out, cfg, progress=False)
     assert again["runs"][:5] == res["runs"][:5]
-    assert len(again["runs"]) == 12
+    assert len(again["runs"]) == 11
     # A smaller job list in the same folder reuses its runs; other settings are refused.
     one = run_modularity(
         compound_models[:1],
@@ -294,8 +313,8 @@ def test_modularity_end_to_end(compound_models, tmp_path):
         ModularityConfig(**TINY | {"base_seeds": 1}, masks=MaskConfig(steps=40)),
         progress=False,
     )
-    assert one["runs"] == [
-        r for r in res["runs"] if r["model"] == res["runs"][0]["model"] and r["base_seed"] == 0
+    assert one["runs"] == [  # as the resumed call left them (it redid runs 5 on)
+        r for r in again["runs"] if r["model"] == res["runs"][0]["model"] and r["base_seed"] == 0
     ]
     with pytest.raises(UserError, match="other settings"):
         run_modularity(compound_models, out, ModularityConfig(**TINY), progress=False)
@@ -333,6 +352,14 @@ def test_study_models_are_the_dense_and_sparsest_at_base_width(tmp_path):
     assert study_models(study) == [
         str(study / "models/w64_dense_s0"),
         str(study / "models/w64_d0.25_s0"),
+    ]
+    # every pretraining seed of the two chosen configs, none of the other widths
+    results = json.loads((study / "results.json").read_text())
+    extra = [m | {"seed": 1, "dir": m["dir"].replace("_s0", "_s1")} for m in results["models"]]
+    results["models"] += extra
+    (study / "results.json").write_text(json.dumps(results))
+    assert study_models(study) == [
+        str(study / f"models/w64_{kind}_s{seed}") for kind in ("dense", "d0.25") for seed in (0, 1)
     ]
 
 
@@ -380,3 +407,39 @@ def test_fer_measures_leave_the_model_unchanged():
     sweep = weight_sweep(model, [batch], names, points=5)
     assert sweep["t"] == [-2.0, -1.0, 0.0, 1.0, 2.0]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("all_entries", [False, True])
+def test_perturbation_hits_only_existing_weights_at_their_scale(all_entries):
+    """frac=1: every candidate entry gets noise. Nonzero-only: the zeros stay zero and the
+    noise has the std of the nonzero weights; all entries: zeros are revived and the noise
+    std is the RMS over every entry (smaller in a sparse matrix)."""
+    from sparsecircuits.fer import perturbation_sensitivity
+
+    model = planted_model(SOFT).requires_grad_(False)
+    layer = model.blocks[0].mlp.fc_in
+    w0 = layer.weight.detach().clone()
+    zero = w0 == 0
+    rms_nonzero = float(w0[~zero].pow(2).mean().sqrt())
+    rms_all = float(w0.pow(2).mean().sqrt())
+    seen = []
+    hook = layer.register_forward_pre_hook(lambda m, _: seen.append(m.weight.detach() - w0))
+    try:
+        perturbation_sensitivity(
+            model,
+            [planted_batch(8, 3)],
+            ["blocks.0.mlp.fc_in"],
+            draws=200,
+            frac=1.0,
+            all_entries=all_entries,
+        )
+    finally:
+        hook.remove()
+    noise = torch.stack(seen[1:])  # the first forward is the unperturbed baseline
+    if all_entries:
+        assert (noise[:, zero] != 0).all()
+        assert float(noise.std()) == pytest.approx(rms_all, rel=0.1)
+    else:
+        assert (noise[:, zero] == 0).all()
+        assert float(noise[:, ~zero].std()) == pytest.approx(rms_nonzero, rel=0.1)
+    assert rms_nonzero > 2 * rms_all  # the two variants differ on this sparse layer

@@ -301,6 +301,27 @@ def config_to_dict(model: ModelConfig, train: TrainConfig | None = None) -> dict
     return d
 
 
+def model_name(model: ModelConfig, train: TrainConfig | None = None) -> str:
+    """How reports name a model: "dense, d_model 64", "sparse 1/8, d_model 64", or
+    "d_model 64 (imported)" when there is no training config."""
+    if train is None:
+        return f"d_model {model.d_model} (imported)"
+    if train.density >= 1.0:
+        return f"dense, d_model {model.d_model}"
+    inverse = 1 / train.density
+    frac = f"1/{round(inverse)}" if abs(inverse - round(inverse)) < 1e-6 else f"{train.density:.4g}"
+    return f"sparse {frac}, d_model {model.d_model}"
+
+
+def seedless_key(model: ModelConfig, train: TrainConfig | None = None) -> str:
+    """The config without the training seed, as text: models that differ only in seed (the
+    independent replicates of one design) share it."""
+    d = config_to_dict(model, train)
+    if train is not None:
+        d["train"].pop("seed")
+    return json.dumps(d, sort_keys=True)
+
+
 def load_config_file(path) -> tuple[ModelConfig, TrainConfig | None]:
     """Read a run's config.json back into dataclasses."""
     d = read_json(path)

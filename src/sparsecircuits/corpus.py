@@ -95,6 +95,9 @@ def collect_files(
     return sorted(files, key=lambda f: f.name)
 
 
+EVAL_SEED = 987_654  # held-out windows are the same for every run, whatever its seed
+
+
 def is_heldout(name: str, heldout_frac: float) -> bool:
     h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
     return (h % 1_000_000) < heldout_frac * 1_000_000

@@ -6,9 +6,12 @@ at each prompt):
 
 - circuit size: nodes of the node-mask circuit at a fixed task loss (prune.find_circuit);
   the modularity run reports it per subroutine.
-- perturbation sensitivity: add noise to a random `frac` of the entries of the chosen
-  matrices (std `eps` x the matrix's RMS) and measure the behaviour change |d diff| /
-  mean |diff|; the *median* over draws is reported with the mean. Isotropic noise on every
+- perturbation sensitivity: add noise to a random `frac` of the nonzero entries of the
+  chosen matrices (std `eps` x the RMS of those nonzero entries) and measure the behaviour
+  change |d diff| / mean |diff|; the *median* over draws is reported with the mean. Only
+  existing weights are hit, at their own scale, so a weight-sparse and a dense model get
+  comparable perturbations; `all_entries=True` keeps the earlier variant (any entry, zeros
+  revived, RMS counting the zeros), reported beside it. Isotropic noise on every
   weight cannot tell a rotated model from the original (it is rotation-invariant in
   distribution); noise on a few coordinates can: where the task lives in few weights most
   draws miss them (median ~ 0), where it is smeared over all weights every draw lands.
@@ -34,7 +37,12 @@ from torch import nn
 from .config import ACT_SITES
 from .errors import UserError
 from .model import SparseGPT
+from .nodes import compute_node_means, node_sites
+from .planted import SOFT, planted_batch, planted_model
+from .prune import find_circuit
+from .pruning import PruneConfig
 from .tasks import TaskBatch, task_logit_diff
+from .weightmask import masked_layers
 
 # Every site but the MLP neurons is mixed by the rotation: AbsTopK there would not commute.
 _ROTATED_SITES = tuple(site for site in ACT_SITES if site != "mlp_neuron")
@@ -109,22 +117,29 @@ def perturbation_sensitivity(
     draws: int = 32,
     frac: float = 0.02,
     eps: float = 1.0,
+    all_entries: bool = False,
 ) -> dict:
-    """Behaviour change under noise on a random `frac` of the named layers' weight entries."""
+    """Behaviour change under noise on a random `frac` of the named layers' nonzero weights
+    (of all entries with `all_entries`; see the module docstring)."""
     g = torch.Generator().manual_seed(seed)
     modules = dict(model.named_modules())
     base = _behaviour(model, batches)
     scale = float(base.abs().mean()) or 1.0
     changes = []
     saved = {n: modules[n].weight.detach().clone() for n in names}
+    where = {
+        n: torch.ones_like(w, dtype=torch.bool) if all_entries else w != 0 for n, w in saved.items()
+    }
+    rms = {
+        n: float(saved[n][where[n]].pow(2).mean().sqrt()) if where[n].any() else 0.0 for n in names
+    }
     try:
         for _ in range(draws):
             with torch.no_grad():
                 for n in names:
                     w = modules[n].weight
-                    hit = torch.rand(w.shape, generator=g) < frac
-                    rms = float(saved[n].pow(2).mean().sqrt())
-                    w.copy_(saved[n] + hit * torch.randn(w.shape, generator=g) * eps * rms)
+                    hit = (torch.rand(w.shape, generator=g) < frac) & where[n]
+                    w.copy_(saved[n] + hit * torch.randn(w.shape, generator=g) * eps * rms[n])
             changes.append(float((_behaviour(model, batches) - base).abs().mean()) / scale)
     finally:  # the caller's model comes back unchanged, whatever happens
         with torch.no_grad():
@@ -175,6 +190,9 @@ def fer_measures(model, batches: list[TaskBatch], names: list[str], seed: int = 
     """Perturbation sensitivity and the weight sweep of the behaviour on `batches`."""
     return {
         "perturbation": perturbation_sensitivity(model, batches, names, seed=seed),
+        "perturbation_all_entries": perturbation_sensitivity(
+            model, batches, names, seed=seed, all_entries=True
+        ),
         "sweep": weight_sweep(model, batches, names),
     }
 
@@ -183,12 +201,6 @@ def validate_on_planted(seed: int = 0) -> dict:
     """The measures on ground truth: the planted model (one clean 7-node circuit) against its
     rotated twin (identical outputs, entangled bases). A measure `separates` them when the
     rotated value is at least twice the clean one."""
-    from .nodes import compute_node_means, node_sites
-    from .planted import SOFT, planted_batch, planted_model
-    from .prune import find_circuit
-    from .pruning import PruneConfig
-    from .weightmask import masked_layers
-
     clean = planted_model(SOFT).requires_grad_(False)
     rotated = rotate_hidden(clean, seed).requires_grad_(False)
     train, test = planted_batch(64, 1), planted_batch(64, 2)

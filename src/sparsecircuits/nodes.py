@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .config import ModelConfig
+from .corpus import EVAL_SEED
 from .errors import UserError
 
 SITE_KINDS = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
@@ -141,7 +142,6 @@ def cached_node_means(
     recomputed whenever the weights change. The text is the run's own corpus, or `data`
     (folders/files) for a checkpoint trained elsewhere; the default is the standard library."""
     from .checkpoint import checkpoint_corpus, load_tensors, save_tensors
-    from .train import EVAL_SEED
 
     model_dir = Path(model_dir)
     sites = node_sites(model.cfg)

@@ -84,7 +84,7 @@ def _page_data(study_dir: Path) -> dict:
                 # One unreadable circuit should not cost the whole report: show why instead.
                 row["view_error"] = str(e)
         circuits.append(row)
-    return _finite(
+    return finite(
         {
             "sites": SITES,
             "study": results.get("study") or {},
@@ -138,7 +138,7 @@ def write_section(folder: str | Path, title: str, paragraphs=(), tables=(), imag
     path = Path(folder) / SECTION_FILE
     write_json_atomic(
         path,
-        _finite(
+        finite(
             {
                 "title": title,
                 "paragraphs": list(paragraphs),
@@ -225,14 +225,14 @@ def _rounded_list(xs) -> list | None:
     return None if xs is None else [_rounded(x) for x in xs]
 
 
-def _finite(obj):
+def finite(obj):
     """NaN and infinities (Python's json writes them) as null: JSON.parse rejects them."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return obj
 
 

@@ -27,12 +27,10 @@ from tqdm import tqdm
 
 from .checkpoint import load_tensors, replace_dir, save_checkpoint, save_tensors
 from .config import ModelConfig, TrainConfig, config_to_dict
-from .corpus import TokenData, describe, prepare
+from .corpus import EVAL_SEED, TokenData, describe, prepare  # EVAL_SEED re-exported
 from .errors import UserError, read_json, write_json_atomic, write_text_atomic
 from .model import SparseGPT
 from .sparsity import WeightSparsifier, param_kind
-
-EVAL_SEED = 987_654  # held-out windows are the same for every run, whatever its seed
 
 
 def pick_device(device: str | None) -> torch.device:

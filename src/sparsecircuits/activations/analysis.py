@@ -10,7 +10,11 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import checkpoint_corpus, load, load_config
+from ..config import model_name, seedless_key
 from ..errors import UserError, read_json, write_json_atomic
+from ..report import build_report, finite
+from ..tasks import task_logit_diff
 from . import metrics
 from .conditions import CONDITIONS, condition_windows, difficulty_levels, fitting_batch
 from .config import FILES, ActivationsConfig
@@ -117,31 +121,17 @@ def familiarity(model, windows: dict, hooks: list[str]) -> tuple[dict, dict]:
     )
 
 
-def describe_config(model_dir) -> tuple[str, str, dict]:
+def describe_config(model_dir) -> tuple[str, str, str]:
     """(kind, label, config without the seed) of a checkpoint: models that differ only in
     seed get the same config and so form one group."""
-    from ..checkpoint import load_config
-    from ..config import config_to_dict
-
     m, t = load_config(model_dir)
-    key = config_to_dict(m, t)
-    if t is None:
-        return "imported", f"d_model {m.d_model} (imported)", key
-    key["train"].pop("seed")
-    kind = "dense" if t.density >= 1 else "sparse"
-    label = (
-        f"dense, d_model {m.d_model}"
-        if kind == "dense"
-        else f"sparse {t.density:.4g}, d_model {m.d_model}"
-    )
-    return kind, label, key
+    kind = "imported" if t is None else "dense" if t.density >= 1 else "sparse"
+    return kind, model_name(m, t), seedless_key(m, t)
 
 
 def analyse_checkpoint(model_dir, cfg: ActivationsConfig | None = None) -> dict:
     """Every condition x hook x metric for one checkpoint on its own corpus, difficulty
     levels with accuracy, and the same on every training snapshot."""
-    from ..checkpoint import checkpoint_corpus, load, load_config
-
     cfg = cfg or ActivationsConfig()
     model_dir = Path(model_dir)
     model, tok = load(model_dir)
@@ -176,8 +166,6 @@ def analyse_checkpoint(model_dir, cfg: ActivationsConfig | None = None) -> dict:
 def _over_training(model_dir: Path, windows: dict, hooks: list[str], train_cfg, final) -> dict:
     """The familiarity measurement on every snapshot (and the final weights, when training
     ended between snapshots), on the same windows."""
-    from ..checkpoint import load
-
     steps = []
     snaps = snapshots(model_dir)
     for step, d in snaps:
@@ -271,13 +259,11 @@ def _group_training(models: list[dict], hook: str, metric: str) -> dict | None:
     return {"steps": steps, "conditions": conditions, "effects": effs, "emergence": emergence}
 
 
-def group_results(models: list[dict], keys: list[dict], cfg: ActivationsConfig) -> list[dict]:
+def group_results(models: list[dict], keys: list[str], cfg: ActivationsConfig) -> list[dict]:
     """Models of the same config (all but the seed) as one group, dense groups first."""
-    import json
-
     by_key: dict[str, list[dict]] = {}
     for m, key in zip(models, keys, strict=True):
-        by_key.setdefault(json.dumps(key, sort_keys=True), []).append(m)
+        by_key.setdefault(key, []).append(m)
     groups = []
     for members in by_key.values():
         hook = members[0]["hooks"][-1]
@@ -311,8 +297,6 @@ RESULTS_VERSION = 2
 def run_activations(model_dirs: list, out, cfg: ActivationsConfig | None = None) -> dict:
     """Analyse every checkpoint, group seeds, write activations.json, the plots and a
     report section into `out`."""
-    from ..report import _finite
-
     cfg = cfg or ActivationsConfig()
     out = Path(out)
     models = [analyse_checkpoint(d, cfg) for d in model_dirs]
@@ -324,7 +308,7 @@ def run_activations(model_dirs: list, out, cfg: ActivationsConfig | None = None)
         "groups": group_results(models, keys, cfg),
         "models": models,
     }
-    results = _finite(results)
+    results = finite(results)
     write_json_atomic(out / FILES["json"], results)
     plot_by_layer(results, out / FILES["layers"], cfg.metric)
     images = [("layers", "metric by layer per input condition")]
@@ -341,8 +325,6 @@ def run_activations(model_dirs: list, out, cfg: ActivationsConfig | None = None)
 def run_study_activations(study_dir, out=None, cfg: ActivationsConfig | None = None):
     """The analysis on a study's models (every kind and seed), into DIR/activations by
     default, then the study report rebuilt with its section."""
-    from ..report import build_report
-
     study_dir = Path(study_dir)
     rows = read_json(study_dir / "results.json").get("models")
     if not isinstance(rows, list) or not rows:
@@ -355,8 +337,6 @@ def run_study_activations(study_dir, out=None, cfg: ActivationsConfig | None = N
 def measure_difficulty(model, tok, levels: dict, hooks: list[str]) -> dict:
     """Per axis: per level the accuracy (correct logit > incorrect) and metrics at the last
     prompt token, and the hardest - easiest effects."""
-    from ..tasks import task_logit_diff
-
     out = {}
     for axis, rows in levels.items():
         measured, skipped = [], []

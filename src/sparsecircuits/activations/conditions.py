@@ -12,10 +12,14 @@ import re
 import statistics
 import tokenize
 
+import numpy as np
 import torch
 
 from ..corpus import TokenData
 from ..errors import UserError
+from ..tasks import Pair, Task, get_task
+from ..tasks.difficulty import AXES
+from ..tokenizer import eot_id
 from .config import ActivationsConfig
 
 # --- conditions: the same model on familiar and unfamiliar inputs ------------------------
@@ -71,8 +75,6 @@ def code_prose(source: str) -> str:
 def heldout_files(data: TokenData, max_chars: int = 2_000_000):
     """Texts of the held-out files, decoded from the token cache (each file is followed by
     the end-of-text token), until `max_chars`."""
-    from ..tokenizer import eot_id
-
     ends = (data.heldout == eot_id(data.tokenizer)).nonzero()[0]
     start, total = 0, 0
     for end in ends:
@@ -87,8 +89,6 @@ def heldout_files(data: TokenData, max_chars: int = 2_000_000):
 def prose_windows(data: TokenData, n: int, n_ctx: int, seed: int) -> torch.Tensor | None:
     """[n, n_ctx] windows of the held-out files' docstrings and comments; None if they hold
     fewer than one window of tokens."""
-    import numpy as np
-
     chunks, need = [], 4 * n * n_ctx * 4  # ~4 characters a token, 4x the tokens needed
     for text in heldout_files(data):
         chunks.append(code_prose(text))
@@ -148,7 +148,6 @@ def condition_windows(
 
 def fitting_batch(task, tok, n_ctx: int, min_pairs: int = 4):
     """The task's test pairs whose prompts fit in n_ctx, encoded; or a reason why not."""
-    from ..tasks import Task
 
     def fits(p):
         return max(len(tok.encode(x).ids) for x in (p.prompt_a, p.prompt_b)) <= n_ctx
@@ -165,8 +164,6 @@ def fitting_batch(task, tok, n_ctx: int, min_pairs: int = 4):
 def _context_levels(cfg: ActivationsConfig, data: TokenData, n_ctx: int):
     """(level, label, Task): the context task after held-out code prefixes of increasing
     length (in tokens, cut to whole lines)."""
-    from ..tasks import Pair, Task, get_task
-
     tok = data.tokenizer
     base = get_task(cfg.context_task, 0, cfg.n_pairs, cfg.seed)
     longest = max(len(tok.encode(x).ids) for p in base.test for x in (p.prompt_a, p.prompt_b))
@@ -189,8 +186,6 @@ def _context_levels(cfg: ActivationsConfig, data: TokenData, n_ctx: int):
 
 def difficulty_levels(cfg: ActivationsConfig, data: TokenData, n_ctx: int) -> dict:
     """{axis: [(level, label, Task)]} for every difficulty axis."""
-    from ..tasks.difficulty import AXES
-
     axes = {
         name: [(lv, f"level {lv}", ax.task(lv, cfg.n_pairs, cfg.seed)) for lv in ax.levels]
         for name, ax in AXES.items()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.figure import Figure  # no pyplot: no GUI backend is chosen on import
+
 from ..errors import save_figure_atomic
+from ..report import write_section
 from .config import FILES
 
 # --- text and plots --------------------------------------------------------------------
@@ -15,8 +18,6 @@ def _fmt(c: dict) -> str:
 
 
 def write_activation_section(results: dict, out: Path, images: list) -> Path:
-    from ..report import write_section
-
     metric = results["config"]["metric"]
     paras = [
         "Do hidden states get sparser on unfamiliar or harder inputs (Jin et al. 2026)? "
@@ -105,15 +106,6 @@ def write_activation_section(results: dict, out: Path, images: list) -> Path:
     return write_section(out, "Activation sparsity", paras, tables, imgs)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _errorbar(ax, x, stats, **kw):
     ax.errorbar(
         x,
@@ -126,10 +118,8 @@ def _errorbar(ax, x, stats, **kw):
 
 
 def _panels(groups, rows: int = 1):
-    plt = _plt()
-    fig, axes = plt.subplots(
-        rows, len(groups), figsize=(4.6 * len(groups), 3.6 * rows), squeeze=False
-    )
+    fig = Figure(figsize=(4.6 * len(groups), 3.6 * rows))
+    axes = fig.subplots(rows, len(groups), squeeze=False)
     for ax, g in zip(axes[0], groups, strict=True):
         ax.set_title(f"{g['label']} ({len(g['seeds'])} seed(s))", fontsize=9)
     return fig, axes

@@ -82,7 +82,7 @@ class Task:
     def _label(self) -> str:
         return self.source if self.source is not None else f"task {self.name}"
 
-    def _where(self, split: str, i: int, pair: Pair) -> str:
+    def where(self, split: str, i: int, pair: Pair) -> str:
         if self.source is not None and pair.line is not None:
             return f"{self.source}:{pair.line}"
         return f"{self._label()} ({split} pair {i})"
@@ -107,16 +107,16 @@ class Task:
             a, b = first_token[pair.answer_a], first_token[pair.answer_b]
             if a == b:
                 raise UserError(
-                    f"{self._where(split, i, pair)}: answers {pair.answer_a!r} and "
+                    f"{self.where(split, i, pair)}: answers {pair.answer_a!r} and "
                     f"{pair.answer_b!r} both start with token {tokenizer.decode([a])!r}, "
                     "so this tokenizer cannot tell them apart"
                 )
             for row, ids in enumerate(encoded[2 * i : 2 * i + 2]):
                 if not ids:
-                    raise UserError(f"{self._where(split, i, pair)}: empty prompt")
+                    raise UserError(f"{self.where(split, i, pair)}: empty prompt")
                 if n_ctx is not None and len(ids) > n_ctx:
                     raise UserError(
-                        f"{self._where(split, i, pair)}: prompt {'ab'[row]} is {len(ids)} "
+                        f"{self.where(split, i, pair)}: prompt {'ab'[row]} is {len(ids)} "
                         f"tokens, longer than n_ctx={n_ctx}"
                     )
             correct += [a, b]

@@ -293,7 +293,7 @@ def check_subroutines(task: CompoundTask) -> None:
         label = task.factor_names[i]
         for split, pairs in (("train", sub.train), ("test", sub.test)):
             for k, pair in enumerate(pairs):
-                where = sub._where(split, k, pair)
+                where = sub.where(split, k, pair)
                 fa, fb = factors_of.get(pair.answer_a), factors_of.get(pair.answer_b)
                 if not fa or not fb:
                     missing = pair.answer_a if not fa else pair.answer_b

@@ -1,0 +1,144 @@
+"""The whole experiment into a folder: the job list, resumable runs.jsonl, then the results,
+the plot and the report section."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..checkpoint import load_config
+from ..config import seedless_key
+from ..errors import UserError, read_json, write_json_atomic
+from ..fer import validate_on_planted
+from ..tasks.compound import get_compound_task, load_compound_task
+from .config import JOB_FIELDS, RESULTS_FILE, ModularityConfig
+from .section import plot_ablation_matrix, write_report_section
+from .structures import one_run
+from .summary import consistency, findings, forced_vs_emergent, summarise
+
+
+def study_models(study_dir: str | Path) -> list[str]:
+    """The study's dense and sparsest models at its smallest width, every seed of each: the
+    emergent and the forced case at the same shape, with independent pretraining seeds."""
+    path = Path(study_dir) / "results.json"
+    if not path.is_file():
+        raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
+    models = read_json(path).get("models") or []
+    width = min((m["d_model"] for m in models), default=0)
+    base = [m for m in models if m["d_model"] == width]
+    densities = {m["density"] for m in base}
+    if 1.0 not in densities or min(densities, default=1.0) >= 1.0:
+        raise UserError(f"{path}: needs a dense and a sparse model of the same width")
+    chosen = [m for m in base if m["density"] in (1.0, min(densities))]
+    chosen.sort(key=lambda m: (-m["density"], m["seed"]))
+    # study folders may be moved: a relative model dir is relative to the study
+    return [str(Path(study_dir) / m["dir"]) for m in chosen]
+
+
+def _read_runs(path: Path) -> list[dict]:
+    """Finished runs of an earlier, interrupted call (a torn last line is dropped)."""
+    runs = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").split("\n"):
+            try:
+                runs.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return runs
+
+
+def run_modularity(
+    model_dirs: list[str | Path],
+    out: str | Path,
+    cfg: ModularityConfig | None = None,
+    resume: bool = True,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """The whole experiment into `out`: runs.jsonl as it goes, then modularity.json, the
+    plots and the report section, over the runs of this call's job list. A rerun resumes,
+    and may add tasks, models, regimes or seeds; other settings need a fresh folder."""
+    cfg = cfg or ModularityConfig()
+    out = Path(out)
+    dirs = [Path(d).resolve() for d in model_dirs]
+    if not dirs:
+        raise UserError("modularity needs at least one model directory (a pretrained checkpoint)")
+    for d in dirs:
+        load_config(d)  # a clear error for a folder that is not a checkpoint
+        if not (d / "tokenizer.json").is_file():
+            raise UserError(f"{d}: no tokenizer.json (needed to encode the task prompts)")
+    # What every run's numbers depend on. The job list (tasks, models, regimes, seeds) is not
+    # part of it, so a folder can be extended with more of them and keeps its finished runs.
+    # Through JSON, so it compares equal to the setup.json an earlier call wrote.
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in JOB_FIELDS}
+    setup = json.loads(json.dumps({"settings": settings}))
+    out.mkdir(parents=True, exist_ok=True)
+    setup_path, runs_path = out / "setup.json", out / "runs.jsonl"
+    if setup_path.exists() and read_json(setup_path) != setup:
+        if not force:
+            raise UserError(
+                f"{out}: holds a modularity run with other settings "
+                "(pass --force to start over there, or choose another --out)"
+            )
+        resume = False
+    if not resume:
+        runs_path.unlink(missing_ok=True)
+    write_json_atomic(setup_path, setup)
+    done = {
+        (r["task"], r["model"], r["regime"], r["base_seed"]): r
+        for r in (_read_runs(runs_path) if resume else [])
+    }
+
+    tasks = {t: get_compound_task(t, cfg.n_train, cfg.n_test, cfg.seed) for t in cfg.tasks}
+    for files in cfg.task_files:
+        task = load_compound_task(*files, seed=cfg.seed)
+        if task.name in tasks:
+            raise UserError(f"{files[0]}: a second compound task named {task.name!r}")
+        tasks[task.name] = task
+    jobs = [(t, d, reg, s) for t in tasks for reg in cfg.regimes for d, s in _units(dirs, reg, cfg)]
+    t0 = time.perf_counter()
+    runs = []
+    with runs_path.open("a", encoding="utf-8") as log:
+        for task_name, d, regime, seed in tqdm(
+            jobs, desc="modularity", unit="model", disable=not progress
+        ):
+            key = (task_name, str(d), regime, seed)
+            if key in done:
+                runs.append(done[key])
+                continue
+            run = one_run(tasks[task_name], d, regime, seed, cfg)
+            runs.append(run)
+            log.write(json.dumps(run) + "\n")
+            log.flush()
+    summary = summarise(runs)
+    results = {
+        "schema_version": 1,
+        "setup": setup | {"config": dataclasses.asdict(cfg), "models": [str(d) for d in dirs]},
+        "runs": runs,
+        "summary": summary,
+        "consistency": consistency(summary),
+        "findings": findings(summary),
+        "forced_vs_emergent": forced_vs_emergent(runs, summary),
+        "fer_validation": validate_on_planted(cfg.seed),
+        "seconds": time.perf_counter() - t0,
+    }
+    write_json_atomic(out / RESULTS_FILE, results)
+    plot_ablation_matrix(results, out / "ablation_matrix.png")
+    write_report_section(results, out)
+    return results
+
+
+def _units(dirs: list[Path], regime: str, cfg: ModularityConfig) -> list[tuple[Path, int]]:
+    """(checkpoint, seed) of every base model of a regime. Pretrained: every checkpoint (each
+    an independent pretraining seed) with `finetune_seeds` data orders. Scratch and random
+    use only the architecture and density, so once per model config, `base_seeds` inits."""
+    if regime == "pretrained":
+        return [(d, s) for d in dirs for s in range(cfg.finetune_seeds)]
+    first: dict[str, Path] = {}
+    for d in dirs:
+        first.setdefault(seedless_key(*load_config(d)), d)
+    return [(d, s) for d in first.values() for s in range(cfg.base_seeds)]
