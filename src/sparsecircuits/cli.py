@@ -259,6 +259,7 @@ def _cmd_modularity(args) -> None:
         task_files=[list(f) for f in files],
         regimes=args.regimes.split(","),
         base_seeds=args.base_seeds,
+        finetune_seeds=args.finetune_seeds,
         mask_seeds=args.mask_seeds,
         finetune_steps=args.finetune_steps,
         node_target=args.node_target,
@@ -390,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
         "modularity", help="subroutine subnetworks (Lepori tests), forced vs emergent, FER"
     )
     mo.add_argument("model_dirs", nargs="*", metavar="MODEL_DIR", help="pretrained checkpoints")
-    mo.add_argument("--study", help="use this study's dense and sparsest base-width models")
+    mo.add_argument(
+        "--study", help="use this study's dense and sparsest base-width models, every seed"
+    )
     mo.add_argument("--out", help="output folder (default with --study: DIR/modularity)")
     mo.add_argument("--tasks", help="built-in compound tasks (default: quote_bracket,nested_close)")
     mo.add_argument(
@@ -401,7 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a user compound task: its .jsonl, subroutine A's and B's (repeatable)",
     )
     mo.add_argument("--regimes", default="pretrained,scratch,random")
-    mo.add_argument("--base-seeds", type=int, default=3)
+    mo.add_argument("--base-seeds", type=int, default=3, help="scratch/random inits per config")
+    mo.add_argument(
+        "--finetune-seeds", type=int, default=2, help="fine-tuning data orders per checkpoint"
+    )
     mo.add_argument("--mask-seeds", type=int, default=2)
     mo.add_argument("--finetune-steps", type=int, default=200)
     mo.add_argument("--mask-steps", type=int, default=300)
