@@ -63,6 +63,11 @@
     if (s.tasks) parts.push(`tasks: ${s.tasks.join(", ")}`);
     if (s.seeds) parts.push(`seeds: ${s.seeds.join(", ")}`);
     if (isNum(s.target_loss)) parts.push(`circuit target task loss ${s.target_loss}`);
+    if (s.targets) {
+      const t = Object.entries(s.targets).map(([name, v]) => `${name} ${v}`);
+      parts.push(`target task loss: ${t.join(", ")}`);
+    }
+    if (s.frontier_tasks) parts.push(`in the frontier: ${s.frontier_tasks.join(", ") || "none"}`);
     parts.push(`${DATA.models.length} models, ${DATA.circuits.length} circuits`);
     document.getElementById("study").textContent = parts.join(" · ");
   }
