@@ -211,6 +211,13 @@ def _eligibility(models, tasks, miss=()):
     ]
 
 
+def test_target_rule_uses_calibrated_test_loss_and_accuracy():
+    good = {"loss_calibrated": 0.14, "accuracy_calibrated": 0.92, "loss": 3.0, "accuracy": 0.1}
+    assert measures.reaches(good, 0.15, 0.9)
+    assert not measures.reaches(good | {"loss_calibrated": 0.16}, 0.15, 0.9)
+    assert not measures.reaches(good | {"accuracy_calibrated": 0.89}, 0.15, 0.9)
+
+
 def test_target_rule_and_validation_decide_what_counts():
     cfg = StudyConfig(tasks=["t1", "t2"], seeds=1, target_loss=0.3)
     models, circuits = _rows(FAMILY, ["t1", "t2"])

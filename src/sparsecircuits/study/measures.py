@@ -97,6 +97,12 @@ def ok_edges(circuits: list[dict]) -> dict[tuple[str, str], int]:
     return {(c["model"], c["task"]): max(c["n_edges"], 1) for c in circuits if c["status"] == "ok"}
 
 
+def reaches(full: dict, target: float, min_accuracy: float) -> bool:
+    """The target rule for one full model on one task: calibrated test loss at most the
+    target and calibrated test accuracy at least `min_accuracy` (held-out test pairs)."""
+    return full["loss_calibrated"] <= target and full["accuracy_calibrated"] >= min_accuracy
+
+
 def frontier_tasks(cfg: StudyConfig, eligibility: list[dict]) -> list[str]:
     """Tasks that every full model reaches (target and accuracy, on test pairs)."""
     return [t for t in cfg.tasks if all(r["reaches"] for r in eligibility if r["task"] == t)]

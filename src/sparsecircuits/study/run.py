@@ -35,7 +35,7 @@ from ..sparsity import WeightSparsifier
 from ..tasks import Pair, Task, get_task
 from ..train import train
 from .config import ModelSpec, StudyConfig, model_configs, model_dir, model_specs, task_label
-from .measures import analyse
+from .measures import analyse, reaches
 from .summary import plot_frontier, write_summary
 
 PRUNE_UNITS = 200  # a circuit search weighs about as much as this many training steps
@@ -181,10 +181,7 @@ def _full_model_rows(cfg: StudyConfig, spec: ModelSpec) -> list[dict]:
         rows.append(
             {"model": spec.id, "task": name, "target_loss": target}
             | m
-            | {
-                "reaches": m["loss_calibrated"] <= target
-                and m["accuracy_calibrated"] >= cfg.min_accuracy
-            }
+            | {"reaches": reaches(m, target, cfg.min_accuracy)}
         )
     return rows
 
