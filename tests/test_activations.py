@@ -11,6 +11,7 @@ from sparsecircuits.activations import (
     sparsity_metrics,
     topk_energy,
 )
+from sparsecircuits.stats import t_interval, t_pvalue
 
 ONE_HOT = torch.tensor([0.0] * 19 + [3.0])
 FLAT = torch.full((20,), -2.0)
@@ -72,8 +73,16 @@ def test_conditions_and_text_edits(corpus_dir):
         "shuffled_tokens",
         "random_tokens",
     }
-    assert all(v.shape == (4, 16) for v in w.values())
-    assert sorted(w["shuffled_tokens"][0].tolist()) == sorted(w["heldout"][0].tolist())
+    assert all(v.tokens.shape == (4, 16) and v.last_pos.shape == (4,) for v in w.values())
+    assert sorted(w["shuffled_tokens"].tokens[0].tolist()) == sorted(
+        w["heldout"].tokens[0].tolist()
+    )
+    # a retokenised window ends at its own last token: what follows is padding, not a repeat
+    for name in ("renamed_identifiers", "shuffled_lines"):
+        inputs = w[name]
+        for row, last in zip(inputs.tokens.tolist(), inputs.last_pos.tolist(), strict=True):
+            text = data.tokenizer.decode(row[: last + 1])
+            assert data.tokenizer.encode(text).ids[: last + 1] == row[: last + 1]
 
 
 def test_code_prose_keeps_only_docstrings_and_comments():
@@ -120,8 +129,8 @@ def test_prose_condition_from_heldout_docstrings(tmp_path):
         f.write_text(PROSE + f.read_text())
     data = prepare([str(root)], 300, 0.1)
     w = condition_windows(data, 4, 16)
-    assert list(w)[4] == "non_code_text" and w["non_code_text"].shape == (4, 16)
-    text = data.tokenizer.decode(w["non_code_text"][0].tolist())
+    assert list(w)[4] == "non_code_text" and w["non_code_text"].tokens.shape == (4, 16)
+    text = data.tokenizer.decode(w["non_code_text"].tokens[0].tolist())
     assert "def " not in text and " = " not in text
 
 
@@ -176,9 +185,74 @@ def test_effects_and_verdicts():
     c = combine_seeds([(1.0, 0.9, 1.1), (2.0, 1.9, 2.1), (3.0, 2.9, 3.1)])
     assert c["mean"] == 2 and c["high"] == pytest.approx(2 + 4.303 / math.sqrt(3), rel=1e-5)
     assert c["n_seeds"] == 3 and "t interval" in c["interval"]
-    # two seeds that disagree: the union of their input intervals holds 0
-    two = combine_seeds([(0.5, 0.4, 0.6), (-0.5, -0.6, -0.4)])
-    assert two["low"] == -0.6 and two["high"] == 0.6 and "inputs only" in two["interval"]
+    assert c["p"] == pytest.approx(0.0742, abs=1e-3)  # t = 3.46 on 2 df
+    # fewer than 3 seeds: no between-seed interval; one seed's, said so, and every mean kept
+    two = combine_seeds([(0.5, 0.4, 0.6, 0.01), (-0.5, -0.6, -0.4, 0.01)])
+    assert (two["low"], two["high"], two["p"]) == (0.4, 0.6, 0.01)
+    assert two["interval"].startswith("one seed") and two["seed_means"] == [0.5, -0.5]
+
+
+def test_holm_and_resolvability():
+    from sparsecircuits.activations.intervals import tested
+    from sparsecircuits.stats import holm
+
+    # Holm: sorted p times (m - rank), running max, capped at 1, input order kept
+    assert holm([0.01, 0.04, 0.03, math.nan])[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
+    rows = tested(
+        "top10_energy",
+        [
+            {"diff": 0.01, "low": 0.008, "high": 0.012, "p": 0.001},  # survives: 3 x 0.001
+            {"diff": 0.004, "low": 0.0001, "high": 0.008, "p": 0.04},  # nominal only: 2 x 0.04
+            {"diff": 0.0, "low": -0.001, "high": 0.001, "p": 0.9},  # narrow null
+        ],
+    )
+    assert [r["verdict"] for r in rows] == [
+        "found: sparser",
+        "not resolvable at this n (half-width 0.0040 > 0.002)",
+        "not found (interval rules out +-0.002)",
+    ]
+    assert rows[1]["p_holm"] == pytest.approx(0.08)
+    # no expected size for other metrics: a null is just not found
+    assert tested("hoyer", [{"diff": 0.1, "low": -1, "high": 1, "p": 0.5}])[0]["verdict"] == (
+        "not found"
+    )
+
+
+def test_length_controlled_difference_removes_a_length_effect():
+    """Values that depend on length only: the raw difference is large, the controlled one
+    ~0; a real set effect on top survives the control."""
+    from sparsecircuits.activations.intervals import bootstrap_diff, length_controlled_diff
+
+    g = torch.Generator().manual_seed(0)
+    la = torch.randint(5, 15, (200,), generator=g)
+    lb = torch.randint(10, 20, (200,), generator=g)
+    noise = 0.01 * torch.randn(400, generator=g, dtype=torch.double)
+    a, b = 0.01 * la + noise[:200], 0.01 * lb + noise[200:]
+    assert bootstrap_diff(b, a)[1] > 0.03  # confounded by length
+    d, lo, hi, _ = length_controlled_diff(b, a, lb, la)
+    assert lo < 0 < hi and abs(d) < 0.003
+    d, lo, hi, p = length_controlled_diff(b + 0.02, a, lb, la)
+    assert lo > 0 and d == pytest.approx(0.02, abs=0.003) and p < 0.01
+    # disjoint length ranges: the control would extrapolate, so it is not made
+    assert math.isnan(length_controlled_diff(b, a, la + 100, la)[0])
+
+
+def test_input_loss_ignores_padding():
+    from sparsecircuits.activations.analysis import input_loss
+    from sparsecircuits.activations.conditions import Inputs
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g)
+    tokens = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 0, 0]])
+    loss = input_loss(logits, Inputs(tokens, torch.tensor([4, 2])))
+    nll = torch.nn.functional.cross_entropy(logits[1, :2], tokens[1, 1:3])
+    assert float(loss[1]) == pytest.approx(float(nll), rel=1e-5)  # the pads are not scored
+    padded = logits.clone()
+    padded[1, 2:] = 100.0  # whatever the model says at or after the last real token
+    assert float(input_loss(padded, Inputs(tokens, torch.tensor([4, 2])))[1]) == pytest.approx(
+        float(nll), rel=1e-5
+    )
 
 
 PROSE = '"""Helpers for reading and writing the small test files.\n\nEach function returns\nwhat it read."""\n# keep the order stable across runs\n'
@@ -228,22 +302,53 @@ def test_cli_activations_end_to_end(tmp_path, runs):
     dense, sparse = res["groups"]  # dense first, seeds grouped
     assert dense["kind"] == "dense" and dense["seeds"] == [0]
     assert sparse["kind"] == "sparse" and sorted(sparse["seeds"]) == [0, 1, 2]
-    e = sparse["effects"]["random_tokens"]["blocks.1.hook_resid_post"]["top10_energy"]["last"]
-    assert e["interval"] == "t interval across 3 seeds" and e["low"] <= e["mean"] <= e["high"]
-    assert e["verdict"] in ("not found", "found: sparser", "found: denser")
+    hook, key = "blocks.1.hook_resid_post", ("top10_energy", "last")
+    e = sparse["effects"]["random_tokens"][hook][key[0]][key[1]]
+    per_seed = [
+        x["effects"]["random_tokens"][hook][key[0]][key[1]]["diff"]
+        for x in res["models"]
+        if x["kind"] == "sparse"
+    ]
+    mean, low, high = t_interval(per_seed)  # the group interval is across seeds, not inputs
+    assert e["interval"] == "t interval across 3 seeds"
+    assert (e["mean"], e["low"], e["high"]) == pytest.approx((mean, low, high), rel=1e-4)
+    assert e["p"] == pytest.approx(t_pvalue(per_seed), rel=1e-3)
+    # the dense group has one seed: its interval is that seed's, and says so
+    d = dense["effects"]["random_tokens"][hook][key[0]][key[1]]
+    assert d["interval"].startswith("one seed")
+    dense_model = next(x for x in res["models"] if x["kind"] == "dense")
+    assert d["low"] == dense_model["effects"]["random_tokens"][hook][key[0]][key[1]]["low"]
+    # headline verdicts: Holm over 6 conditions + 3 difficulty axes, adjusted p >= raw p
+    for g in (dense, sparse):
+        assert len(g["tests"]) == 9
+        for t in g["tests"]:
+            if t["p"] is not None:
+                assert t["p_holm"] >= t["p"]
+                assert t["verdict"].startswith("found") == (t["p_holm"] < 0.05)
     assert sparse["training"]["steps"] == [0, 2, 4]
     assert set(sparse["training"]["emergence"]) == set(sparse["effects"])
     diff = m["difficulty"]
     assert set(diff) == {"bracket_depth", "quote_distractors", "context_length"}
-    levels = diff["context_length"]["levels"]
-    assert len(levels) == 4 and all(0 <= lv["accuracy"][0] <= 1 for lv in levels)
+    assert len(diff["context_length"]["levels"]) == 4
     assert "hardest_minus_easiest" in diff["context_length"]
+    # harder distractor levels are longer prompts: the confound the control is there for
+    tokens = [lv["tokens"][0] for lv in diff["quote_distractors"]["levels"]]
+    assert tokens == sorted(tokens) and tokens[-1] > tokens[0]
+    assert "length_controlled" in diff["quote_distractors"]
+    # robustness: every unfamiliar condition per group; sparse - dense is the difference
+    assert len(res["robustness"]) == 2 * 6
+    row = next(r for r in res["robustness"] if r["group"] == sparse["label"])
+    dense_deg = dense["loss"]["degradation"][row["condition"]]["mean"]
+    assert row["minus_dense"]["mean"] == pytest.approx(
+        row["loss_degradation"]["mean"] - dense_deg, abs=1e-5
+    )
     for name in ("activations.png", "activations_training.png", "activations_difficulty.png"):
         assert (tmp_path / "a" / name).stat().st_size > 1000
     section = json.loads((tmp_path / "a" / "section.json").read_text())
-    rows = section["tables"][0]["rows"]  # one per group and unfamiliar condition
-    assert len(rows) == 2 * 6
-    assert {r[4] for r in rows} <= {"not found", "found: sparser", "found: denser"}
+    rows = section["tables"][0]["rows"]  # one per group and headline comparison
+    assert [r[6] for r in rows] == [t["verdict"] for g in (dense, sparse) for t in g["tests"]]
+    assert rows[0][1] == "one seed" and rows[-1][1] == "3 seeds"
+    assert len(section["tables"][2]["rows"]) == 2 * 6
 
 
 def test_cli_activations_bad_input_is_one_line(tmp_path, runs, capsys):

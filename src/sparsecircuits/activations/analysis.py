@@ -4,11 +4,13 @@ groups of seeds, and the whole run into a folder."""
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..checkpoint import checkpoint_corpus, load, load_config
 from ..config import model_name, seedless_key
@@ -16,9 +18,16 @@ from ..errors import UserError, read_json, write_json_atomic
 from ..report import build_report, finite
 from ..tasks import task_logit_diff
 from . import metrics
-from .conditions import CONDITIONS, condition_windows, difficulty_levels, fitting_batch
+from .conditions import CONDITIONS, Inputs, condition_windows, difficulty_levels, fitting_batch
 from .config import FILES, ActivationsConfig
-from .intervals import bootstrap_ci, bootstrap_diff, combine_seeds, verdict
+from .intervals import (
+    bootstrap_ci,
+    bootstrap_diff,
+    combine_seeds,
+    length_controlled_diff,
+    tested,
+    verdict,
+)
 from .metrics import sparsity_metrics
 from .plots import plot_by_layer, plot_difficulty, plot_training, write_activation_section
 
@@ -82,21 +91,24 @@ def summarise(values: dict) -> dict:
     return _map(lambda _m, v: bootstrap_ci(v), values)
 
 
+def _effect(metric: str, d, lo, hi, p) -> dict:
+    return {"diff": d, "low": lo, "high": hi, "p": p, "verdict": verdict(metric, lo, hi)}
+
+
 def effects(values: dict, baseline: dict) -> dict:
-    """{hook: {metric: {position: {diff, low, high, verdict}}}} of values - baseline."""
-
-    def one(metric, b, a):
-        d, lo, hi = bootstrap_diff(b, a)
-        return {"diff": d, "low": lo, "high": hi, "verdict": verdict(metric, lo, hi)}
-
-    return _map(one, values, baseline)
+    """{hook: {metric: {position: {diff, low, high, p, verdict}}}} of values - baseline
+    (verdicts uncorrected)."""
+    return _map(lambda metric, b, a: _effect(metric, *bootstrap_diff(b, a)), values, baseline)
 
 
-def layer_metrics(model, windows: torch.Tensor, hooks: list[str] | None = None) -> dict:
-    """{hook: {metric: {"last": (mean, lo, hi), "all_positions": (mean, lo, hi)}}}; the
-    interval is over inputs (windows)."""
-    hooks = hooks or [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layer)]
-    return summarise(per_input(model, windows, hooks)[1])
+def input_loss(logits: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+    """[n] mean next-token loss of each input over its real tokens (NaN for one token)."""
+    n, t = inputs.tokens.shape
+    nll = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), inputs.tokens[:, 1:].flatten(), reduction="none"
+    ).view(n, t - 1)
+    real = torch.arange(t - 1)[None, :] < inputs.last_pos[:, None]
+    return torch.where(real, nll.double(), torch.nan).nanmean(1)
 
 
 # --- one checkpoint --------------------------------------------------------------------
@@ -112,12 +124,26 @@ def snapshots(model_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def familiarity(model, windows: dict, hooks: list[str]) -> tuple[dict, dict]:
-    """(summaries, effects vs training code) of every condition."""
-    vals = {name: per_input(model, w, hooks)[1] for name, w in windows.items()}
+def familiarity(model, windows: dict[str, Inputs], hooks: list[str]) -> tuple[dict, dict, dict]:
+    """(summaries, effects vs training code, loss) of every condition; loss: per condition
+    the mean next-token loss and its degradation (condition - training code), each with an
+    interval over inputs: how well the model copes where its activations change."""
+    vals, losses = {}, {}
+    for name, w in windows.items():
+        logits, vals[name] = per_input(model, w.tokens, hooks, w.last_pos)
+        losses[name] = input_loss(logits, w)
+    loss = {
+        "conditions": {name: bootstrap_ci(v) for name, v in losses.items()},
+        "degradation": {
+            name: _effect("loss", *bootstrap_diff(v, losses["train"]))
+            for name, v in losses.items()
+            if name != "train"
+        },
+    }
     return (
         {name: summarise(v) for name, v in vals.items()},
         {name: effects(v, vals["train"]) for name, v in vals.items() if name != "train"},
+        loss,
     )
 
 
@@ -140,7 +166,7 @@ def analyse_checkpoint(model_dir, cfg: ActivationsConfig | None = None) -> dict:
     hooks = resolve_hooks(model, cfg.hooks, model_dir)
     data = checkpoint_corpus(model_dir, model, tok)
     windows = condition_windows(data, cfg.n, model.cfg.n_ctx, cfg.seed)
-    summaries, effs = familiarity(model, windows, hooks)
+    summaries, effs, loss = familiarity(model, windows, hooks)
     kind, label, _ = describe_config(model_dir)
     _, train_cfg = load_config(model_dir)
     out = {
@@ -152,6 +178,7 @@ def analyse_checkpoint(model_dir, cfg: ActivationsConfig | None = None) -> dict:
         "hooks": hooks,
         "conditions": summaries,
         "effects": effs,
+        "loss": loss,
         "skipped_conditions": [c for c in CONDITIONS if c not in windows],
     }
     if cfg.difficulty:
@@ -172,9 +199,9 @@ def _over_training(model_dir: Path, windows: dict, hooks: list[str], train_cfg, 
         model, _ = load(d)
         if model.cfg != final.cfg:
             raise UserError(f"{d / 'config.json'}: snapshot does not match {model_dir}")
-        steps.append((step, *familiarity(model, windows, hooks)))
+        steps.append((step, *familiarity(model, windows, hooks)[:2]))
     if snaps and train_cfg and train_cfg.steps not in {s for s, _ in snaps}:
-        steps.append((train_cfg.steps, *familiarity(final, windows, hooks)))
+        steps.append((train_cfg.steps, *familiarity(final, windows, hooks)[:2]))
     return {
         "steps": [s for s, _, _ in steps],
         "conditions": [c for _, c, _ in steps],
@@ -185,11 +212,18 @@ def _over_training(model_dir: Path, windows: dict, hooks: list[str], train_cfg, 
 # --- groups of seeds -------------------------------------------------------------------
 
 
+def _stats(leaf) -> tuple:
+    """(mean, low, high, p) of an effect dict, or a (mean, low, high) summary as it is."""
+    if isinstance(leaf, dict):
+        return (leaf["diff"], leaf["low"], leaf["high"], leaf.get("p", math.nan))
+    return tuple(leaf)
+
+
 def _group_tree(trees: list[dict], with_verdict: bool = False) -> dict:
     """Leaf-wise combine_seeds over the seeds' trees (leaves (mean, lo, hi) or effects)."""
 
     def one(metric, *leaves):
-        stats = [(x["diff"], x["low"], x["high"]) if isinstance(x, dict) else x for x in leaves]
+        stats = [_stats(x) for x in leaves]
         c = combine_seeds(stats)
         if with_verdict:
             c["verdict"] = verdict(metric, c["low"], c["high"])
@@ -211,16 +245,16 @@ def _group_difficulty(models: list[dict]) -> dict:
                     {
                         "level": row["level"],
                         "label": row["label"],
+                        "tokens": combine_seeds([r["tokens"] for r in rows]),
                         "accuracy": combine_seeds([r["accuracy"] for r in rows]),
                         "metrics": _group_tree([r["metrics"] for r in rows]),
                     }
                 )
         res = {"levels": levels}
         if all("hardest_minus_easiest" in p for p in per):
-            res["hardest_minus_easiest"] = _group_tree(
-                [p["hardest_minus_easiest"] for p in per], True
-            )
-            acc = combine_seeds([tuple(p["accuracy_hardest_minus_easiest"].values()) for p in per])
+            for key in ("hardest_minus_easiest", "length_controlled"):
+                res[key] = _group_tree([p[key] for p in per], True)
+            acc = combine_seeds([_stats(p["accuracy_hardest_minus_easiest"]) for p in per])
             res["accuracy_hardest_minus_easiest"] = acc | {
                 "verdict": verdict("accuracy", acc["low"], acc["high"])
             }
@@ -284,14 +318,76 @@ def group_results(models: list[dict], keys: list[str], cfg: ActivationsConfig) -
                 },
                 "difficulty": _group_difficulty(members),
                 "training": _group_training(members, hook, cfg.metric),
+                "loss": {
+                    "conditions": {
+                        c: combine_seeds([m["loss"]["conditions"][c] for m in members])
+                        for c in members[0]["loss"]["conditions"]
+                    },
+                    "degradation": {
+                        c: combine_seeds([_stats(m["loss"]["degradation"][c]) for m in members])
+                        for c in members[0]["loss"]["degradation"]
+                    },
+                },
             }
         )
+        groups[-1]["tests"] = headline_tests(groups[-1])
     return sorted(groups, key=lambda g: (g["kind"] != "dense", g["label"]))
+
+
+def headline_tests(group: dict) -> list[dict]:
+    """The group's headline comparisons (metric at the last token of the headline hook:
+    every condition - training code, and hardest - easiest per difficulty axis with prompt
+    length regressed out; on the context-length axis length is the difficulty, so raw), with
+    Holm-corrected verdicts over them (intervals.tested)."""
+    hook, metric = group["headline"]["hook"], group["headline"]["metric"]
+    rows = [
+        {"comparison": f"{c} - train", **e[hook][metric]["last"]}
+        for c, e in group["effects"].items()
+    ]
+    for axis, res in group["difficulty"].items():
+        key = "hardest_minus_easiest" if axis == "context_length" else "length_controlled"
+        if key in res:
+            how = "raw" if key == "hardest_minus_easiest" else "length-controlled"
+            rows.append(
+                {
+                    "comparison": f"{axis}: hardest - easiest ({how})",
+                    **res[key][hook][metric]["last"],
+                }
+            )
+    return tested(metric, rows)
+
+
+def _sum_intervals(a: dict, b: dict, sign: int) -> dict:
+    """a + sign * b with a normal-approximation interval (half-widths in quadrature)."""
+    half = math.hypot((a["high"] - a["low"]) / 2, (b["high"] - b["low"]) / 2)
+    mean = a["mean"] + sign * b["mean"]
+    return {"mean": mean, "low": mean - half, "high": mean + half}
+
+
+def robustness(groups: list[dict]) -> list[dict]:
+    """Per unfamiliar condition and group: held-out loss degradation (condition - training
+    code) beside the activation effect on the same inputs, and each sparse group minus the
+    first dense group: does the weight-sparse model degrade less?"""
+    rows = []
+    dense = next((g for g in groups if g["kind"] == "dense"), None)
+    for g in groups:
+        hook, metric = g["headline"]["hook"], g["headline"]["metric"]
+        for c, deg in g["loss"]["degradation"].items():
+            row = {
+                "group": g["label"],
+                "condition": c,
+                "loss_degradation": deg,
+                "activation_effect": g["effects"][c][hook][metric]["last"],
+            }
+            if g["kind"] == "sparse" and dense is not None:
+                row["minus_dense"] = _sum_intervals(deg, dense["loss"]["degradation"][c], -1)
+            rows.append(row)
+    return rows
 
 
 # --- running ---------------------------------------------------------------------------
 
-RESULTS_VERSION = 2
+RESULTS_VERSION = 3
 
 
 def run_activations(model_dirs: list, out, cfg: ActivationsConfig | None = None) -> dict:
@@ -308,6 +404,7 @@ def run_activations(model_dirs: list, out, cfg: ActivationsConfig | None = None)
         "groups": group_results(models, keys, cfg),
         "models": models,
     }
+    results["robustness"] = robustness(results["groups"])
     results = finite(results)
     write_json_atomic(out / FILES["json"], results)
     plot_by_layer(results, out / FILES["layers"], cfg.metric)
@@ -335,8 +432,9 @@ def run_study_activations(study_dir, out=None, cfg: ActivationsConfig | None = N
 
 
 def measure_difficulty(model, tok, levels: dict, hooks: list[str]) -> dict:
-    """Per axis: per level the accuracy (correct logit > incorrect) and metrics at the last
-    prompt token, and the hardest - easiest effects."""
+    """Per axis: per level the accuracy (correct logit > incorrect), prompt length and
+    metrics at the last prompt token; the hardest - easiest effects, raw and with prompt
+    length regressed out (harder levels are longer: the raw effect mixes the two)."""
     out = {}
     for axis, rows in levels.items():
         measured, skipped = [], []
@@ -347,24 +445,33 @@ def measure_difficulty(model, tok, levels: dict, hooks: list[str]) -> dict:
                 continue
             logits, vals = per_input(model, batch.tokens, hooks, batch.last_pos)
             correct = (task_logit_diff(logits, batch) > 0).double()
-            measured.append((level, label, len(batch), correct, vals))
+            measured.append((level, label, len(batch), correct, vals, batch.last_pos + 1))
         res = {
             "levels": [
                 {
                     "level": lv,
                     "label": label,
                     "n_prompts": n,
+                    "tokens": bootstrap_ci(length.double()),
                     "accuracy": bootstrap_ci(correct),
                     "metrics": summarise(vals),
                 }
-                for lv, label, n, correct, vals in measured
+                for lv, label, n, correct, vals, length in measured
             ],
             "skipped": skipped,
         }
         if len(measured) >= 2:
             first, last = measured[0], measured[-1]
             res["hardest_minus_easiest"] = effects(last[4], first[4])
-            d, lo, hi = bootstrap_diff(last[3], first[3])
-            res["accuracy_hardest_minus_easiest"] = {"diff": d, "low": lo, "high": hi}
+            res["length_controlled"] = _map(
+                lambda m, b, a, lb=last[5], la=first[5]: _effect(
+                    m, *length_controlled_diff(b, a, lb, la)
+                ),
+                last[4],
+                first[4],
+            )
+            res["accuracy_hardest_minus_easiest"] = _effect(
+                "accuracy", *bootstrap_diff(last[3], first[3])
+            )
         out[axis] = res
     return out

@@ -11,6 +11,7 @@ import random
 import re
 import statistics
 import tokenize
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -102,6 +103,22 @@ def prose_windows(data: TokenData, n: int, n_ctx: int, seed: int) -> torch.Tenso
     return TokenData._windows(ids, starts, n_ctx)[:, :-1]
 
 
+@dataclass
+class Inputs:
+    """Token windows and each one's last real position: a retokenised window may come out
+    shorter than n_ctx, and what follows its last position is padding no measure reads."""
+
+    tokens: torch.Tensor  # [n, n_ctx]
+    last_pos: torch.Tensor  # [n]
+
+    @classmethod
+    def full(cls, tokens: torch.Tensor) -> Inputs:
+        n, t = tokens.shape
+        return cls(tokens, torch.full((n,), t - 1))
+
+
+PAD = 0  # any id: positions after last_pos are masked, and causal attention never reads them
+
 CONDITIONS = (
     "train",
     "heldout",
@@ -113,32 +130,35 @@ CONDITIONS = (
 )
 
 
-def condition_windows(
-    data: TokenData, n: int, n_ctx: int, seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """[n, n_ctx] token windows per condition, from most to least familiar. non_code_text is
+def condition_windows(data: TokenData, n: int, n_ctx: int, seed: int = 0) -> dict[str, Inputs]:
+    """n windows of n_ctx tokens per condition, from most to least familiar. non_code_text is
     left out when the held-out files have too few docstrings and comments."""
     tok = data.tokenizer
     train = data.batch("train", n, n_ctx, seed, 0)[:, :-1]
     heldout = data.batch("heldout", n, n_ctx, seed, 0)[:, :-1]
 
     def retokenize(windows, edit):
-        out = []
+        out, last = [], []
         for i, w in enumerate(windows.tolist()):
-            ids = tok.encode(edit(tok.decode(w), seed + i)).ids[:n_ctx]
-            ids += [ids[-1]] * (n_ctx - len(ids)) if ids else [0] * n_ctx
-            out.append(ids)
-        return torch.tensor(out)
+            ids = tok.encode(edit(tok.decode(w), seed + i)).ids[:n_ctx] or [PAD]
+            last.append(len(ids) - 1)
+            out.append(ids + [PAD] * (n_ctx - len(ids)))
+        return Inputs(torch.tensor(out), torch.tensor(last))
 
     g = torch.Generator().manual_seed(seed)
+    prose = prose_windows(data, n, n_ctx, seed)
     windows = {
-        "train": train,
-        "heldout": heldout,
+        "train": Inputs.full(train),
+        "heldout": Inputs.full(heldout),
         "renamed_identifiers": retokenize(heldout, rename_identifiers),
         "shuffled_lines": retokenize(heldout, shuffle_lines),
-        "non_code_text": prose_windows(data, n, n_ctx, seed),
-        "shuffled_tokens": torch.stack([w[torch.randperm(n_ctx, generator=g)] for w in heldout]),
-        "random_tokens": torch.randint(0, tok.get_vocab_size(), (n, n_ctx), generator=g),
+        "non_code_text": None if prose is None else Inputs.full(prose),
+        "shuffled_tokens": Inputs.full(
+            torch.stack([w[torch.randperm(n_ctx, generator=g)] for w in heldout])
+        ),
+        "random_tokens": Inputs.full(
+            torch.randint(0, tok.get_vocab_size(), (n, n_ctx), generator=g)
+        ),
     }
     return {k: v for k, v in windows.items() if v is not None}
 

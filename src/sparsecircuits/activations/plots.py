@@ -9,44 +9,68 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend is chosen on i
 from ..errors import save_figure_atomic
 from ..report import write_section
 from .config import FILES
+from .intervals import EXPECTED_EFFECT, MIN_SEEDS
 
 # --- text and plots --------------------------------------------------------------------
 
 
 def _fmt(c: dict) -> str:
-    return f"{c['mean']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+    values = (c["diff"] if "diff" in c else c["mean"], c["low"], c["high"])
+    if any(v is None for v in values):  # NaN in the results is null in JSON
+        return "n/a"
+    return "{:+.4f} [{:+.4f}, {:+.4f}]".format(*values)
+
+
+def _seeds(g: dict) -> str:
+    n = len(g["seeds"])
+    return (
+        f"{n} seeds"
+        if n >= MIN_SEEDS
+        else "one seed"
+        if n == 1
+        else f"{n} seeds, one seed's interval"
+    )
 
 
 def write_activation_section(results: dict, out: Path, images: list) -> Path:
     metric = results["config"]["metric"]
+    expected = EXPECTED_EFFECT.get(metric)
     paras = [
         "Do hidden states get sparser on unfamiliar or harder inputs (Jin et al. 2026)? "
-        f"Metric: {metric}; effects are condition minus training-split code at the last "
-        "token, with 95% intervals (over inputs, or across seeds for groups of >= 3 seeds). "
-        "An effect whose interval contains 0 is reported as not found.",
+        f"Metric: {metric} at the last real token (retokenised inputs are padded, and the pad "
+        "is masked); effects are condition minus training-split code, and hardest minus "
+        "easiest difficulty level with prompt length regressed out (on the context-length "
+        "axis length is the difficulty). Intervals are 95%: across seeds for groups of >= "
+        f"{MIN_SEEDS} seeds, else one seed's interval over its inputs (not a between-seed "
+        "interval). Verdicts are computed, Holm-corrected over each group's headline "
+        "comparisons"
+        + (
+            f"; a null whose half-width exceeds {expected} (the effect expected at small "
+            "scale) reads 'not resolvable at this n'."
+            if expected is not None
+            else "."
+        ),
     ]
     rows = []
     for g in results["groups"]:
-        h = g["headline"]["hook"]
         found = []
-        for c, e in g["effects"].items():
-            last, allp = e[h][metric]["last"], e[h][metric]["all_positions"]
+        for t in g["tests"]:
             rows.append(
                 [
                     g["label"],
-                    len(g["seeds"]),
-                    c,
-                    _fmt(last),
-                    last["verdict"],
-                    _fmt(allp),
-                    allp["verdict"],
+                    _seeds(g),
+                    t["comparison"],
+                    _fmt(t),
+                    "n/a" if t["half_width"] is None else f"{t['half_width']:.4f}",
+                    "n/a" if t["p_holm"] is None else f"{t['p_holm']:.3g}",
+                    t["verdict"],
                 ]
             )
-            if last["verdict"] != "not found":
-                found.append(f"{c} ({last['verdict']})")
+            if t["verdict"].startswith("found"):
+                found.append(f"{t['comparison']} ({t['verdict']})")
         paras.append(
-            f"{g['label']} ({len(g['seeds'])} seed(s), {h}): "
-            + (f"effects found for {', '.join(found)}" if found else "no effect found")
+            f"{g['label']} ({_seeds(g)}, {g['headline']['hook']}): "
+            + (f"found after Holm: {', '.join(found)}" if found else "nothing found after Holm")
             + "."
         )
         tr = g.get("training")
@@ -55,7 +79,7 @@ def write_activation_section(results: dict, out: Path, images: list) -> Path:
                 f"{c}: {'from step ' + str(e['sparser_from_step']) if e['sparser_from_step'] is not None else 'never stably sparser'}"
                 for c, e in tr["emergence"].items()
             )
-            paras.append(f"{g['label']} over training (steps {tr['steps']}): {em}.")
+            paras.append(f"{g['label']} over training (steps {tr['steps']}, uncorrected): {em}.")
     diff_rows = []
     for g in results["groups"]:
         h = g["headline"]["hook"]
@@ -66,40 +90,57 @@ def write_activation_section(results: dict, out: Path, images: list) -> Path:
                         g["label"],
                         axis,
                         lv["label"],
+                        f"{lv['tokens']['mean']:.1f}",
                         f"{lv['accuracy']['mean']:.3f}",
                         f"{lv['metrics'][h][metric]['last']['mean']:.4f}",
                     ]
                 )
-            e = res.get("hardest_minus_easiest")
-            if e:
-                d = e[h][metric]["last"]
-                paras.append(
-                    f"{g['label']}, {axis}: hardest - easiest {metric} {_fmt(d)} ({d['verdict']}); "
-                    f"accuracy {_fmt(res['accuracy_hardest_minus_easiest'])}."
-                )
+    rob_rows = [
+        [
+            r["group"],
+            r["condition"],
+            _fmt(r["loss_degradation"]),
+            _fmt(r["minus_dense"]) if "minus_dense" in r else "",
+            _fmt(r["activation_effect"]),
+        ]
+        for r in results["robustness"]
+    ]
     paras.append(
-        "Many metric x layer x condition comparisons are made; treat a single 'found' among "
-        "them with the usual caution. The JSON (activations.json) holds every metric, hook and "
-        "position."
+        "Robustness (the claim that sparsification under unfamiliar input stabilises "
+        "performance): held-out next-token loss on each condition minus on training code, per "
+        "model, beside the activation effect on the same inputs; 'sparse - dense' < 0 means the "
+        "weight-sparse model degrades less (normal-approximation interval). The JSON "
+        "(activations.json) holds every metric, hook and position."
     )
     tables = [
         {
-            "caption": f"{metric}: condition minus training code",
+            "caption": f"{metric}: headline comparisons, Holm-corrected per model",
             "columns": [
                 "model",
                 "seeds",
-                "condition",
-                "last token",
-                "verdict",
-                "all positions",
+                "comparison",
+                "effect",
+                "half-width",
+                "p (Holm)",
                 "verdict",
             ],
             "rows": rows,
         },
         {
-            "caption": f"difficulty: accuracy and {metric} at the last token",
-            "columns": ["model", "axis", "level", "accuracy", metric],
+            "caption": f"difficulty: prompt length, accuracy and {metric} at the last token",
+            "columns": ["model", "axis", "level", "tokens", "accuracy", metric],
             "rows": diff_rows,
+        },
+        {
+            "caption": "robustness: loss degradation vs training code (nats/token)",
+            "columns": [
+                "model",
+                "condition",
+                "loss degradation",
+                "sparse - dense",
+                f"{metric} effect",
+            ],
+            "rows": rob_rows,
         },
     ]
     imgs = [{"caption": cap, "file": FILES[k]} for k, cap in images]
@@ -121,7 +162,7 @@ def _panels(groups, rows: int = 1):
     fig = Figure(figsize=(4.6 * len(groups), 3.6 * rows))
     axes = fig.subplots(rows, len(groups), squeeze=False)
     for ax, g in zip(axes[0], groups, strict=True):
-        ax.set_title(f"{g['label']} ({len(g['seeds'])} seed(s))", fontsize=9)
+        ax.set_title(f"{g['label']} ({_seeds(g)})", fontsize=9)
     return fig, axes
 
 
