@@ -13,7 +13,7 @@ from conftest import tiny_configs
 from sparsecircuits.cli import main
 from sparsecircuits.errors import UserError
 from sparsecircuits.fer import rotate_hidden, validate_on_planted
-from sparsecircuits.modularity import ModularityConfig, interval, run_modularity
+from sparsecircuits.modularity import ModularityConfig, ModularityResults, interval, run_modularity
 from sparsecircuits.planted import SOFT, planted_batch, planted_model
 from sparsecircuits.tasks.compound import (
     COMPOUND_TASKS,
@@ -262,25 +262,25 @@ def test_modularity_end_to_end(compound_models, tmp_path):
     out = tmp_path / "mod"
     res = run_modularity(compound_models, out, cfg, progress=False)
     # pretrained: 3 checkpoints x 1 fine-tuning order; scratch and random: 2 configs x 2 inits
-    assert len(res["runs"]) == 3 + 2 * 2 * 2
-    run = res["runs"][0]
+    assert len(res.runs) == 3 + 2 * 2 * 2
+    run = res.runs[0]
     assert {"subnetwork", "ablation_zero", "ablation_mean", "kept", "status"} <= set(
         run["weights"]["a"][0]
     )
     assert len(run["weights"]["a"]) == 2 and run["weights"]["a"][0]["kept"] > 0
     # the sparse model's fine-tuning kept its sparsity: masks only count existing weights
     sparse = next(
-        r for r in res["runs"] if r["kind"].startswith("sparse") and r["regime"] == "pretrained"
+        r for r in res.runs if r["kind"].startswith("sparse") and r["regime"] == "pretrained"
     )
     dense = next(
-        r for r in res["runs"] if r["kind"].startswith("dense") and r["regime"] == "pretrained"
+        r for r in res.runs if r["kind"].startswith("dense") and r["regime"] == "pretrained"
     )
     assert sparse["weights_total"] < 0.5 * dense["weights_total"]
     # independent units: the dense config's two pretraining seeds give an interval, the
     # sparse config's one checkpoint does not, whatever its fine-tuning runs would say
     rows = {
         (r["kind"], r["regime"]): r
-        for r in res["summary"]
+        for r in res.summary
         if (r["structure"], r["factor"]) == ("weights", "a")
     }
     assert rows[(dense["kind"], "pretrained")]["units"] == 2
@@ -288,24 +288,24 @@ def test_modularity_end_to_end(compound_models, tmp_path):
     assert rows[(sparse["kind"], "pretrained")]["units"] == 1
     assert rows[(sparse["kind"], "pretrained")]["kept_frac"]["low"] is None
     assert rows[(dense["kind"], "scratch")]["units"] == 2  # init seeds, once per config
-    assert {r["pretrain_seed"] for r in res["runs"] if r["kind"] == dense["kind"]} == {0, 1}
+    assert {r["pretrain_seed"] for r in res.runs if r["kind"] == dense["kind"]} == {0, 1}
     assert dense["kind"] == "dense, d_model 32" and sparse["kind"] == "sparse 1/4, d_model 32"
-    kinds = {(r["kind"], r["structure"]) for r in res["forced_vs_emergent"]}
+    kinds = {(r["kind"], r["structure"]) for r in res.forced_vs_emergent}
     assert len(kinds) == 4
     assert (out / "ablation_matrix.png").stat().st_size > 1000
     section = json.loads((out / "section.json").read_text())
     assert section["title"] == "Forced vs emergent modularity" and len(section["tables"]) == 4
-    assert len(res["findings"]) == 6  # task x structure x regime
-    assert res["findings"][0] in section["paragraphs"]
-    assert res["fer_validation"]["separates"]["circuit_nodes"]
+    assert len(res.findings) == 6  # task x structure x regime
+    assert res.findings[0] in section["paragraphs"]
+    assert res.fer_validation["separates"]["circuit_nodes"]
     lines = (out / "runs.jsonl").read_text().splitlines()
     assert len(lines) == 11
 
     # Resume: a torn last line (an interrupted run) is redone, finished runs are reused.
     (out / "runs.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:40])
     again = run_modularity(compound_models, out, cfg, progress=False)
-    assert again["runs"][:5] == res["runs"][:5]
-    assert len(again["runs"]) == 11
+    assert again.runs[:5] == res.runs[:5]
+    assert len(again.runs) == 11
     # A smaller job list in the same folder reuses its runs; other settings are refused.
     one = run_modularity(
         compound_models[:1],
@@ -313,8 +313,8 @@ def test_modularity_end_to_end(compound_models, tmp_path):
         ModularityConfig(**TINY | {"base_seeds": 1}, masks=MaskConfig(steps=40)),
         progress=False,
     )
-    assert one["runs"] == [  # as the resumed call left them (it redid runs 5 on)
-        r for r in again["runs"] if r["model"] == res["runs"][0]["model"] and r["base_seed"] == 0
+    assert one.runs == [  # as the resumed call left them (it redid runs 5 on)
+        r for r in again.runs if r["model"] == res.runs[0]["model"] and r["base_seed"] == 0
     ]
     with pytest.raises(UserError, match="other settings"):
         run_modularity(compound_models, out, ModularityConfig(**TINY), progress=False)
@@ -327,7 +327,7 @@ def test_collapsed_masks_are_reported_not_averaged(compound_models, tmp_path):
         masks=MaskConfig(steps=40, l1=10.0),  # a penalty no task loss can resist
     )
     res = run_modularity(compound_models[:1], tmp_path / "c", cfg, progress=False)
-    rows = [r for r in res["summary"] if r["structure"] == "weights"]
+    rows = [r for r in res.summary if r["structure"] == "weights"]
     assert all(r["collapsed"] == 2 and r["usable"] == 0 for r in rows)
     assert all(r["subnetwork"] is None for r in rows)
     assert "collapsed" in " ".join(
@@ -391,8 +391,8 @@ def test_cli_with_a_user_compound_task(compound_models, tmp_path, capsys):
     argv += ["--out", str(out), "--regimes", "pretrained", "--base-seeds", "1", "--mask-seeds", "1"]
     argv += ["--finetune-steps", "20", "--mask-steps", "20", "--node-target", "0.9", "--quiet"]
     assert main(argv) == 0
-    res = json.loads((out / "modularity.json").read_text())
-    assert {r["task"] for r in res["runs"]} == {"mine"}
+    res = ModularityResults.load(out / "modularity.json")
+    assert {r["task"] for r in res.runs} == {"mine"}
     assert "mine, pretrained, weights" in capsys.readouterr().out
 
 

@@ -268,11 +268,11 @@ def _cmd_modularity(args) -> None:
     results = run_modularity(
         dirs, out, cfg, resume=not args.no_resume, force=args.force, progress=not args.quiet
     )
-    print(f"results: {out / 'modularity.json'} ({len(results['runs'])} base models)")
+    print(f"results: {out / 'modularity.json'} ({len(results.runs)} base models)")
     print(f"plot:    {out / 'ablation_matrix.png'}")
     if args.study:
         print(f"report:  {build_report(args.study)}")
-    for line in results["findings"]:
+    for line in results.findings:
         print(line)
 
 

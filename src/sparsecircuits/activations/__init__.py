@@ -6,6 +6,7 @@ and harder inputs, and does that emerge during training?
     intervals   bootstrap intervals, seed groups, "not found" verdicts
     analysis    one checkpoint (conditions, difficulty, training snapshots), groups, the run
     plots       the plots and the report section
+    results     the typed record of a run (activations.json)
 
 Statistics: intervals are 95% bootstrap intervals over inputs. An effect is a difference of
 means (condition - training code, hardest - easiest level) with an unpaired bootstrap
@@ -49,8 +50,10 @@ from .metrics import (
     sparsity_metrics,
     topk_energy,
 )
+from .results import ActivationResults
 
 __all__ = [
+    "ActivationResults",
     "ActivationsConfig",
     "CONDITIONS",
     "FILES",

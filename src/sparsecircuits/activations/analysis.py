@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import checkpoint_corpus, load, load_config
 from ..config import model_name, seedless_key
-from ..errors import UserError, read_json, write_json_atomic
-from ..report import build_report, finite
+from ..errors import UserError, read_json
+from ..report import build_report
 from ..tasks import task_logit_diff
 from . import metrics
 from .conditions import CONDITIONS, Inputs, condition_windows, difficulty_levels, fitting_batch
@@ -30,6 +30,7 @@ from .intervals import (
 )
 from .metrics import sparsity_metrics
 from .plots import plot_by_layer, plot_difficulty, plot_training, write_activation_section
+from .results import ActivationResults
 
 # --- measuring -------------------------------------------------------------------------
 
@@ -387,32 +388,32 @@ def robustness(groups: list[dict]) -> list[dict]:
 
 # --- running ---------------------------------------------------------------------------
 
-RESULTS_VERSION = 3
 
-
-def run_activations(model_dirs: list, out, cfg: ActivationsConfig | None = None) -> dict:
+def run_activations(
+    model_dirs: list, out, cfg: ActivationsConfig | None = None
+) -> ActivationResults:
     """Analyse every checkpoint, group seeds, write activations.json, the plots and a
     report section into `out`."""
     cfg = cfg or ActivationsConfig()
     out = Path(out)
     models = [analyse_checkpoint(d, cfg) for d in model_dirs]
     keys = [describe_config(d)[2] for d in model_dirs]
-    results = {
-        "schema_version": RESULTS_VERSION,
-        "metric_definitions": metrics.__doc__,
-        "config": asdict(cfg),
-        "groups": group_results(models, keys, cfg),
-        "models": models,
-    }
-    results["robustness"] = robustness(results["groups"])
-    results = finite(results)
-    write_json_atomic(out / FILES["json"], results)
+    groups = group_results(models, keys, cfg)
+    results = ActivationResults(
+        metric_definitions=metrics.__doc__,
+        config=asdict(cfg),
+        groups=groups,
+        models=models,
+        robustness=robustness(groups),
+    )
+    results.save(out / FILES["json"])
+    results = ActivationResults.from_json(results.to_json())  # plots read what the file holds
     plot_by_layer(results, out / FILES["layers"], cfg.metric)
     images = [("layers", "metric by layer per input condition")]
-    if any(g["training"] for g in results["groups"]):
+    if any(g["training"] for g in results.groups):
         plot_training(results, out / FILES["training"], cfg.metric)
         images.append(("training", "metric over training, familiar vs unfamiliar"))
-    if any(g["difficulty"] for g in results["groups"]):
+    if any(g["difficulty"] for g in results.groups):
         plot_difficulty(results, out / FILES["difficulty"], cfg.metric)
         images.append(("difficulty", "metric and accuracy by difficulty level"))
     write_activation_section(results, out, images)

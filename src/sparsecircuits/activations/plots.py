@@ -10,6 +10,7 @@ from ..errors import save_figure_atomic
 from ..report import write_section
 from .config import FILES
 from .intervals import EXPECTED_EFFECT, MIN_SEEDS
+from .results import ActivationResults
 
 # --- text and plots --------------------------------------------------------------------
 
@@ -32,8 +33,8 @@ def _seeds(g: dict) -> str:
     )
 
 
-def write_activation_section(results: dict, out: Path, images: list) -> Path:
-    metric = results["config"]["metric"]
+def write_activation_section(results: ActivationResults, out: Path, images: list) -> Path:
+    metric = results.config["metric"]
     expected = EXPECTED_EFFECT.get(metric)
     paras = [
         "Do hidden states get sparser on unfamiliar or harder inputs (Jin et al. 2026)? "
@@ -52,7 +53,7 @@ def write_activation_section(results: dict, out: Path, images: list) -> Path:
         ),
     ]
     rows = []
-    for g in results["groups"]:
+    for g in results.groups:
         found = []
         for t in g["tests"]:
             rows.append(
@@ -81,7 +82,7 @@ def write_activation_section(results: dict, out: Path, images: list) -> Path:
             )
             paras.append(f"{g['label']} over training (steps {tr['steps']}, uncorrected): {em}.")
     diff_rows = []
-    for g in results["groups"]:
+    for g in results.groups:
         h = g["headline"]["hook"]
         for axis, res in g["difficulty"].items():
             for lv in res["levels"]:
@@ -103,7 +104,7 @@ def write_activation_section(results: dict, out: Path, images: list) -> Path:
             _fmt(r["minus_dense"]) if "minus_dense" in r else "",
             _fmt(r["activation_effect"]),
         ]
-        for r in results["robustness"]
+        for r in results.robustness
     ]
     paras.append(
         "Robustness (the claim that sparsification under unfamiliar input stabilises "
@@ -166,10 +167,10 @@ def _panels(groups, rows: int = 1):
     return fig, axes
 
 
-def plot_by_layer(results: dict, path: Path, metric: str = "top10_energy") -> None:
+def plot_by_layer(results: ActivationResults, path: Path, metric: str = "top10_energy") -> None:
     """One panel per model group (dense first): metric at the last token vs hook, a line per
     condition."""
-    groups = results["groups"]
+    groups = results.groups
     fig, axes = _panels(groups)
     for ax, g in zip(axes[0], groups, strict=True):
         for cond, hooks in g["conditions"].items():
@@ -181,8 +182,8 @@ def plot_by_layer(results: dict, path: Path, metric: str = "top10_energy") -> No
     save_figure_atomic(fig, path, dpi=110)
 
 
-def plot_training(results: dict, path: Path, metric: str = "top10_energy") -> None:
-    groups = [g for g in results["groups"] if g["training"]]
+def plot_training(results: ActivationResults, path: Path, metric: str = "top10_energy") -> None:
+    groups = [g for g in results.groups if g["training"]]
     fig, axes = _panels(groups)
     for ax, g in zip(axes[0], groups, strict=True):
         tr, h = g["training"], g["headline"]["hook"]
@@ -197,10 +198,10 @@ def plot_training(results: dict, path: Path, metric: str = "top10_energy") -> No
     save_figure_atomic(fig, path, dpi=110)
 
 
-def plot_difficulty(results: dict, path: Path, metric: str = "top10_energy") -> None:
+def plot_difficulty(results: ActivationResults, path: Path, metric: str = "top10_energy") -> None:
     """A row per difficulty axis, a column per group: metric (solid) and accuracy (dashed,
     right axis) by level."""
-    groups = [g for g in results["groups"] if g["difficulty"]]
+    groups = [g for g in results.groups if g["difficulty"]]
     axis_names = list(groups[0]["difficulty"])
     fig, axes = _panels(groups, rows=len(axis_names))
     for col, g in enumerate(groups):

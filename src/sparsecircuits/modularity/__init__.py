@@ -40,6 +40,7 @@ A mask that keeps nothing or everything is reported as collapsed and left out of
     structures  one base model: masks, circuits, metrics, FER
     summary     intervals over independent units, consistency, findings
     section     the plot and the report section
+    results     the typed record of a run (modularity.json)
     run         the job list and the results folder
 """
 
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 from .build import base_model, train_on_compound
 from .config import REGIMES, RESULTS_FILE, ModularityConfig
+from .results import ModularityResults
 from .run import run_modularity, study_models
 from .structures import analyse_base, one_run
 from .summary import consistency, findings, forced_vs_emergent, interval, summarise
@@ -55,6 +57,7 @@ __all__ = [
     "REGIMES",
     "RESULTS_FILE",
     "ModularityConfig",
+    "ModularityResults",
     "analyse_base",
     "base_model",
     "consistency",

@@ -16,6 +16,7 @@ from ..errors import UserError, read_json, write_json_atomic
 from ..fer import validate_on_planted
 from ..tasks.compound import get_compound_task, load_compound_task
 from .config import JOB_FIELDS, RESULTS_FILE, ModularityConfig
+from .results import ModularityResults
 from .section import plot_ablation_matrix, write_report_section
 from .structures import one_run
 from .summary import consistency, findings, forced_vs_emergent, summarise
@@ -58,7 +59,7 @@ def run_modularity(
     resume: bool = True,
     force: bool = False,
     progress: bool = True,
-) -> dict:
+) -> ModularityResults:
     """The whole experiment into `out`: runs.jsonl as it goes, then modularity.json, the
     plots and the report section, over the runs of this call's job list. A rerun resumes,
     and may add tasks, models, regimes or seeds; other settings need a fresh folder."""
@@ -115,18 +116,17 @@ def run_modularity(
             log.write(json.dumps(run) + "\n")
             log.flush()
     summary = summarise(runs)
-    results = {
-        "schema_version": 1,
-        "setup": setup | {"config": dataclasses.asdict(cfg), "models": [str(d) for d in dirs]},
-        "runs": runs,
-        "summary": summary,
-        "consistency": consistency(summary),
-        "findings": findings(summary),
-        "forced_vs_emergent": forced_vs_emergent(runs, summary),
-        "fer_validation": validate_on_planted(cfg.seed),
-        "seconds": time.perf_counter() - t0,
-    }
-    write_json_atomic(out / RESULTS_FILE, results)
+    results = ModularityResults(
+        setup=setup | {"config": dataclasses.asdict(cfg), "models": [str(d) for d in dirs]},
+        runs=runs,
+        summary=summary,
+        consistency=consistency(summary),
+        findings=findings(summary),
+        forced_vs_emergent=forced_vs_emergent(runs, summary),
+        fer_validation=validate_on_planted(cfg.seed),
+        seconds=time.perf_counter() - t0,
+    )
+    results.save(out / RESULTS_FILE)
     plot_ablation_matrix(results, out / "ablation_matrix.png")
     write_report_section(results, out)
     return results

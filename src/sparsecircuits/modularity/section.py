@@ -11,13 +11,14 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend is chosen on i
 from ..errors import save_figure_atomic
 from ..report import write_section
 from ..tasks.compound import FACTORS
+from .results import ModularityResults
 from .summary import fmt_ci, mean_or_none
 
 
-def plot_ablation_matrix(results: dict, path: Path) -> None:
+def plot_ablation_matrix(results: ModularityResults, path: Path) -> None:
     """Accuracy drop on each subroutine (columns) when each structure is removed (rows),
     one panel per task x structure, rows grouped by model and regime."""
-    runs = results["runs"]
+    runs = results.runs
     tasks = sorted({r["task"] for r in runs})
     panels = [
         (t, s, mode)
@@ -67,9 +68,9 @@ def plot_ablation_matrix(results: dict, path: Path) -> None:
     save_figure_atomic(fig, path)
 
 
-def write_report_section(results: dict, out: Path) -> None:
-    fve = results["forced_vs_emergent"]
-    summary = results["summary"]
+def write_report_section(results: ModularityResults, out: Path) -> None:
+    fve = results.forced_vs_emergent
+    summary = results.summary
     paragraphs = [
         "Do models grow a separate subnetwork per subroutine of a compound task, and how does "
         "that compare with the structure weight sparsity forces? Subnetwork metric: accuracy "
@@ -85,7 +86,7 @@ def write_report_section(results: dict, out: Path) -> None:
         "by construction (there is no accuracy to lose), so it is not a control the ablation "
         "test could fail.",
     ]
-    paragraphs += results["findings"]
+    paragraphs += results.findings
     collapsed = sum(r["collapsed"] for r in summary)
     if collapsed:
         paragraphs.append(
@@ -98,7 +99,7 @@ def write_report_section(results: dict, out: Path) -> None:
             "Compound accuracy differs by more than 0.05 between the kinds of model on "
             f"{', '.join(sorted(unmatched))}: compare their structures with care."
         )
-    v = results["fer_validation"]
+    v = results.fer_validation
     paragraphs.append(
         "FER measures on ground truth (a planted 7-node circuit vs the same function in rotated "
         f"bases, outputs equal to {v['output_max_diff']:.0e}): circuit nodes "
@@ -135,7 +136,7 @@ def write_report_section(results: dict, out: Path) -> None:
                     for m in ("subnetwork", "ablation_mean")
                     for k in ("mean", "sd", "agree", "found")
                 ]
-                for r in results["consistency"]
+                for r in results.consistency
             ],
         },
         {
@@ -220,7 +221,7 @@ def write_report_section(results: dict, out: Path) -> None:
                 "sweep roughness",
                 "sweep control",
             ],
-            "rows": _fer_rows(results["runs"]),
+            "rows": _fer_rows(results.runs),
         },
     ]
     write_section(
