@@ -443,3 +443,23 @@ def test_perturbation_hits_only_existing_weights_at_their_scale(all_entries):
         assert (noise[:, zero] == 0).all()
         assert float(noise[:, ~zero].std()) == pytest.approx(rms_nonzero, rel=0.1)
     assert rms_nonzero > 2 * rms_all  # the two variants differ on this sparse layer
+
+
+def test_results_record_round_trips_and_refuses_another_schema(tmp_path):
+    record = ModularityResults(
+        setup={"settings": {}},
+        runs=[{"task": "t", "x": float("nan")}],
+        summary=[],
+        consistency=[],
+        findings=["f"],
+        forced_vs_emergent=[],
+        fer_validation={},
+        seconds=1.5,
+    )
+    record.save(tmp_path / "m.json")
+    loaded = ModularityResults.load(tmp_path / "m.json")
+    assert loaded.runs == [{"task": "t", "x": None}]  # NaN is written as null
+    assert loaded.findings == ["f"] and loaded.seconds == 1.5
+    old = json.loads((tmp_path / "m.json").read_text()) | {"schema_version": 1}
+    with pytest.raises(UserError, match="schema_version 1"):
+        ModularityResults.from_json(old)
