@@ -25,6 +25,8 @@ from sparsecircuits.planted import (
     SATURATED,
     SOFT,
     B,
+    X,
+    Y,
     planted_batch,
     planted_model,
 )
@@ -99,9 +101,42 @@ class Planted:
         return float(pair_loss(d)), calibrate(d, self.test, 16)[0]
 
 
+def relay_model() -> SparseGPT:
+    """A held-out mechanism the mask settings were not tuned on: the planted head's key
+    sign no longer reaches the logits directly but through the MLP. Neuron 0 = relu(key
+    sign), neuron 1 = relu(-key sign), both read from channel 4 and written (+, -) to channel
+    8, which the unembedding reads as X - Y (7.5 per unit: one neuron's share alone, ~3.4,
+    loses to the query prior's +-4, so each neuron is needed). Neurons 2 and 3 stay
+    distractors, now writing channel 9."""
+    model = planted_model(SOFT)
+    with torch.no_grad():
+        mlp = model.blocks[0].mlp
+        mlp.fc_in.weight[1].zero_()
+        mlp.fc_in.weight[0, 4], mlp.fc_in.weight[1, 4] = 1.0, -1.0
+        mlp.fc_out.weight.zero_()
+        mlp.fc_out.weight[8, 0], mlp.fc_out.weight[8, 1] = 1.0, -1.0
+        mlp.fc_out.weight[9, 2], mlp.fc_out.weight[9, 3] = 0.5, 0.5
+        W_U = model.unembed.weight
+        W_U[[X, Y], 4] = 0.0
+        W_U[FILLERS[2], 8] = 0.0
+        W_U[X, 8], W_U[Y, 8] = 3.75, -3.75
+    return model.eval()
+
+
+RELAY = PLANTED | {
+    "blocks.0.ln2.hook_normalized[4]",
+    "blocks.0.mlp.hook_post[0]",
+    "blocks.0.mlp.hook_post[1]",
+    "blocks.0.hook_mlp_out[8]",
+}
+
+
 @functools.cache
-def planted(sink_logit: float) -> Planted:
-    model = planted_model(sink_logit).requires_grad_(False)
+def planted(sink_logit: float | None) -> Planted:
+    """The planted model with this sink logit; None: the held-out relay model."""
+    model = (relay_model() if sink_logit is None else planted_model(sink_logit)).requires_grad_(
+        False
+    )
     sites = node_sites(model.cfg)
     # "Pretraining" text for the means: fresh prompts of the task distribution.
     windows = [planted_batch(64, 100 + i).tokens for i in range(2)]
@@ -240,3 +275,26 @@ def test_attribution_ranks_the_planted_nodes_first(sink):
     cfg = PruneConfig(method="attribution", target_loss=TARGET, random_draws=0)
     c = find_circuit(p.model, p.train, p.test, p.means, cfg, progress=False)
     assert {n.name for n in c.nodes} == PLANTED
+
+
+def test_relay_nodes_are_a_minimal_circuit():
+    """Ground truth of the held-out mechanism: its 11 nodes suffice, each is necessary in
+    the full model and in the circuit, and no other node matters alone."""
+    p = planted(None)
+    everything_else = p.all_nodes - RELAY
+    assert max(p.losses(set())[1:] + p.losses(everything_else)[1:]) < TARGET / 10
+    for node in sorted(RELAY):
+        assert min(p.losses({node})) > 5 * TARGET, node
+        assert min(p.losses(everything_else | {node})) > 5 * TARGET, node
+    for node in sorted(everything_else):
+        assert max(p.losses({node})) < TARGET / 3, node
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_learned_masks_recover_a_mechanism_they_were_not_tuned_on(seed):
+    p = planted(None)
+    cfg = PruneConfig(method="masks", target_loss=TARGET, steps=300, random_draws=3, seed=seed)
+    c = find_circuit(p.model, p.train, p.test, p.means, cfg, progress=False, task_name="relay")
+    names = {n.name for n in c.nodes}
+    assert names == RELAY, f"missing {sorted(RELAY - names)}, extra {sorted(names - RELAY)}"
+    assert c.metrics["ablated"]["accuracy"] == pytest.approx(0.5)
