@@ -261,8 +261,9 @@ def test_modularity_end_to_end(compound_models, tmp_path):
     cfg = ModularityConfig(**TINY, masks=MaskConfig(steps=40))
     out = tmp_path / "mod"
     res = run_modularity(compound_models, out, cfg, progress=False)
-    # pretrained: 3 checkpoints x 1 fine-tuning order; scratch and random: 2 configs x 2 inits
-    assert len(res.runs) == 3 + 2 * 2 * 2
+    # pretrained and shuffled: 3 checkpoints x 1 fine-tuning order; scratch and random:
+    # 2 configs x 2 inits
+    assert len(res.runs) == 2 * 3 + 2 * 2 * 2
     run = res.runs[0]
     assert {"subnetwork", "ablation_zero", "ablation_mean", "kept", "status"} <= set(
         run["weights"]["a"][0]
@@ -295,17 +296,17 @@ def test_modularity_end_to_end(compound_models, tmp_path):
     assert (out / "ablation_matrix.png").stat().st_size > 1000
     section = json.loads((out / "section.json").read_text())
     assert section["title"] == "Forced vs emergent modularity" and len(section["tables"]) == 4
-    assert len(res.findings) == 6  # task x structure x regime
+    assert len(res.findings) == 8  # task x structure x regime
     assert res.findings[0] in section["paragraphs"]
     assert res.fer_validation["separates"]["circuit_nodes"]
     lines = (out / "runs.jsonl").read_text().splitlines()
-    assert len(lines) == 11
+    assert len(lines) == 14
 
     # Resume: a torn last line (an interrupted run) is redone, finished runs are reused.
     (out / "runs.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:40])
     again = run_modularity(compound_models, out, cfg, progress=False)
     assert again.runs[:5] == res.runs[:5]
-    assert len(again.runs) == 11
+    assert len(again.runs) == 14
     # A smaller job list in the same folder reuses its runs; other settings are refused.
     one = run_modularity(
         compound_models[:1],
@@ -463,3 +464,18 @@ def test_results_record_round_trips_and_refuses_another_schema(tmp_path):
     old = json.loads((tmp_path / "m.json").read_text()) | {"schema_version": 1}
     with pytest.raises(UserError, match="schema_version 1"):
         ModularityResults.from_json(old)
+
+
+def test_shuffled_labels_deal_both_subroutines_into_each_half():
+    from sparsecircuits.modularity.structures import shuffled_labels
+
+    task = get_compound_task("quote_bracket", 24, 4, seed=0)
+    dealt = shuffled_labels(task, seed=3)
+    pool = task.sub["a"].train + task.sub["b"].train
+    assert sorted(map(repr, dealt["a"].train + dealt["b"].train)) == sorted(map(repr, pool))
+    assert abs(len(dealt["a"].train) - len(dealt["b"].train)) <= 1
+    for f in "ab":  # each half holds pairs of both subroutines, not one relabelled
+        own = {repr(p) for p in task.sub[f].train}
+        assert 0 < sum(repr(p) in own for p in dealt[f].train) < len(dealt[f].train)
+    assert shuffled_labels(task, seed=3)["a"].train == dealt["a"].train  # seeded
+    assert shuffled_labels(task, seed=4)["a"].train != dealt["a"].train

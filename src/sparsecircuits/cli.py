@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("COMPOUND", "A", "B"),
         help="a user compound task: its .jsonl, subroutine A's and B's (repeatable)",
     )
-    mo.add_argument("--regimes", default="pretrained,scratch,random")
+    mo.add_argument("--regimes", default="pretrained,scratch,random,shuffled")
     mo.add_argument("--base-seeds", type=int, default=3, help="scratch/random inits per config")
     mo.add_argument(
         "--finetune-seeds", type=int, default=2, help="fine-tuning data orders per checkpoint"

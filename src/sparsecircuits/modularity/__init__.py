@@ -13,6 +13,9 @@ pretraining seed) and every compound task, three kinds of base model are built:
                  what mask search can carve out of noise. Its accuracy is at chance, so its
                  ablation metric is ~0 by construction: it shows what mask search finds in
                  noise (the subnetwork metric), not that the ablation test can fail.
+    shuffled     the pretrained model, but masks searched on A and B training pairs dealt
+                 out at random (structures.shuffled_labels): a control that can fail, as
+                 its structures should show no selectivity on the true test pairs.
 
 A weight-sparse base keeps its sparsity: fine-tuning never revives a zero weight, and the
 scratch/random inits are projected to the same density. Then, for each subroutine X in

@@ -11,7 +11,7 @@ from ..checkpoint import load
 from ..model import SparseGPT
 from ..sparsity import WeightSparsifier
 from ..tasks.compound import CompoundBatch, compound_loss
-from .config import ModularityConfig
+from .config import PER_CHECKPOINT, ModularityConfig
 
 
 def _support(model: SparseGPT) -> dict[str, torch.Tensor]:
@@ -48,7 +48,7 @@ def base_model(
     """The model of one regime (see the package docstring), ready for mask search;
     `train_cfg` is the checkpoint's (its density is kept)."""
     model, _ = load(model_dir)
-    if regime == "pretrained":
+    if regime in PER_CHECKPOINT:  # shuffled: the same model, other mask-search data
         train_on_compound(model, batch, cfg.finetune_steps, cfg.finetune_lr, cfg.batch_size, seed)
         return model
     torch.manual_seed(seed)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from ..weightmask import MaskConfig
 
-REGIMES = ("pretrained", "scratch", "random")
+REGIMES = ("pretrained", "scratch", "random", "shuffled")
+# regimes built from each checkpoint (an independent pretraining seed), not once per config
+PER_CHECKPOINT = ("pretrained", "shuffled")
 RESULTS_FILE = "modularity.json"
 # what a run folder may grow by: the job list, not the settings every run's numbers depend on
 JOB_FIELDS = ("tasks", "task_files", "regimes", "base_seeds", "finetune_seeds")

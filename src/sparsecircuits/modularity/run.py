@@ -15,7 +15,7 @@ from ..config import seedless_key
 from ..errors import UserError, read_json, write_json_atomic
 from ..fer import validate_on_planted
 from ..tasks.compound import get_compound_task, load_compound_task
-from .config import JOB_FIELDS, RESULTS_FILE, ModularityConfig
+from .config import JOB_FIELDS, PER_CHECKPOINT, RESULTS_FILE, ModularityConfig
 from .results import ModularityResults
 from .section import plot_ablation_matrix, write_report_section
 from .structures import one_run
@@ -133,10 +133,10 @@ def run_modularity(
 
 
 def _units(dirs: list[Path], regime: str, cfg: ModularityConfig) -> list[tuple[Path, int]]:
-    """(checkpoint, seed) of every base model of a regime. Pretrained: every checkpoint (each
-    an independent pretraining seed) with `finetune_seeds` data orders. Scratch and random
+    """(checkpoint, seed) of every base model of a regime. Pretrained and shuffled: every
+    checkpoint (each an independent pretraining seed) with `finetune_seeds` data orders. Scratch and random
     use only the architecture and density, so once per model config, `base_seeds` inits."""
-    if regime == "pretrained":
+    if regime in PER_CHECKPOINT:
         return [(d, s) for d in dirs for s in range(cfg.finetune_seeds)]
     first: dict[str, Path] = {}
     for d in dirs:

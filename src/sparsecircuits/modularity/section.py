@@ -84,7 +84,9 @@ def write_report_section(results: ModularityResults, out: Path) -> None:
         "The random regime (untrained, accuracy at chance) shows what mask search carves out "
         "of noise: its subnetwork metric is a floor for the others. Its ablation metric is ~0 "
         "by construction (there is no accuracy to lose), so it is not a control the ablation "
-        "test could fail.",
+        "test could fail. The shuffled regime is the control that can: the pretrained "
+        "model, with masks searched on A and B training pairs dealt out at random; its "
+        "structures should show no selectivity on the true test pairs.",
     ]
     paragraphs += results.findings
     collapsed = sum(r["collapsed"] for r in summary)

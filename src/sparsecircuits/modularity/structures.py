@@ -3,6 +3,7 @@ overlap and stability, and the FER measures."""
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from itertools import combinations, product
@@ -16,7 +17,7 @@ from ..fer import fer_measures
 from ..nodes import ablation_hooks, compute_node_means, node_sites, parse_node
 from ..prune import TargetUnreachable, find_circuit
 from ..pruning import PruneConfig
-from ..tasks import TaskBatch, prompt_windows, task_accuracy
+from ..tasks import Task, TaskBatch, prompt_windows, task_accuracy
 from ..tasks.compound import FACTORS, CompoundTask, compound_accuracy
 from ..tokenizer import load_tokenizer
 from ..weightmask import (
@@ -181,14 +182,32 @@ def analyse_base(model, batches: dict, cfg: ModularityConfig, names: list[str]) 
     }
 
 
+def shuffled_labels(task: CompoundTask, seed: int) -> dict[str, Task]:
+    """The control that can fail: the A and B training pairs pooled, shuffled and dealt back
+    at random, so each "subroutine" a mask is searched on is half A, half B. Tested on the
+    true A and B pairs, its structures should show no selectivity; if they did, the real
+    labels' selectivity could be an artefact of the pipeline rather than of the model."""
+    pool = [p for f in FACTORS for p in task.sub[f].train]
+    random.Random(seed).shuffle(pool)
+    half = len(pool) // 2
+    return {
+        f: Task(f"{task.sub[f].name} (shuffled labels)", task.sub[f].description, part, [])
+        for f, part in zip(FACTORS, (pool[:half], pool[half:]), strict=True)
+    }
+
+
 def one_run(task: CompoundTask, model_dir: Path, regime: str, seed: int, cfg) -> dict:
     """One base model of `regime` built from `model_dir` with `seed`, analysed."""
     model_cfg, train_cfg = load_config(model_dir)
     density = train_cfg.density if train_cfg is not None else 1.0
     tokenizer = load_tokenizer(model_dir / "tokenizer.json")
     batches = {s: task.encode(tokenizer, s, model_cfg.n_ctx) for s in ("train", "test")}
+    train_subs = shuffled_labels(task, seed) if regime == "shuffled" else task.sub
     batches["sub"] = {
-        f: {s: task.sub[f].encode(tokenizer, s, model_cfg.n_ctx) for s in ("train", "test")}
+        f: {
+            "train": train_subs[f].encode(tokenizer, "train", model_cfg.n_ctx),
+            "test": task.sub[f].encode(tokenizer, "test", model_cfg.n_ctx),
+        }
         for f in FACTORS
     }
     model = base_model(model_dir, train_cfg, regime, cfg.seed + seed, batches["train"], cfg)

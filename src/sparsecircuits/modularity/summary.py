@@ -1,8 +1,8 @@
 """Statistics over base models: intervals over independent units, consistency across
 tasks and models, the forced-vs-emergent table and the findings sentences.
 
-The unit of an interval is an independently trained model: in the pretrained regime a
-pretraining checkpoint (its fine-tuning runs averaged), in scratch and random an init seed.
+The unit of an interval is an independently trained model: in the pretrained and shuffled
+regimes a pretraining checkpoint (its fine-tuning runs averaged), in scratch and random an init seed.
 Fine-tuning runs of one checkpoint share its pretraining, so they are not independent; their
 spread is reported as a separate component (`finetune_sd`), never as an interval.
 """
@@ -14,6 +14,7 @@ import statistics
 
 from ..stats import t_interval
 from ..tasks.compound import FACTORS
+from .config import PER_CHECKPOINT
 
 
 def fmt_ci(ci: dict | None, digits: int = 2) -> str:
@@ -61,7 +62,7 @@ METRICS = {
 
 def unit_of(run: dict):
     """What makes a run independent of the others of its group (see the module docstring)."""
-    return run["model"] if run["regime"] == "pretrained" else run["base_seed"]
+    return run["model"] if run["regime"] in PER_CHECKPOINT else run["base_seed"]
 
 
 def mean_or_none(xs) -> float | None:
@@ -98,7 +99,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                     "factor": factor,
                     "base_models": len(rs),
                     "units": len({unit_of(run) for run in rs}),
-                    "unit": "pretraining seed" if regime == "pretrained" else "init seed",
+                    "unit": "pretraining seed" if regime in PER_CHECKPOINT else "init seed",
                     "collapsed": sum(s in ("empty", "full") for s in statuses),
                     "unreachable": sum(s == "unreachable" for s in statuses),
                     "usable": sum(s == "ok" for s in statuses),
@@ -114,7 +115,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                 overlap = [run["overlap_ab"][structure] for run in rs]
                 row["overlap_ab"] = interval(_by_unit(rs, overlap)[0])
                 row["spread"] = {m: _sd(per_unit[m]) for m in ("subnetwork", "ablation_mean")}
-                if regime == "pretrained":
+                if regime in PER_CHECKPOINT:
                     row["finetune_sd"] = {m: spread[m] for m in ("subnetwork", "ablation_mean")}
                 rows.append(row)
     return rows
