@@ -1,17 +1,41 @@
+import json
 import math
+import shutil
 
 import pytest
 import torch
 
+from conftest import tiny_configs, write_corpus
+from sparsecircuits import train
 from sparsecircuits.activations import (
+    CONDITIONS,
+    bootstrap_ci,
+    code_prose,
+    combine_seeds,
+    condition_windows,
     effective_rank,
+    effects,
     frac_above,
     frac_zero,
     hoyer,
+    per_input,
+    rename_identifiers,
+    shuffle_lines,
     sparsity_metrics,
     topk_energy,
+    verdict,
 )
-from sparsecircuits.stats import t_interval, t_pvalue
+from sparsecircuits.activations.analysis import input_loss
+from sparsecircuits.activations.conditions import Inputs
+from sparsecircuits.activations.intervals import (
+    bootstrap_diff,
+    holm_verdicts,
+    length_controlled_diff,
+)
+from sparsecircuits.cli import main
+from sparsecircuits.corpus import prepare
+from sparsecircuits.stats import holm, t_interval, t_pvalue
+from sparsecircuits.tasks.difficulty import AXES
 
 ONE_HOT = torch.tensor([0.0] * 19 + [3.0])
 FLAT = torch.full((20,), -2.0)
@@ -54,8 +78,6 @@ def test_sparser_vectors_score_sparser():
 
 
 def test_conditions_and_text_edits(corpus_dir):
-    from sparsecircuits.activations import condition_windows, rename_identifiers, shuffle_lines
-    from sparsecircuits.corpus import prepare
 
     src = "def total(items):\n    return len(items) + count\n"
     renamed = rename_identifiers(src)
@@ -86,7 +108,6 @@ def test_conditions_and_text_edits(corpus_dir):
 
 
 def test_code_prose_keeps_only_docstrings_and_comments():
-    from sparsecircuits.activations import code_prose
 
     src = (
         '"""Module text."""\n'
@@ -110,7 +131,6 @@ def test_code_prose_keeps_only_docstrings_and_comments():
 
 
 def test_bootstrap_interval_contains_the_mean_and_narrows():
-    from sparsecircuits.activations import bootstrap_ci
 
     g = torch.Generator().manual_seed(0)
     small = bootstrap_ci(torch.randn(20, generator=g))
@@ -120,9 +140,6 @@ def test_bootstrap_interval_contains_the_mean_and_narrows():
 
 
 def test_prose_condition_from_heldout_docstrings(tmp_path):
-    from conftest import write_corpus
-    from sparsecircuits.activations import condition_windows
-    from sparsecircuits.corpus import prepare
 
     root = write_corpus(tmp_path / "c")
     for f in root.rglob("*.py"):
@@ -135,7 +152,6 @@ def test_prose_condition_from_heldout_docstrings(tmp_path):
 
 
 def test_difficulty_axes_grow_harder_and_keep_answers():
-    from sparsecircuits.tasks.difficulty import AXES
 
     for level in AXES["bracket_depth"].levels:
         for p in AXES["bracket_depth"].task(level, 6, 0).test:
@@ -156,7 +172,6 @@ def test_difficulty_axes_grow_harder_and_keep_answers():
 
 
 def test_effects_and_verdicts():
-    from sparsecircuits.activations import combine_seeds, effects, per_input, verdict
 
     g = torch.Generator().manual_seed(0)
     dense = torch.randn(200, 64, generator=g)
@@ -193,13 +208,11 @@ def test_effects_and_verdicts():
 
 
 def test_holm_and_resolvability():
-    from sparsecircuits.activations.intervals import tested
-    from sparsecircuits.stats import holm
 
     # Holm: sorted p times (m - rank), running max, capped at 1, input order kept
     assert holm([0.01, 0.04, 0.03, math.nan])[:3] == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
-    rows = tested(
+    rows = holm_verdicts(
         "top10_energy",
         [
             {"diff": 0.01, "low": 0.008, "high": 0.012, "p": 0.001},  # survives: 3 x 0.001
@@ -214,15 +227,14 @@ def test_holm_and_resolvability():
     ]
     assert rows[1]["p_holm"] == pytest.approx(0.08)
     # no expected size for other metrics: a null is just not found
-    assert tested("hoyer", [{"diff": 0.1, "low": -1, "high": 1, "p": 0.5}])[0]["verdict"] == (
-        "not found"
-    )
+    assert holm_verdicts("hoyer", [{"diff": 0.1, "low": -1, "high": 1, "p": 0.5}])[0][
+        "verdict"
+    ] == ("not found")
 
 
 def test_length_controlled_difference_removes_a_length_effect():
     """Values that depend on length only: the raw difference is large, the controlled one
     ~0; a real set effect on top survives the control."""
-    from sparsecircuits.activations.intervals import bootstrap_diff, length_controlled_diff
 
     g = torch.Generator().manual_seed(0)
     la = torch.randint(5, 15, (200,), generator=g)
@@ -239,8 +251,6 @@ def test_length_controlled_difference_removes_a_length_effect():
 
 
 def test_input_loss_ignores_padding():
-    from sparsecircuits.activations.analysis import input_loss
-    from sparsecircuits.activations.conditions import Inputs
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 7, generator=g)
@@ -261,8 +271,6 @@ PROSE = '"""Helpers for reading and writing the small test files.\n\nEach functi
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Three seeds of a tiny sparse model and one dense twin, snapshots every 2 steps."""
-    from conftest import tiny_configs, write_corpus
-    from sparsecircuits import train
 
     base = tmp_path_factory.mktemp("act")
     with pytest.MonkeyPatch.context() as mp:
@@ -282,10 +290,6 @@ def runs(tmp_path_factory):
 
 
 def test_cli_activations_end_to_end(tmp_path, runs):
-    import json
-
-    from sparsecircuits.activations import CONDITIONS
-    from sparsecircuits.cli import main
 
     dirs = [str(runs[k]) for k in ("s0", "s1", "s2", "dense")]
     args = ["activations", *dirs, "--out", str(tmp_path / "a"), "-n", "6", "--pairs", "4"]
@@ -352,9 +356,6 @@ def test_cli_activations_end_to_end(tmp_path, runs):
 
 
 def test_cli_activations_bad_input_is_one_line(tmp_path, runs, capsys):
-    import shutil
-
-    from sparsecircuits.cli import main
 
     out = ["--out", str(tmp_path / "o"), "-n", "4", "--no-difficulty"]
     assert main(["activations", str(tmp_path), *out]) == 2
@@ -372,9 +373,6 @@ def test_cli_activations_bad_input_is_one_line(tmp_path, runs, capsys):
 
 
 def test_study_option_adds_a_report_section(tmp_path, runs):
-    import json
-
-    from sparsecircuits.cli import main
 
     study = tmp_path / "study"
     study.mkdir()

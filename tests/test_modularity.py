@@ -11,9 +11,23 @@ import torch
 
 from conftest import tiny_configs
 from sparsecircuits.cli import main
+from sparsecircuits.config import ModelConfig
 from sparsecircuits.errors import UserError
-from sparsecircuits.fer import rotate_hidden, validate_on_planted
-from sparsecircuits.modularity import ModularityConfig, ModularityResults, interval, run_modularity
+from sparsecircuits.fer import (
+    perturbation_sensitivity,
+    rotate_hidden,
+    validate_on_planted,
+    weight_sweep,
+)
+from sparsecircuits.model import SparseGPT
+from sparsecircuits.modularity import (
+    ModularityConfig,
+    ModularityResults,
+    interval,
+    run_modularity,
+    study_models,
+)
+from sparsecircuits.modularity.structures import shuffled_labels
 from sparsecircuits.planted import SOFT, planted_batch, planted_model
 from sparsecircuits.tasks.compound import (
     COMPOUND_TASKS,
@@ -29,6 +43,7 @@ from sparsecircuits.weightmask import (
     masked_layers,
     weight_masks,
 )
+from study_fixture import write_fake_study
 
 
 @pytest.fixture(autouse=True)
@@ -205,8 +220,6 @@ def test_fer_measures_tell_planted_from_rotated(seed):
 
 
 def test_rotation_refuses_a_model_it_would_change(tmp_path):
-    from sparsecircuits.config import ModelConfig
-    from sparsecircuits.model import SparseGPT
 
     model = SparseGPT(
         ModelConfig(
@@ -346,8 +359,6 @@ def test_cli_modularity_needs_models_or_a_study(tmp_path, capsys):
 
 
 def test_study_models_are_the_dense_and_sparsest_at_base_width(tmp_path):
-    from sparsecircuits.modularity import study_models
-    from study_fixture import write_fake_study
 
     study = write_fake_study(tmp_path / "study")
     assert study_models(study) == [
@@ -398,7 +409,6 @@ def test_cli_with_a_user_compound_task(compound_models, tmp_path, capsys):
 
 
 def test_fer_measures_leave_the_model_unchanged():
-    from sparsecircuits.fer import perturbation_sensitivity, weight_sweep
 
     model = planted_model(SOFT).requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -415,7 +425,6 @@ def test_perturbation_hits_only_existing_weights_at_their_scale(all_entries):
     """frac=1: every candidate entry gets noise. Nonzero-only: the zeros stay zero and the
     noise has the std of the nonzero weights; all entries: zeros are revived and the noise
     std is the RMS over every entry (smaller in a sparse matrix)."""
-    from sparsecircuits.fer import perturbation_sensitivity
 
     model = planted_model(SOFT).requires_grad_(False)
     layer = model.blocks[0].mlp.fc_in
@@ -467,7 +476,6 @@ def test_results_record_round_trips_and_refuses_another_schema(tmp_path):
 
 
 def test_shuffled_labels_deal_both_subroutines_into_each_half():
-    from sparsecircuits.modularity.structures import shuffled_labels
 
     task = get_compound_task("quote_bracket", 24, 4, seed=0)
     dealt = shuffled_labels(task, seed=3)

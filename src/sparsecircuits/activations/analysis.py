@@ -24,8 +24,8 @@ from .intervals import (
     bootstrap_ci,
     bootstrap_diff,
     combine_seeds,
+    holm_verdicts,
     length_controlled_diff,
-    tested,
     verdict,
 )
 from .metrics import sparsity_metrics
@@ -339,7 +339,7 @@ def headline_tests(group: dict) -> list[dict]:
     """The group's headline comparisons (metric at the last token of the headline hook:
     every condition - training code, and hardest - easiest per difficulty axis with prompt
     length regressed out; on the context-length axis length is the difficulty, so raw), with
-    Holm-corrected verdicts over them (intervals.tested)."""
+    Holm-corrected verdicts over them (intervals.holm_verdicts)."""
     hook, metric = group["headline"]["hook"], group["headline"]["metric"]
     rows = [
         {"comparison": f"{c} - train", **e[hook][metric]["last"]}
@@ -355,7 +355,7 @@ def headline_tests(group: dict) -> list[dict]:
                     **res[key][hook][metric]["last"],
                 }
             )
-    return tested(metric, rows)
+    return holm_verdicts(metric, rows)
 
 
 def _sum_intervals(a: dict, b: dict, sign: int) -> dict:

@@ -1,7 +1,7 @@
 """Statistics of the analysis: bootstrap intervals over inputs, seed groups, verdicts.
 
 Each effect carries a two-sided p-value (bootstrap over inputs, or a t-test across >= 3
-seeds). Per-leaf `verdict`s are uncorrected; the report's verdicts (`tested`) are Holm-
+seeds). Per-leaf `verdict`s are uncorrected; the report's verdicts (`holm_verdicts`) are Holm-
 corrected over a group's headline comparisons and say, for a null, whether the interval is
 narrow enough to rule out the effect size expected at small scale (EXPECTED_EFFECT)."""
 
@@ -137,7 +137,7 @@ def _direction(metric: str, up: bool) -> str:
 
 def verdict(metric: str, low: float, high: float) -> str:
     """ "not found" when the interval contains 0; else which way the effect goes
-    (uncorrected for multiple comparisons: see `tested`)."""
+    (uncorrected for multiple comparisons: see `holm_verdicts`)."""
     if math.isnan(low) or math.isnan(high):
         return "not measured"
     if low <= 0 <= high:
@@ -150,7 +150,7 @@ def verdict(metric: str, low: float, high: float) -> str:
 EXPECTED_EFFECT = {"top10_energy": 0.002}
 
 
-def tested(metric: str, effects: list[dict], alpha: float = 0.05) -> list[dict]:
+def holm_verdicts(metric: str, effects: list[dict], alpha: float = 0.05) -> list[dict]:
     """Holm-corrected verdicts for one family of effects ({diff or mean, low, high, p}):
     each comes back with p_holm, the interval's half-width and a verdict. A null whose
     half-width exceeds the expected effect reads "not resolvable at this n"."""
