@@ -11,7 +11,7 @@ import torch
 
 from conftest import tiny_configs
 from sparsecircuits.cli import main
-from sparsecircuits.config import ModelConfig
+from sparsecircuits.config import ModelConfig, TrainConfig, model_name
 from sparsecircuits.errors import UserError
 from sparsecircuits.fer import (
     perturbation_sensitivity,
@@ -487,3 +487,11 @@ def test_shuffled_labels_deal_both_subroutines_into_each_half():
         assert 0 < sum(repr(p) in own for p in dealt[f].train) < len(dealt[f].train)
     assert shuffled_labels(task, seed=3)["a"].train == dealt["a"].train  # seeded
     assert shuffled_labels(task, seed=4)["a"].train != dealt["a"].train
+
+
+def test_model_name_is_one_spelling_for_every_analysis():
+    m = ModelConfig(vocab_size=16, n_ctx=8, d_model=64, n_layer=1, d_head=8, n_head=2, d_mlp=8)
+    assert model_name(m, TrainConfig(density=1.0)) == "dense, d_model 64"
+    assert model_name(m, TrainConfig(density=0.125)) == "sparse 1/8, d_model 64"
+    assert model_name(m, TrainConfig(density=0.3)) == "sparse 0.3, d_model 64"
+    assert model_name(m) == "d_model 64 (imported)"

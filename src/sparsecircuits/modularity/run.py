@@ -76,7 +76,10 @@ def run_modularity(
     # part of it, so a folder can be extended with more of them and keeps its finished runs.
     # Through JSON, so it compares equal to the setup.json an earlier call wrote.
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in JOB_FIELDS}
-    setup = json.loads(json.dumps({"settings": settings}))
+    # The schema too: runs an older version logged lack fields this one reads.
+    setup = json.loads(
+        json.dumps({"settings": settings, "schema_version": ModularityResults.SCHEMA_VERSION})
+    )
     out.mkdir(parents=True, exist_ok=True)
     setup_path, runs_path = out / "setup.json", out / "runs.jsonl"
     if setup_path.exists() and read_json(setup_path) != setup:
