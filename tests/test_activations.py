@@ -333,7 +333,10 @@ def test_cli_activations_end_to_end(tmp_path, runs):
     assert set(sparse["training"]["emergence"]) == set(sparse["effects"])
     diff = m["difficulty"]
     assert set(diff) == {"bracket_depth", "quote_distractors", "context_length"}
-    assert len(diff["context_length"]["levels"]) == 4
+    # n_ctx 96 leaves room for few prefix tokens: fractions giving the same length are one
+    # level, so no comparison is made between identical inputs
+    levels = [lv["level"] for lv in diff["context_length"]["levels"]]
+    assert len(levels) == len(set(levels)) >= 2 and levels == sorted(levels)
     assert "hardest_minus_easiest" in diff["context_length"]
     # harder distractor levels are longer prompts: the confound the control is there for
     tokens = [lv["tokens"][0] for lv in diff["quote_distractors"]["levels"]]

@@ -190,8 +190,10 @@ def _context_levels(cfg: ActivationsConfig, data: TokenData, n_ctx: int):
     room = n_ctx - longest - 8  # re-tokenizing at the join may add a few tokens
     g = torch.Generator().manual_seed(cfg.seed)
     out = []
-    for frac in cfg.context_fracs:
-        length = int(frac * max(room, 0))
+    # a small context leaves little room: fractions that give the same prefix length would
+    # be the same level twice (and a "hardest - easiest" of identical inputs), so once only
+    lengths = dict.fromkeys(int(frac * max(room, 0)) for frac in cfg.context_fracs)
+    for length in lengths:
         pairs, sizes = [], []
         for p in base.test:
             start = int(torch.randint(0, len(data.heldout) - length - 1, (1,), generator=g))
