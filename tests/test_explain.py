@@ -83,3 +83,16 @@ def test_lexing_of_a_code_fragment():
     assert lex.prev[at[" f"]] == "def" and lex.line_first[at[" a"]] == "return"
     assert lex.comment[at[" hi"]] and lex.seen[at[" a"]] and lex.indent[at["return"]] == 1
     assert lex.kind[at["def"]] == "keyword" and lex.kind[at[" f"]] == "identifier"
+
+
+def test_legibility_counts_nodes_and_effect(tmp_path):
+    from sparsecircuits.circuit import Circuit, Node
+    from sparsecircuits.explain import legibility
+
+    nodes = [Node(f"h[{i}]", "q", 0, i, 0.0, 1.0) for i in range(4)]
+    c = Circuit("t", "masks", 0.1, nodes, [], 10, {}, {}, node_effects={"h[0]": 3.0, "h[1]": 1.0})
+    c.explanations = {"h[0]": {"auc": 0.95}, "h[1]": {"auc": 0.7}, "h[2]": {"auc": 0.9}}
+    back = Circuit.load(c.save(tmp_path / "circuit.json"))
+    assert back.explanations == c.explanations
+    leg = legibility(back)
+    assert leg["node_fraction"] == 0.5 and leg["effect_fraction"] == 0.75

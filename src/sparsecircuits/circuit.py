@@ -60,6 +60,8 @@ class Circuit:
     bisection: list[dict] = field(default_factory=list)  # [{"k", "loss"}] in search order
     node_effects: dict = field(default_factory=dict)  # node -> task loss rise when removed alone
     examples: list = field(default_factory=list)  # prompts with per-token node activations
+    # node -> explanation (explain.py); optional, so circuit.json files without it still load
+    explanations: dict = field(default_factory=dict)
     seconds: float = 0.0
     schema_version: int = SCHEMA_VERSION
 
