@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -119,12 +120,22 @@ def test_encode_pads_to_the_longest_prompt(tok):
     assert batch.last_pos[0] < batch.last_pos[1]
 
 
-def test_encode_rejects_prompts_longer_than_n_ctx(tok):
+def test_encode_drops_generated_prompts_longer_than_n_ctx(tok, capsys):
     task = get_task("class_init", n_train=0, n_test=4)
-    longest = int(task.encode(tok).last_pos.max()) + 1
-    task.encode(tok, n_ctx=longest)
-    with pytest.raises(UserError, match=f"class_init.*longer than n_ctx={longest - 1}"):
-        task.encode(tok, n_ctx=longest - 1)
+    lengths = task.encode(tok).last_pos + 1
+    longest = int(lengths.max())
+    assert len(task.encode(tok, n_ctx=longest)) == 8
+    kept = task.encode(tok, n_ctx=longest - 1)
+    assert len(kept) < 8 and int(kept.last_pos.max()) + 1 < longest
+    assert "were left out" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no test pair fits in n_ctx=1"):
+        task.encode(tok, n_ctx=1)
+    # a user's file is the user's to fix: its long prompt is an error naming the line
+    user = dataclasses.replace(
+        task, source="mine.jsonl", test=[dataclasses.replace(task.test[0], line=3)]
+    )
+    with pytest.raises(UserError, match="mine.jsonl:3: prompt a is .* longer than n_ctx=2"):
+        user.encode(tok, n_ctx=2)
 
 
 def test_encode_rejects_answers_with_the_same_first_token(bytes_tok):
@@ -255,8 +266,9 @@ def test_jsonl_lone_pair_goes_to_test(tmp_path, tok):
         ),
         ([_row("a", "'", '"', prompt_alt=3)], ":1: field 'prompt_alt' must be a non-empty string"),
         ([_row("a", "'", '"', answer="x")], ":1: unknown field 'answer'"),
-        ([_row("a", "'", '"', prompt_alt="b"), _row("c", "'", '"')], ":2: .*no next row"),
-        ([_row("a", "'", '"'), "", _row("b", "'", '"')], ":1: .*line 3.* must be its partner"),
+        # the first problem in file order: line 2's missing field before line 3's bad JSON
+        (['{"prompt": "a", "correct": "x"}', "{bad", _row("a", "'", '"')], ":1: missing field"),
+        ([_row("a", "'", '"'), '{"prompt": "b"}', "{bad"], ":2: missing field"),
         ([_row("a", "'", "'", prompt_alt="b")], ":1: 'correct' and 'incorrect' are the same"),
         ([_row("a", "'", '"', prompt_alt="a")], ":1: the two prompts .* are identical"),
         (["", "  "], ": no rows"),
@@ -294,3 +306,22 @@ def test_unknown_task_lists_the_known_ones():
 def test_bad_sizes_are_user_errors():
     with pytest.raises(UserError, match="n_train"):
         get_task("for_while", n_train=-1)
+
+
+def test_jsonl_unpaired_rows_bom_and_duplicates(tmp_path, tok):
+    # an unpaired row (no prompt_alt, next row not its swapped partner) is its own example
+    path = _write(tmp_path, [_row("x = 'ab", "'", '"'), _row("y = 'cd", "'", '"')])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # a UTF-8 byte-order mark
+    task = load_jsonl_task(path, n_test_frac=0.5)
+    pairs = task.train + task.test
+    assert len(pairs) == 2 and all(p.unpaired for p in pairs)
+    batch = task.encode(tok, "test")
+    # both rows of an unpaired example score the same prompt with the same answers
+    assert torch.equal(batch.tokens[0], batch.tokens[1])
+    assert (
+        torch.equal(batch.correct[0], batch.correct[1]) and batch.correct[0] != batch.incorrect[0]
+    )
+    # a pair repeated in the file is kept once, so it cannot be in both splits
+    rows = [_row("a", "'", '"', prompt_alt="b")] * 4 + [_row("c", "'", '"', prompt_alt="d")]
+    task = load_jsonl_task(_write(tmp_path, rows), n_test_frac=0.5)
+    assert len(task.train) == len(task.test) == 1 and task.train != task.test

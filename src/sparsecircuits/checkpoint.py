@@ -6,7 +6,9 @@ temporary name and renamed, so an interrupted save never leaves a half-written c
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -15,18 +17,40 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from .config import ModelConfig, TrainConfig, config_to_dict, load_config_file
-from .errors import UserError, atomic_path, write_json_atomic
+from .errors import UserError, atomic_path, write_error, write_json_atomic
 from .model import SparseGPT
 from .tokenizer import load_tokenizer, save_tokenizer
+
+
+def pick_device(device: str | None) -> torch.device:
+    """`auto` (CUDA when there is one), `cpu`, `cuda` or `cuda:N`, checked here so a typo or
+    a missing GPU is one line, not a traceback from the first tensor moved."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        d = None
+    if d is None or d.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices")
+    return d
 
 
 def save_tensors(
     tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
 ) -> None:
     with atomic_path(path) as tmp:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata
-        )
+        try:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata
+            )
+        except SafetensorError as e:  # a full disk surfaces as this, not as an OSError
+            raise write_error(path, e) from None
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -67,23 +91,30 @@ def load(
 ) -> tuple[SparseGPT, Tokenizer | None]:
     """Load a checkpoint folder -> (model in eval mode, tokenizer or None)."""
     path = Path(path)
+    device = pick_device(device)
     cfg, _ = load_config(path)
-    model = SparseGPT(cfg)
+    # Shapes only, no memory: a config.json claiming a huge model costs nothing until the
+    # tensors on disk are found to match it.
+    with torch.device("meta"):
+        model = SparseGPT(cfg)
     state = load_tensors(path / "model.safetensors")
+    where = path / "model.safetensors"
     missing = sorted(set(model.state_dict()) - set(state))
     extra = sorted(set(state) - set(model.state_dict()))
     if missing or extra:
         raise UserError(
-            f"{path / 'model.safetensors'}: does not match config.json "
-            f"(missing {missing[:3]}, unexpected {extra[:3]})"
+            f"{where}: does not match config.json (missing {missing[:3]}, unexpected {extra[:3]})"
         )
     for k, v in model.state_dict().items():
         if state[k].shape != v.shape:
             raise UserError(
-                f"{path / 'model.safetensors'}: {k} has shape {list(state[k].shape)}, "
+                f"{where}: {k} has shape {list(state[k].shape)}, "
                 f"config.json implies {list(v.shape)}"
             )
-    model.load_state_dict(state)
+        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
+            # NaN weights would flow on into NaN losses, samples and circuit.json numbers.
+            raise UserError(f"{where}: {k} holds NaN or infinite values")
+    model.load_state_dict(state, assign=True)
     tok_path = path / "tokenizer.json"
     tokenizer = load_tokenizer(tok_path) if tok_path.exists() else None
     return model.to(device).eval(), tokenizer
@@ -102,6 +133,22 @@ def checkpoint_corpus(path, model: SparseGPT, tokenizer: Tokenizer, data: list[s
         train_cfg.data_ext if train_cfg else None,
         tokenizer=tokenizer,
     )
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """A fresh folder beside `final` to write into; it replaces `final` only if the body
+    succeeds, and is removed if it fails (a full disk leaves no temporary folder)."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        replace_dir(tmp, final)
+    except OSError as e:
+        raise write_error(final, e) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

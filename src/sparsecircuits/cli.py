@@ -35,6 +35,12 @@ def _cmd_train(args) -> None:
                 "--resume continues the saved config; drop --set/--data or give the full config again"
             )
     else:
+        if args.config and not args.preset:
+            print(
+                f"note: --config without --preset: keys {args.config} does not set come from "
+                "the quick preset",
+                file=sys.stderr,
+            )
         model_cfg, train_cfg = resolve(args.preset or "quick", args.config, overrides)
     out = train(
         model_cfg,
@@ -59,6 +65,8 @@ def _cmd_eval(args) -> None:
     from .sparsity import density_report
     from .train import heldout_loss, pick_device
 
+    if args.batches < 1 or args.batch_size < 1:
+        raise UserError("--batches and --batch-size must be at least 1")
     model, tok = load(args.model_dir, device=pick_device(args.device))
     rows = density_report(model)
     width = max(len(r["name"]) for r in rows)
@@ -169,10 +177,7 @@ def _cmd_tasks(args) -> None:
     task = get_task(args.name, n_train=args.n, n_test=args.n, seed=args.seed)
     print(f"{task.name}: {task.description}")
     for pair in task.test[: args.examples]:
-        for prompt, right, wrong in (
-            (pair.prompt_a, pair.answer_a, pair.answer_b),
-            (pair.prompt_b, pair.answer_b, pair.answer_a),
-        ):
+        for prompt, right, wrong in pair.rows():
             print("-" * 60)
             print(prompt + f"█  -> correct {right!r}, incorrect {wrong!r}")
     print("-" * 60)

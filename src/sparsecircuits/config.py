@@ -56,6 +56,7 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
+        _check_fields(self, ("d_model", "d_head"))  # before the arithmetic below
         if self.n_head is None:
             if self.d_model % self.d_head:
                 raise UserError(
@@ -66,17 +67,12 @@ class ModelConfig:
             self.d_mlp = 4 * self.d_model
         if isinstance(self.afrac_sites, str):
             self.afrac_sites = [s for s in self.afrac_sites.split(",") if s]
-        self.afrac_sites = list(self.afrac_sites)
+        _check_fields(self)
         _check_choice("norm", self.norm, ("rms", "layer"))
         _check_choice("act", self.act, ("gelu", "relu"))
         _check_choice("resid_act", self.resid_act, ("identity", "relu"))
         for s in self.afrac_sites:
             _check_choice("afrac_sites entry", s, ACT_SITES)
-        if self.afrac is not None and not 0 < self.afrac <= 1:
-            raise UserError(f"afrac must be in (0, 1] or null, got {self.afrac}")
-        for name in ("vocab_size", "n_ctx", "d_model", "n_layer", "d_head", "n_head", "d_mlp"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
 
     def has_act_sparsity(self, site: str) -> bool:
         return self.afrac is not None and self.afrac < 1 and site in self.afrac_sites
@@ -112,21 +108,11 @@ class TrainConfig:
     heldout_frac: float = 0.05
 
     def __post_init__(self):
-        for name in ("density", "embed_density", "bias_density"):
-            v = getattr(self, name)
-            if v is not None and not (0 < v <= 1):
-                raise UserError(f"{name} must be in (0, 1], got {v}")
-        for name in ("steps", "batch_size", "eval_batches", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if not 0 <= self.anneal_frac <= 1:
-            raise UserError(f"anneal_frac must be in [0, 1], got {self.anneal_frac}")
-        if not 0 < self.heldout_frac < 1:
-            raise UserError(f"heldout_frac must be in (0, 1), got {self.heldout_frac}")
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.data_ext, str):
             self.data_ext = [e for e in self.data_ext.split(",") if e]
+        _check_fields(self)
 
     @property
     def embed_density_target(self) -> float:
@@ -140,6 +126,90 @@ class TrainConfig:
 def _check_choice(name, value, choices):
     if value not in choices:
         raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# The contexts attention allocates scores for grow with n_ctx squared: 4096 (16x the paper
+# preset's) still fits a GPU, while a typo like 100000 would ask for terabytes.
+MAX_N_CTX = 4096
+# Token ids are cached as uint16.
+MAX_VOCAB = 65536
+_INF = math.inf
+# (low, high, brackets) of every numeric field: "[" / "]" include the bound, "(" / ")" do not.
+LIMITS: dict[str, tuple[float, float, str]] = {
+    "vocab_size": (1, MAX_VOCAB, "[]"),
+    "n_ctx": (1, MAX_N_CTX, "[]"),
+    "d_model": (1, _INF, "[)"),
+    "n_layer": (1, _INF, "[)"),
+    "d_head": (1, _INF, "[)"),
+    "n_head": (1, _INF, "[)"),
+    "d_mlp": (1, _INF, "[)"),
+    "norm_eps": (0, _INF, "()"),
+    "afrac": (0, 1, "(]"),
+    "init_std": (0, _INF, "[)"),
+    "steps": (1, _INF, "[)"),
+    "batch_size": (1, _INF, "[)"),
+    "lr": (0, _INF, "()"),
+    "seed": (0, 2**63 - 1, "[]"),
+    "warmup_frac": (0, 1, "[]"),
+    "lr_final_frac": (0, _INF, "[)"),
+    "density": (0, 1, "(]"),
+    "embed_density": (0, 1, "(]"),
+    "bias_density": (0, 1, "(]"),
+    "min_per_neuron": (0, _INF, "[)"),
+    "anneal_frac": (0, 1, "[]"),
+    "weight_decay": (0, _INF, "[)"),
+    "beta1": (0, 1, "[)"),
+    "beta2": (0, 1, "[)"),
+    "eps": (0, _INF, "()"),
+    "grad_clip_rms": (0, _INF, "()"),
+    "eval_every": (1, _INF, "[)"),
+    "eval_batches": (1, _INF, "[)"),
+    "checkpoint_every": (1, _INF, "[)"),
+    "save_every": (0, _INF, "[)"),
+    "heldout_frac": (0, 1, "()"),
+}
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "a string",
+    "list[str]": "a list of strings",
+}
+
+
+def _type_ok(value, kind: str) -> bool:
+    if kind.endswith(" | None"):
+        return value is None or _type_ok(value, kind.removesuffix(" | None"))
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def _check_fields(obj, names: tuple[str, ...] | None = None) -> None:
+    """Every field's type (from its annotation) and range (LIMITS), so a bad value is
+    refused by name before it can crash or mistrain a run."""
+    for f in fields(obj):
+        if names is not None and f.name not in names:
+            continue
+        value = getattr(obj, f.name)
+        if not _type_ok(value, f.type):
+            want = _TYPE_WORDS[f.type.removesuffix(" | None")]
+            null = " or null" if f.type.endswith(" | None") else ""
+            raise UserError(f"{f.name} must be {want}{null}, got {value!r}")
+        if f.name in LIMITS and value is not None:
+            lo, hi, br = LIMITS[f.name]
+            above = value > lo if br[0] == "(" else value >= lo
+            below = value < hi if br[1] == ")" else value <= hi
+            if not (above and below):
+                raise UserError(f"{f.name} must be in {br[0]}{lo}, {hi}{br[1]}, got {value!r}")
 
 
 MODEL_KEYS = {f.name for f in fields(ModelConfig)}

@@ -10,10 +10,13 @@ uint16 arrays that are memory-mapped, so a second run starts at once.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
+import sys
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +48,19 @@ class SourceFile:
     name: str  # path relative to its source root: the identity used for the split and the hash
 
 
-def _is_text(data: bytes) -> bool:
-    if b"\0" in data[:8192]:
+TEXT_PROBE = 8192  # bytes read to decide whether a file is text
+
+
+def _is_text(path: Path) -> bool:
+    """Whether the file's head is UTF-8 without NUL bytes; only the head is read, so a
+    folder holding a large video costs a few kilobytes, not the video's size."""
+    with open(path, "rb") as f:
+        head = f.read(TEXT_PROBE)
+    if b"\0" in head:
         return False
     try:
-        data.decode("utf-8")
+        # A head cut inside a multi-byte character is still text.
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return False
     return True
@@ -87,10 +98,15 @@ def collect_files(
             ]
         else:
             raise UserError(f"{p}: no such file or folder")
-        found = [SourceFile(f, name) for f, name in candidates if _is_text(f.read_bytes())]
+        found = [SourceFile(f, name) for f, name in candidates if _is_text(f)]
         if not found:
             what = f"{', '.join(exts)} files" if exts else "UTF-8 text files"
             raise UserError(f"{p}: no {what} found to train on")
+        if len(found) < len(candidates):
+            print(
+                f"note: {p}: skipped {len(candidates) - len(found)} files that are not UTF-8 text",
+                file=sys.stderr,
+            )
         files.extend(found)
     return sorted(files, key=lambda f: f.name)
 
@@ -149,6 +165,17 @@ def _write_tokens(files: list[SourceFile], tok: Tokenizer, path: Path, desc: str
     return n
 
 
+ORPHAN_AGE_S = 3600
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Delete the temporaries of a killed tokenization (atomic_path's `.NAME.*.tmp`). A live
+    writer appends to its file chunk by chunk, so one untouched for an hour is an orphan."""
+    for tmp in folder.glob(".*.tmp"):
+        if time.time() - tmp.stat().st_mtime > ORPHAN_AGE_S:
+            tmp.unlink(missing_ok=True)
+
+
 @dataclass
 class TokenData:
     """Token ids of both splits, memory-mapped, and the tokenizer that made them."""
@@ -201,6 +228,7 @@ def prepare(
     tok_dir = corpus_dir / f"tokens-{tokenizer_hash(tok)}"
     meta_path = tok_dir / "meta.json"
     if not meta_path.exists():
+        _remove_orphans(tok_dir)
         # meta.json is written last: its presence means both token files are complete.
         counts = {
             split: _write_tokens(fs, tok, tok_dir / f"{split}.bin", f"tokenizing {split}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,18 +24,25 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import load_tensors, replace_dir, save_checkpoint, save_tensors
+from .checkpoint import (  # pick_device re-exported
+    load_tensors,
+    pick_device,
+    save_checkpoint,
+    save_tensors,
+    staged_dir,
+)
 from .config import ModelConfig, TrainConfig, config_to_dict
 from .corpus import EVAL_SEED, TokenData, describe, prepare  # EVAL_SEED re-exported
-from .errors import UserError, read_json, write_json_atomic, write_text_atomic
+from .errors import (
+    UserError,
+    claim_run_dir,
+    read_json,
+    read_jsonl,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .model import SparseGPT
 from .sparsity import WeightSparsifier, param_kind
-
-
-def pick_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def lr_at(step: int, cfg: TrainConfig, density: float) -> float:
@@ -108,25 +114,22 @@ def train_step(model, opt, sparsifier: WeightSparsifier, batch: torch.Tensor, st
 
 
 def _save_resume(out: Path, model, opt, step: int, tokens: int, cfg: dict) -> None:
-    tmp = out / "checkpoints" / ".resume.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_tensors(model.state_dict(), tmp / "model.safetensors")
-    sd = opt.state_dict()
-    save_tensors(
-        {f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()},
-        tmp / "optimizer.safetensors",
-    )
-    write_json_atomic(
-        tmp / "state.json",
-        {
-            "step": step,
-            "tokens": tokens,
-            "config": cfg,
-            "param_groups": sd["param_groups"],
-        },
-    )
-    replace_dir(tmp, out / "checkpoints" / "resume")
+    with staged_dir(out / "checkpoints" / "resume") as tmp:
+        save_tensors(model.state_dict(), tmp / "model.safetensors")
+        sd = opt.state_dict()
+        save_tensors(
+            {f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()},
+            tmp / "optimizer.safetensors",
+        )
+        write_json_atomic(
+            tmp / "state.json",
+            {
+                "step": step,
+                "tokens": tokens,
+                "config": cfg,
+                "param_groups": sd["param_groups"],
+            },
+        )
 
 
 def _find_resume(out: Path) -> Path | None:
@@ -150,21 +153,15 @@ def _load_resume(d: Path, model, opt) -> dict:
 
 
 def _snapshot(out: Path, model, tokenizer, step: int) -> None:
-    final = out / "checkpoints" / f"step_{step:07d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(tmp, model, tokenizer)
-    replace_dir(tmp, final)
+    with staged_dir(out / "checkpoints" / f"step_{step:07d}") as tmp:
+        save_checkpoint(tmp, model, tokenizer)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows written after the checkpoint we resume from (they will be recomputed)."""
-    if not path.exists():
-        return
-    keep = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
-    write_text_atomic(path, "".join(line + "\n" for line in keep))
+    if path.exists():
+        keep = [row for row in read_jsonl(path) if row["step"] <= step]
+        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in keep))
 
 
 # --- the loop --------------------------------------------------------------------------
@@ -210,22 +207,8 @@ def train(
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = pick_device(device)
     cfg_dict = config_to_dict(model_cfg, train_cfg)
-    if (out / "config.json").exists():
-        if not resume:
-            raise UserError(
-                f"{out}: already holds a run; pass --resume to continue it, or pick another --out"
-            )
-        saved = read_json(out / "config.json")
-        if saved != cfg_dict:
-            diff = sorted(
-                f"{sec}.{k}"
-                for sec in ("model", "train")
-                for k in set(saved.get(sec, {})) | set(cfg_dict[sec])
-                if saved.get(sec, {}).get(k) != cfg_dict[sec].get(k)
-            )
-            raise UserError(
-                f"{out / 'config.json'}: --resume with a different config ({', '.join(diff)})"
-            )
+    if rank == 0:
+        claim_run_dir(out, cfg_dict, resume, None, marker="config.json", kind="run")
     if train_cfg.batch_size % world:
         raise UserError(f"batch_size={train_cfg.batch_size} is not divisible by {world} processes")
 
@@ -242,7 +225,7 @@ def train(
         )
     if data.tokenizer.get_vocab_size() != model_cfg.vocab_size:
         raise UserError(
-            f"the corpus yields only {data.tokenizer.get_vocab_size()} tokens, fewer than "
+            f"the corpus yields only {data.tokenizer.get_vocab_size()} distinct tokens, fewer than "
             f"vocab_size={model_cfg.vocab_size}; lower vocab_size or add text"
         )
 

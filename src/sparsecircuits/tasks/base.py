@@ -8,6 +8,7 @@ prompts share and isolates the behaviour the key place controls.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,13 +24,29 @@ from ..tokenizer import eot_id
 class Pair:
     """Two prompts with opposite answers: `answer_a` is right for `prompt_a` and wrong for
     `prompt_b`, and the other way round. `line` is where the pair starts in a user's task
-    file (for error messages); it takes no part in equality or hashing."""
+    file (for error messages); it takes no part in equality or hashing.
+
+    An `unpaired` example (a task file row with no partner) has one prompt (`prompt_b` is
+    `prompt_a`), right answer `answer_a`, wrong answer `answer_b`. It is encoded as two
+    identical rows with the same answers, so it weighs as much as a pair in the task loss,
+    and a calibration shift (which helps row a as much as it hurts row b) cancels on it.
+    """
 
     prompt_a: str
     prompt_b: str
     answer_a: str
     answer_b: str
     line: int | None = field(default=None, compare=False, hash=False)
+    unpaired: bool = False
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(prompt, correct, incorrect) of each of its prompts."""
+        if self.unpaired:
+            return [(self.prompt_a, self.answer_a, self.answer_b)]
+        return [
+            (self.prompt_a, self.answer_a, self.answer_b),
+            (self.prompt_b, self.answer_b, self.answer_a),
+        ]
 
 
 @dataclass
@@ -100,8 +117,29 @@ class Task:
         answers = [a for pair in pairs for a in (pair.answer_a, pair.answer_b)]
         first_token = first_tokens(tokenizer, answers, self._label())
 
-        prompts = [p for pair in pairs for p in (pair.prompt_a, pair.prompt_b)]
+        # Two rows per pair; an unpaired example's one prompt twice (see Pair).
+        rows = [r for pair in pairs for r in pair.rows() * (3 - len(pair.rows()))]
+        prompts = [prompt for prompt, _, _ in rows]
         encoded = [e.ids for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
+        if n_ctx is not None and self.source is None:
+            # A generated task on a short-context model keeps the pairs that fit; a user's
+            # file is the user's to fix, so its long prompts stay errors below.
+            fits = [
+                i
+                for i in range(len(pairs))
+                if max(len(ids) for ids in encoded[2 * i : 2 * i + 2]) <= n_ctx
+            ]
+            if not fits:
+                raise UserError(f"task {self.name}: no {split} pair fits in n_ctx={n_ctx}")
+            if len(fits) < len(pairs):
+                print(
+                    f"note: task {self.name}: {len(pairs) - len(fits)} of {len(pairs)} {split} "
+                    f"pairs are longer than n_ctx={n_ctx} and were left out",
+                    file=sys.stderr,
+                )
+                pairs = [pairs[i] for i in fits]
+                rows = [rows[2 * i + r] for i in fits for r in (0, 1)]
+                encoded = [encoded[2 * i + r] for i in fits for r in (0, 1)]
         correct, incorrect = [], []
         for i, pair in enumerate(pairs):
             a, b = first_token[pair.answer_a], first_token[pair.answer_b]
@@ -119,8 +157,9 @@ class Task:
                         f"{self.where(split, i, pair)}: prompt {'ab'[row]} is {len(ids)} "
                         f"tokens, longer than n_ctx={n_ctx}"
                     )
-            correct += [a, b]
-            incorrect += [b, a]
+        for _, right, wrong in rows:
+            correct.append(first_token[right])
+            incorrect.append(first_token[wrong])
 
         tokens, last_pos = padded(tokenizer, encoded)
         return TaskBatch(

@@ -2,8 +2,11 @@
 
 Each row is `{"prompt": ..., "correct": ..., "incorrect": ...}`. A pair is either one row
 with an extra `"prompt_alt"` (whose correct answer is the row's `incorrect`), or two
-consecutive rows whose answers are swapped. Blank lines are skipped. Every mistake is
-reported as `path:line: problem`.
+consecutive rows whose answers are swapped. A row that is neither is an unpaired example:
+its prompt is scored on its own correct vs incorrect answer (see `Pair.unpaired`). Blank
+lines are skipped, a UTF-8 byte-order mark is allowed, and a pair repeated in the file is
+kept once (so it cannot land in both splits). Every mistake is reported as
+`path:line: problem`, the first in file order.
 """
 
 from __future__ import annotations
@@ -19,12 +22,18 @@ REQUIRED = ("prompt", "correct", "incorrect")
 OPTIONAL = ("prompt_alt",)
 
 
-def read_objects(path: Path) -> list[tuple[int, dict]]:
-    """(line number, JSON object) for every non-blank line of a JSONL file."""
+def read_objects(path: Path, check=None) -> list[tuple[int, dict]]:
+    """(line number, JSON object) for every non-blank line of a JSONL file; `check(path, n,
+    row)`, if given, vets each row as it is read, so the first problem in the file is the
+    one reported."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, expected a .jsonl file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
     rows = []
@@ -39,28 +48,25 @@ def read_objects(path: Path) -> list[tuple[int, dict]]:
             raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        if check is not None:
+            check(path, n, row)
         rows.append((n, row))
     return rows
 
 
-def _rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) for every non-blank line, each row checked on its own."""
-    rows = []
-    for n, row in read_objects(path):
-        for key in row:
-            if key not in REQUIRED + OPTIONAL:
-                allowed = ", ".join(REQUIRED + OPTIONAL)
-                raise UserError(f"{path}:{n}: unknown field {key!r} (allowed: {allowed})")
-        for key in REQUIRED:
-            if key not in row:
-                raise UserError(f"{path}:{n}: missing field {key!r}")
-        for key, value in row.items():
-            if not isinstance(value, str) or not value:
-                raise UserError(f"{path}:{n}: field {key!r} must be a non-empty string")
-        if row["correct"] == row["incorrect"]:
-            raise UserError(f"{path}:{n}: 'correct' and 'incorrect' are the same")
-        rows.append((n, row))
-    return rows
+def _check_row(path: Path, n: int, row: dict) -> None:
+    for key in row:
+        if key not in REQUIRED + OPTIONAL:
+            allowed = ", ".join(REQUIRED + OPTIONAL)
+            raise UserError(f"{path}:{n}: unknown field {key!r} (allowed: {allowed})")
+    for key in REQUIRED:
+        if key not in row:
+            raise UserError(f"{path}:{n}: missing field {key!r}")
+    for key, value in row.items():
+        if not isinstance(value, str) or not value:
+            raise UserError(f"{path}:{n}: field {key!r} must be a non-empty string")
+    if row["correct"] == row["incorrect"]:
+        raise UserError(f"{path}:{n}: 'correct' and 'incorrect' are the same")
 
 
 def _pairs(path: Path, rows: list[tuple[int, dict[str, str]]]) -> list[Pair]:
@@ -74,27 +80,25 @@ def _pairs(path: Path, rows: list[tuple[int, dict[str, str]]]) -> list[Pair]:
             )
             i += 1
             continue
-        swapped = {"correct": row["incorrect"], "incorrect": row["correct"]}
-        want = f"correct={swapped['correct']!r} and incorrect={swapped['incorrect']!r}"
-        if i + 1 == len(rows):
-            raise UserError(
-                f"{path}:{n}: row has no 'prompt_alt' and no next row to pair with "
-                f"(expected a row with {want})"
+        partner = rows[i + 1][1] if i + 1 < len(rows) else {}
+        if (
+            "prompt_alt" not in partner
+            and partner.get("correct") == row["incorrect"]
+            and partner.get("incorrect") == row["correct"]
+        ):
+            pairs.append(
+                Pair(row["prompt"], partner["prompt"], row["correct"], row["incorrect"], line=n)
             )
-        m, partner = rows[i + 1]
-        if "prompt_alt" in partner or any(partner[k] != v for k, v in swapped.items()):
-            raise UserError(
-                f"{path}:{n}: row has no 'prompt_alt', so the next row (line {m}) must be its "
-                f"partner with {want}"
+            i += 2
+        else:
+            pairs.append(
+                Pair(row["prompt"], row["prompt"], row["correct"], row["incorrect"], n, True)
             )
-        pairs.append(
-            Pair(row["prompt"], partner["prompt"], row["correct"], row["incorrect"], line=n)
-        )
-        i += 2
+            i += 1
     for pair in pairs:
-        if pair.prompt_a == pair.prompt_b:
+        if pair.prompt_a == pair.prompt_b and not pair.unpaired:
             raise UserError(f"{path}:{pair.line}: the two prompts of the pair are identical")
-    return pairs
+    return list(dict.fromkeys(pairs))  # a repeated pair once, at its first line
 
 
 def split_indices(n: int, n_test_frac: float, seed: int) -> set[int]:
@@ -114,7 +118,7 @@ def load_jsonl_task(path: str | Path, n_test_frac: float = 0.5, seed: int = 0) -
     path = Path(path)
     if not 0 <= n_test_frac <= 1:
         raise UserError(f"{path}: n_test_frac must be between 0 and 1, got {n_test_frac}")
-    pairs = _pairs(path, _rows(path))
+    pairs = _pairs(path, read_objects(path, _check_row))
     if not pairs:
         raise UserError(f"{path}: no rows; expected JSON objects with {', '.join(REQUIRED)}")
     test_idx = split_indices(len(pairs), n_test_frac, seed)
