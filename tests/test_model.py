@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from sparsecircuits import fused
 from sparsecircuits.config import ACT_SITES, ModelConfig
 from sparsecircuits.model import SparseGPT, abs_topk
 
@@ -244,3 +245,72 @@ def test_init_follows_the_recipe():
     assert model.blocks[0].attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.blocks[0].mlp.fc_out.weight.std().item() == pytest.approx(0.02 / 8**0.5, rel=0.05)
     assert torch.all(model.bigram == 0) and torch.all(model.blocks[0].ln1.w == 1)
+
+
+def _loss_and_grads(model, x):
+    model.zero_grad()
+    loss = model(x, return_type="loss")
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(sink=False, bigram_table=False),
+        dict(afrac=0.25, tied_unembed=True),
+    ],
+)
+def test_fast_path_matches_plain_loss_and_every_gradient(kw):
+    model = small(**kw).train()
+    x = tokens(n=3, t=12)
+    fast_loss, fast = _loss_and_grads(model, x)
+    with fused.plain():
+        plain_loss, ref = _loss_and_grads(model, x)
+    assert torch.allclose(fast_loss, plain_loss, atol=1e-5)
+    for name in ref:
+        assert torch.allclose(fast[name], ref[name], atol=1e-5, rtol=1e-4), name
+    # the logits path agrees too (fused attention, no fused head)
+    with fused.plain():
+        ref_logits = model(x)
+    assert torch.allclose(model(x), ref_logits, atol=1e-5)
+
+
+def test_fast_loss_matches_chunked_over_many_rows(monkeypatch):
+    monkeypatch.setattr(fused, "CHUNK", 7)  # several chunks and a ragged last one
+    model = small().train()
+    x = tokens(n=3, t=12)
+    fast_loss, fast = _loss_and_grads(model, x)
+    with fused.plain():
+        plain_loss, ref = _loss_and_grads(model, x)
+    assert torch.allclose(fast_loss, plain_loss, atol=1e-5)
+    for name in ref:
+        assert torch.allclose(fast[name], ref[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_a_hook_on_the_pattern_takes_the_explicit_path_and_is_honoured():
+    model = small()
+    x = tokens()
+    clean = model(x)
+
+    def flatten(pattern, hook):  # uniform attention over the visible keys
+        return pattern.tril() / pattern.tril().sum(-1, keepdim=True).clamp_min(1e-9) * 0.5
+
+    hooked = model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_pattern", flatten)])
+    assert not torch.allclose(hooked, clean, atol=1e-3)
+    with fused.plain():
+        assert torch.allclose(
+            model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_pattern", flatten)]),
+            hooked,
+            atol=1e-5,
+        )
+
+
+def test_abs_topk_fast_threshold_equals_topk():
+    x = torch.randn(64, 96, generator=torch.Generator().manual_seed(3))
+    fast = abs_topk(x, 0.2)
+    with fused.plain():
+        ref_idx = x.abs().topk(19, dim=-1).indices
+    ref = torch.zeros_like(x).scatter(-1, ref_idx, x.gather(-1, ref_idx))
+    assert torch.equal(fast, ref)

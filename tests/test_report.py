@@ -110,7 +110,9 @@ def test_missing_or_invalid_results(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(UserError, match="results.json: not valid JSON"):
         report.build_report(tmp_path)
-    (tmp_path / "results.json").write_text(json.dumps({"schema_version": report.SCHEMA_VERSION, "models": []}))
+    (tmp_path / "results.json").write_text(
+        json.dumps({"schema_version": report.SCHEMA_VERSION, "models": []})
+    )
     with pytest.raises(UserError, match="'circuits' missing"):
         report.build_report(tmp_path)
 

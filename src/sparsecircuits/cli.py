@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import threads
 from .errors import UserError
 from .report import add_view_command
 
@@ -431,11 +432,26 @@ def build_parser() -> argparse.ArgumentParser:
     mo.set_defaults(fn=_cmd_modularity)
 
     add_view_command(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--threads",
+            type=_positive_int,
+            help="CPU threads (default: the cores other busy processes leave free, re-checked "
+            "every few seconds; OMP_NUM_THREADS also fixes it)",
+        )
     return p
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        threads.set_threads(args.threads)
     try:
         args.fn(args)
     except UserError as e:

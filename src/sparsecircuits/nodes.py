@@ -129,6 +129,13 @@ def _weights_digest(model_dir: Path) -> str:
     ).hexdigest()
 
 
+def heldout_windows(corpus, n_ctx: int, batches: int, batch_size: int):
+    """The held-out windows node means are taken over (the node explanations use them too):
+    `batches` batches of [batch_size, n_ctx] tokens, the same for every run."""
+    for i in range(batches):
+        yield corpus.batch("heldout", batch_size, n_ctx, EVAL_SEED, i)[:, :-1]
+
+
 def cached_node_means(
     model_dir,
     model,
@@ -166,10 +173,7 @@ def cached_node_means(
         )
     corpus = checkpoint_corpus(model_dir, model, tokenizer, data)
     device = next(model.parameters()).device
-    windows = (
-        corpus.batch("heldout", batch_size, model.cfg.n_ctx, EVAL_SEED, i)[:, :-1].to(device)
-        for i in range(batches)
-    )
+    windows = (w.to(device) for w in heldout_windows(corpus, model.cfg.n_ctx, batches, batch_size))
     means = compute_node_means(model, windows, sites, progress)
     save_tensors(means, path, {"key": meta_key})
     return means

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from . import threads
 from .checkpoint import (  # pick_device re-exported
     load_tensors,
     pick_device,
@@ -278,6 +279,7 @@ def train(
     t_last = time.perf_counter()
     with log:
         for step in range(start, train_cfg.steps):
+            threads.adapt()
             batch = data.batch("train", train_cfg.batch_size, n_ctx, train_cfg.seed, step)
             batch = batch[rank * local_bs : (rank + 1) * local_bs].to(device)
             loss, grad_rms, lr = train_step(ddp, opt, sparsifier, batch, step)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from .. import threads
 from ..tasks import task_loss
 from .base import Problem, PruneConfig
 
@@ -44,6 +45,7 @@ def learned_mask_scores(
     opt = torch.optim.Adam(taus.values(), lr=cfg.mask_lr)
     n_pairs = len(problem.batch) // 2
     for _ in tqdm(range(cfg.steps), desc="masks", unit="step", disable=not progress, leave=False):
+        threads.adapt()
         sub = problem.batch.subset(torch.randperm(n_pairs, generator=g)[: cfg.batch_pairs])
         masks = {
             h: HeavisideSTE.apply(t + cfg.mask_noise * _logistic(t.shape, g))

@@ -1,0 +1,88 @@
+"""How many threads to compute with on a machine someone else is also using.
+
+Two facts measured on a 2-core laptop-class CPU (benchmarks/bench_train.py re-measures them):
+OpenMP's default wait policy spins a thread that waits at a barrier, so a 2-thread job next
+to one other busy process runs ~3x slower than alone; with `OMP_WAIT_POLICY=PASSIVE` it
+loses little when the machine is quiet, and running one thread fewer than there are free
+cores keeps most of the throughput under load. So: the wait policy is set before torch
+starts, and `adapt()` (called once per training or pruning step) looks at how busy the
+other processes are every few seconds and uses the cores they leave free.
+
+A user who sets `--threads` or OMP_NUM_THREADS gets exactly that number; OMP_WAIT_POLICY
+in the environment wins over ours.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+PERIOD = 2.0  # seconds between looks at /proc/stat
+_state: dict = {"fixed": "OMP_NUM_THREADS" in os.environ, "last": None, "max": None}
+
+
+def configure_env() -> None:
+    """Set the OpenMP wait policy; must run before torch is imported."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+configure_env()  # on import: sparsecircuits/__init__.py imports this module before torch
+
+
+def set_threads(n: int) -> None:
+    """Use exactly n threads from now on (the `--threads` option)."""
+    import torch
+
+    torch.set_num_threads(n)
+    _state["fixed"] = True
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, busy ticks of this process) or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy, int(own[11]) + int(own[12])  # utime + stime, all threads
+
+
+def others_busy(before: tuple[int, int, float], after: tuple[int, int, float]) -> float:
+    """Cores' worth of CPU the other processes used between two samples (busy, own, time)."""
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    seconds = max(after[2] - before[2], 1e-3)
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / ticks_per_s / seconds)
+
+
+def threads_for(cores: int, busy_elsewhere: float) -> int:
+    """Leave a core to each busy process elsewhere (counting half a core as one), never < 1."""
+    return max(1, min(cores, cores - round(busy_elsewhere + 0.01)))
+
+
+def adapt() -> None:
+    """Every PERIOD seconds, match torch's thread count to the cores left free."""
+    if _state["fixed"]:
+        return
+    now = time.monotonic()
+    last = _state["last"]
+    if last is not None and now - last[2] < PERIOD:
+        return
+    ticks = _cpu_ticks()
+    if ticks is None:
+        _state["fixed"] = True
+        return
+    import torch
+
+    if _state["max"] is None:
+        _state["max"] = torch.get_num_threads()
+    sample = (*ticks, now)
+    _state["last"] = sample
+    if last is None:
+        return
+    n = threads_for(_state["max"], others_busy(last, sample))
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
