@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sparsecircuits.config import resolve
 from sparsecircuits.prune import prune
-from sparsecircuits.pruning import METHODS, PruneConfig
+from sparsecircuits.prune_methods import METHODS, PruneConfig
 from sparsecircuits.train import train
 
 

@@ -17,7 +17,7 @@ import dataclasses
 import time
 
 from sparsecircuits.prune import TargetUnreachable, prune
-from sparsecircuits.pruning import PruneConfig
+from sparsecircuits.prune_methods import PruneConfig
 from sparsecircuits.study import model_dir, model_specs, study_config
 from sparsecircuits.study.config import model_configs
 from sparsecircuits.train import train

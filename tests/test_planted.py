@@ -31,7 +31,7 @@ from sparsecircuits.planted import (
     planted_model,
 )
 from sparsecircuits.prune import calibrate, find_circuit, pair_loss
-from sparsecircuits.pruning import METHODS, PruneConfig
+from sparsecircuits.prune_methods import METHODS, PruneConfig
 from sparsecircuits.tasks import TaskBatch, task_logit_diff
 
 TARGET = 0.15

@@ -14,7 +14,7 @@ from sparsecircuits.errors import UserError
 from sparsecircuits.model import SparseGPT
 from sparsecircuits.nodes import MEANS_FILE, ablation_hooks, node_sites, parse_node
 from sparsecircuits.prune import TargetUnreachable, calibrate, prune
-from sparsecircuits.pruning import PruneConfig
+from sparsecircuits.prune_methods import PruneConfig
 from sparsecircuits.tasks import get_task
 
 

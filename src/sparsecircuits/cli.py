@@ -124,7 +124,7 @@ def _cmd_import(args) -> None:
 
 def _cmd_prune(args) -> None:
     from .prune import prune
-    from .pruning import PruneConfig
+    from .prune_methods import PruneConfig
 
     cfg = PruneConfig(
         target_loss=args.target_loss,

@@ -40,7 +40,7 @@ from .model import SparseGPT
 from .nodes import compute_node_means, node_sites
 from .planted import SOFT, planted_batch, planted_model
 from .prune import find_circuit
-from .pruning import PruneConfig
+from .prune_methods import PruneConfig
 from .tasks import TaskBatch, task_logit_diff
 from .weightmask import masked_layers
 

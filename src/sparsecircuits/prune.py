@@ -1,7 +1,7 @@
 """Find the smallest set of nodes that still does a task, with the rest mean-ablated, and
 validate it.
 
-    scores  = METHODS[method](problem)          # one number per node (pruning/)
+    scores  = METHODS[method](problem, cfg, progress)  # one number per node (prune_methods/)
     k       = bisect the budget: the smallest top-k by score whose calibrated task loss
               on the training pairs is <= target_loss
     circuit = those k nodes + the edges between them, validated on the test pairs:
@@ -28,7 +28,7 @@ from .checkpoint import load
 from .circuit import Circuit, Node, circuit_edges
 from .errors import UserError
 from .nodes import ablation_hooks, cached_node_means, channels, node_sites
-from .pruning import METHODS, Problem, PruneConfig
+from .prune_methods import METHODS, Problem, PruneConfig
 from .tasks import Task, TaskBatch, get_task, pair_loss, task_logit_diff
 
 

@@ -16,7 +16,7 @@ from ..config import model_name
 from ..fer import fer_measures
 from ..nodes import ablation_hooks, compute_node_means, node_sites, parse_node
 from ..prune import TargetUnreachable, find_circuit
-from ..pruning import PruneConfig
+from ..prune_methods import PruneConfig
 from ..tasks import Task, TaskBatch, prompt_windows, task_accuracy
 from ..tasks.compound import FACTORS, CompoundTask, compound_accuracy
 from ..tokenizer import load_tokenizer

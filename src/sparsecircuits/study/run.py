@@ -30,7 +30,7 @@ from ..errors import UserError, read_json, write_json_atomic
 from ..model import SparseGPT
 from ..nodes import cached_node_means
 from ..prune import TargetUnreachable, find_circuit, full_model_metrics
-from ..pruning import PruneConfig
+from ..prune_methods import PruneConfig
 from ..sparsity import WeightSparsifier
 from ..tasks import Pair, Task, get_task
 from ..train import train

@@ -69,4 +69,5 @@ class Problem:
         }
 
 
-ScoreFn = Callable[[Problem, PruneConfig], dict[str, torch.Tensor]]
+# (problem, config, progress bar on?) -> {hook: score per node}
+ScoreFn = Callable[[Problem, PruneConfig, bool], dict[str, torch.Tensor]]
