@@ -77,7 +77,7 @@ def test_atomic_writes_have_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from sparsecircuits.errors import write_text_atomic
+    from sparsecircuits.io import write_text_atomic
 
     write_text_atomic(tmp_path / "a.txt", "x")
     mode = stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode)

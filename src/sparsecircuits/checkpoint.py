@@ -6,9 +6,6 @@ temporary name and renamed, so an interrupted save never leaves a half-written c
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -17,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from .config import ModelConfig, TrainConfig, config_to_dict, load_config_file
-from .errors import UserError, atomic_path, write_error, write_json_atomic
+from .errors import UserError, write_error
+from .io import atomic_path, write_json_atomic
 from .model import SparseGPT
 from .tokenizer import load_tokenizer, save_tokenizer
 
@@ -133,29 +131,3 @@ def checkpoint_corpus(path, model: SparseGPT, tokenizer: Tokenizer, data: list[s
         train_cfg.data_ext if train_cfg else None,
         tokenizer=tokenizer,
     )
-
-
-@contextlib.contextmanager
-def staged_dir(final: Path) -> Iterator[Path]:
-    """A fresh folder beside `final` to write into; it replaces `final` only if the body
-    succeeds, and is removed if it fails (a full disk leaves no temporary folder)."""
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process
-    try:
-        tmp.mkdir(parents=True)
-        yield tmp
-        replace_dir(tmp, final)
-    except OSError as e:
-        raise write_error(final, e) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written folder into place (the old one, if any, goes only after)."""
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, read_json, write_json_atomic
+from .errors import UserError
+from .io import read_json, write_json_atomic
 from .model import SparseGPT
 from .nodes import NodeSite
 

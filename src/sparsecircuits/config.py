@@ -12,7 +12,8 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
-from .errors import UserError, read_json
+from .errors import UserError
+from .io import read_json
 
 # Where AbsTopK activation sparsity can act (names as in the reference checkpoint format).
 ACT_SITES = (

@@ -25,7 +25,8 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from .errors import UserError, atomic_path, read_json, write_json_atomic
+from .errors import UserError
+from .io import atomic_path, read_json, write_json_atomic
 from .tokenizer import eot_id, load_tokenizer, save_tokenizer, train_tokenizer
 
 CACHE_VERSION = 1

@@ -1,180 +1,21 @@
-"""One exception type for everything a user can get wrong, atomic file writing, and the
-claiming of run folders.
+"""One exception type for everything a user can get wrong.
 
 The CLI turns a `UserError` into a single line `error: ...` and exit code 2, so every
 message names the file and the problem; nothing deep inside torch reaches the user. A write
-that fails (a full disk, a read-only folder) is such an error too, naming the path, and
-leaves no temporary file behind.
+that fails (a full disk, a read-only folder) is such an error too, naming the path (file
+writing itself is in `io`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class UserError(Exception):
     """Bad input: a message for a person, naming the file and the problem."""
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the body succeeds.
-
-    A killed process or a full disk leaves the previous file intact, never a half-written one.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise write_error(path, e) from None
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        # mkstemp makes 0600, and some writers (safetensors) replace the file with another
-        # 0600 one: set the mode last, so results read like any other file.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise write_error(path, e) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_error(path: str | os.PathLike, e: Exception) -> UserError:
     """The one-line error for a write that failed (`e` an OSError or a library's wrapper)."""
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
     return UserError(f"{path}: cannot write ({reason})")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    """Read a JSON object, turning a missing or malformed file into a one-line UserError."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, expected a JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
-
-
-def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Save a matplotlib figure through `atomic_path`, then close it."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip("."))
-    plt.close(fig)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The rows of a JSON Lines log that a process appends to; a torn last line (a kill in
-    the middle of a write) is dropped, as the next append rewrites it."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if n < len(lines):  # only an unterminated last line is torn
-                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-    return rows
-
-
-def claim_run_dir(
-    out: str | os.PathLike,
-    settings: dict | None,
-    resume: bool,
-    force: bool | None,
-    *,
-    marker: str,
-    kind: str,
-    clear: tuple[str, ...] = (),
-) -> bool:
-    """Make `out` this run's folder, or refuse; return True when it continues a run there.
-
-    `marker` is the file naming a folder as one of these runs; it holds `settings`, what the
-    run's results depend on (None: any run of this kind matches, and the caller writes the
-    marker itself). A folder holding the same run is continued when `resume`; one holding
-    other settings is started over only with `force` (None: the command has no --force);
-    a non-empty folder that is no such run is never written into without `force`, so a
-    user's files are never replaced. Starting over deletes the `clear` entries. A folder
-    holding nothing but the marker is a start that failed, and is claimed afresh.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: is a file; --out needs a folder")
-    path = out / marker
-    others = [p for p in out.iterdir() if p.name != marker] if out.is_dir() else []
-    hint = "choose another --out" + (
-        ", or pass --force to start over there" if force is not None else ""
-    )
-    fresh = True
-    if path.exists() and others:
-        saved = read_json(path) if settings is not None else None
-        if saved == settings:
-            if not resume:
-                raise UserError(
-                    f"{out}: already holds a {kind} with this config; pass --resume to continue it, or {hint}"
-                )
-            fresh = False
-        elif not force:
-            raise UserError(
-                f"{path}: holds a different {kind}: different config ({_diff(saved, settings)}); {hint}"
-            )
-    elif others and not force:
-        raise UserError(f"{out}: exists and is not a {kind} folder; {hint}")
-    if fresh:
-        for name in clear:
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_error(out, e) from None
-    if settings is not None:
-        write_json_atomic(path, settings)
-    return not fresh
-
-
-def _diff(saved, settings: dict) -> str:
-    """The keys (section.key for nested dicts) whose values differ."""
-    if not isinstance(saved, dict):
-        return "not a settings file"
-    keys = []
-    for k in sorted(set(saved) | set(settings)):
-        a, b = saved.get(k), settings.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += [f"{k}.{sub}" for sub in sorted(set(a) | set(b)) if a.get(sub) != b.get(sub)]
-        elif a != b:
-            keys.append(k)
-    return ", ".join(keys)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import replace_dir, save_checkpoint
+from .checkpoint import save_checkpoint
 from .config import ModelConfig
-from .errors import UserError, read_json
+from .errors import UserError
+from .io import read_json, replace_dir
 from .model import SparseGPT
 from .tokenizer import load_tokenizer
 

@@ -7,7 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
-from .errors import UserError, read_json, write_json_atomic
+from .errors import UserError
+from .io import read_json, write_json_atomic
 from .report import finite
 
 

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from .errors import UserError, read_json, write_text_atomic
+from .errors import UserError
+from .io import read_json, write_text_atomic
 
 REPORT_FILE = "report.html"
 SECTION_FILE = "section.json"
@@ -133,7 +134,7 @@ def analysis_sections(study_dir: Path) -> list[dict]:
 
 def write_section(folder: str | Path, title: str, paragraphs=(), tables=(), images=()) -> Path:
     """Write an analysis's report section (see the module docstring) into its folder."""
-    from .errors import write_json_atomic
+    from .io import write_json_atomic
 
     path = Path(folder) / SECTION_FILE
     write_json_atomic(

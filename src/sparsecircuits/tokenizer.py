@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .errors import UserError, atomic_path
+from .errors import UserError
+from .io import atomic_path
 
 EOT = "<|endoftext|>"
 

@@ -30,15 +30,15 @@ from .checkpoint import (  # pick_device re-exported
     pick_device,
     save_checkpoint,
     save_tensors,
-    staged_dir,
 )
 from .config import ModelConfig, TrainConfig, config_to_dict
 from .corpus import EVAL_SEED, TokenData, describe, prepare  # EVAL_SEED re-exported
-from .errors import (
-    UserError,
+from .errors import UserError
+from .io import (
     claim_run_dir,
     read_json,
     read_jsonl,
+    staged_dir,
     write_json_atomic,
     write_text_atomic,
 )

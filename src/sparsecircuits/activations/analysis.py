@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import checkpoint_corpus, load, load_config
 from ..config import model_name, seedless_key
-from ..errors import UserError, read_json
+from ..errors import UserError
+from ..io import read_json
 from ..report import build_report
 from ..tasks import task_logit_diff
 from . import metrics

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no GUI backend is chosen on import
 
-from ..errors import save_figure_atomic
+from ..io import save_figure_atomic
 from ..report import write_section
 from .config import FILES
 from .intervals import EXPECTED_EFFECT, MIN_SEEDS

@@ -12,8 +12,9 @@ from tqdm import tqdm
 
 from ..checkpoint import load_config
 from ..config import seedless_key
-from ..errors import UserError, read_json, write_json_atomic
+from ..errors import UserError
 from ..fer import validate_on_planted
+from ..io import read_json, write_json_atomic
 from ..tasks.compound import get_compound_task, load_compound_task
 from .config import JOB_FIELDS, PER_CHECKPOINT, RESULTS_FILE, ModularityConfig
 from .results import ModularityResults

@@ -14,9 +14,8 @@ so a killed study resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import random
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -24,13 +23,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import checkpoint_corpus, load, load_config, replace_dir, save_checkpoint
+from ..checkpoint import checkpoint_corpus, load, load_config, save_checkpoint
 from ..corpus import EVAL_SEED
-from ..errors import UserError, read_json, write_json_atomic
+from ..errors import UserError
+from ..io import claim_run_dir, read_json, read_jsonl, staged_dir, write_json_atomic
 from ..model import SparseGPT
 from ..nodes import cached_node_means
 from ..prune import TargetUnreachable, find_circuit, full_model_metrics
-from ..prune_methods import PruneConfig
+from ..pruning import PruneConfig
+from ..report import SECTION_FILE
 from ..sparsity import WeightSparsifier
 from ..tasks import Pair, Task, get_task
 from ..train import train
@@ -41,30 +42,22 @@ from .summary import plot_frontier, write_summary
 PRUNE_UNITS = 200  # a circuit search weighs about as much as this many training steps
 
 
-def _check_out(out: Path, cfg: StudyConfig, resume: bool, force: bool) -> None:
-    path = out / "study.json"
-    mine = dataclasses.asdict(cfg)
-    if path.exists():
-        saved = read_json(path)
-        if saved != mine:
-            if not force:
-                hint = (
-                    "--resume needs the same preset, tasks and seeds"
-                    if resume
-                    else "use another --out"
-                )
-                raise UserError(
-                    f"{out}: holds a different study ({path}); {hint}, or pass --force to replace it"
-                )
-            for name in ("circuits", "results.json", "frontier.png", "report.html", "summary.md"):
-                p = out / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise UserError(
-            f"{out}: exists and is not a study folder; choose another --out or pass --force"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, mine)
+# What a study writes into its folder: a study started over (--force) removes them, and
+# every analysis section (DIR/*/section.json), so the report shows no other study's results.
+OUTPUTS = ("circuits", "results.json", "frontier.png", "report.html", "summary.md")
+
+
+def _claim(out: Path, cfg: StudyConfig, resume: bool, force: bool) -> None:
+    sections = tuple(p.parent.name for p in out.glob(f"*/{SECTION_FILE}"))
+    claim_run_dir(
+        out,
+        dataclasses.asdict(cfg),
+        resume,
+        force,
+        marker="study.json",
+        kind="study",
+        clear=OUTPUTS + ("activations", "modularity") + sections,
+    )
 
 
 def run_study(
@@ -76,7 +69,7 @@ def run_study(
 ) -> dict:
     """Train, prune, analyse; returns the results (also written to DIR/results.json)."""
     out = Path(out)
-    _check_out(out, cfg, resume, force)
+    _claim(out, cfg, resume, force)
     specs = model_specs(cfg)
     steps = {s.id: model_configs(cfg, s)[1].steps for s in specs}
     total = sum(steps.values()) + PRUNE_UNITS * len(specs) * len(cfg.tasks)
@@ -145,7 +138,7 @@ def _heldout_noise(mdir: Path, model, tok, batches: int, batch_size: int) -> dic
 def _model_row(spec: ModelSpec, mdir: Path) -> dict:
     model, tok = load(mdir)
     _, tcfg = load_config(mdir)
-    metrics = [json.loads(x) for x in (mdir / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_jsonl(mdir / "metrics.jsonl")
     heldout = [r["heldout_loss"] for r in metrics if "heldout_loss" in r]
     matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
     return dict(
@@ -192,8 +185,11 @@ def nonsense_task(task: Task, seed: int) -> Task:
     rng = random.Random(seed)
 
     def shuffled(pairs: list[Pair]) -> list[Pair]:
+        # replace keeps the pair's other fields (an unpaired example stays one)
         return [
-            Pair(p.prompt_a, p.prompt_b, p.answer_b, p.answer_a) if rng.random() < 0.5 else p
+            dataclasses.replace(p, answer_a=p.answer_b, answer_b=p.answer_a)
+            if rng.random() < 0.5
+            else p
             for p in pairs
         ]
 
@@ -214,10 +210,8 @@ def random_init_dir(cfg: StudyConfig, spec: ModelSpec) -> Path:
     model = SparseGPT(m)
     # anneal_frac 0: the target density from the start, as a trained model ends
     WeightSparsifier(model, dataclasses.replace(t, anneal_frac=0.0)).apply(0)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(tmp, model, load(trained)[1], t)
-    replace_dir(tmp, out)
+    with staged_dir(out) as tmp:
+        save_checkpoint(tmp, model, load(trained)[1], t)
     return out
 
 
@@ -251,6 +245,16 @@ def _control(mdir: Path, task: Task, pcfg: PruneConfig) -> dict:
         "test_loss_calibrated": v["test_loss_calibrated"],
         "full_test_loss_calibrated": c.metrics["full"]["loss_calibrated"],
     }
+
+
+def _content_hash(task: str) -> str | None:
+    """The hash of a user task file's bytes (None for a built-in task)."""
+    if not task.endswith(".jsonl"):
+        return None
+    try:
+        return hashlib.blake2b(Path(task).read_bytes(), digest_size=16).hexdigest()
+    except OSError as e:
+        raise UserError(f"{task}: cannot read the task file ({e.strerror})") from None
 
 
 def _circuit(
@@ -294,6 +298,8 @@ def _circuit(
         "model": str(mdir),
         "weights": (mdir / "model.safetensors").stat().st_mtime_ns,
         "task": task_name,
+        # a task file is keyed by what it holds: an edited file is a different task
+        "task_content": _content_hash(task_name),
         "prune": dataclasses.asdict(pcfg),
         "k_coefs": cfg.k_coefs,
         "controls": cfg.controls,

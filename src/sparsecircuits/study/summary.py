@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError, read_json, save_figure_atomic, write_text_atomic
+from ..errors import UserError
+from ..io import read_json, save_figure_atomic, write_text_atomic
 from .measures import RESULTS_VERSION
 
 SUMMARY_FILE = "summary.md"
