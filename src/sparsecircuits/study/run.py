@@ -30,7 +30,7 @@ from ..io import claim_run_dir, read_json, read_jsonl, staged_dir, write_json_at
 from ..model import SparseGPT
 from ..nodes import cached_node_means
 from ..prune import TargetUnreachable, find_circuit, full_model_metrics
-from ..pruning import PruneConfig
+from ..prune_methods import PruneConfig
 from ..report import SECTION_FILE
 from ..sparsity import WeightSparsifier
 from ..tasks import Pair, Task, get_task
