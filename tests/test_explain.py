@@ -3,10 +3,25 @@ model (its nodes' known features) and its rotated twin (same outputs, mixed base
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from sparsecircuits.explain import Context, Feature, explain_nodes, feature_aucs, make_context
+from conftest import tiny_configs, write_quote_task
+from sparsecircuits.circuit import Circuit, Node
+from sparsecircuits.cli import main
+from sparsecircuits.explain import (
+    CACHE_FILE,
+    Context,
+    Feature,
+    explain_nodes,
+    explanation_table,
+    feature_aucs,
+    is_explained,
+    legibility,
+    make_context,
+)
 from sparsecircuits.fer import rotate_hidden
 from sparsecircuits.planted import FILLERS, QUERIES, A, B, planted_batch, planted_model
 
@@ -65,6 +80,14 @@ def test_rotated_twin_mixes_the_residual_reads():
     assert e["blocks.0.ln1.hook_normalized[3]"]["auc"] < 0.9
 
 
+def test_precision_and_recall_make_the_criterion_stricter_on_the_rotated_twin():
+    # AUC alone still passes mixed residual channels of the rotated twin; the criterion
+    # (AUC, precision and recall) explains every planted node and fewer rotated ones.
+    assert all(is_explained(e) for e in _explain(planted_model()).values())
+    rotated = _explain(rotate_hidden(planted_model(), 0)).values()
+    assert sum(map(is_explained, rotated)) < sum(e["auc"] >= 0.9 for e in rotated)
+
+
 def test_auc_with_ties():
     acts = np.array([0.0, 0.0, 1.0, 2.0])
     feats = np.array([[0, 1], [1, 1], [0, 0], [1, 0]], dtype=float)
@@ -86,13 +109,111 @@ def test_lexing_of_a_code_fragment():
 
 
 def test_legibility_counts_nodes_and_effect(tmp_path):
-    from sparsecircuits.circuit import Circuit, Node
-    from sparsecircuits.explain import legibility
-
     nodes = [Node(f"h[{i}]", "q", 0, i, 0.0, 1.0) for i in range(4)]
     c = Circuit("t", "masks", 0.1, nodes, [], 10, {}, {}, node_effects={"h[0]": 3.0, "h[1]": 1.0})
-    c.explanations = {"h[0]": {"auc": 0.95}, "h[1]": {"auc": 0.7}, "h[2]": {"auc": 0.9}}
+    good = {"auc": 0.95, "precision": 0.92, "recall": 0.97}
+    c.explanations = {
+        "h[0]": good,
+        "h[1]": {"auc": 0.7, "precision": 1.0, "recall": 1.0},
+        "h[2]": {"auc": 0.9, "precision": 0.9, "recall": 0.9},
+        # a high AUC with a threshold that picks half false hits is not one concept
+        "h[3]": {"auc": 0.99, "precision": 0.5, "recall": 1.0},
+    }
     back = Circuit.load(c.save(tmp_path / "circuit.json"))
     assert back.explanations == c.explanations
     leg = legibility(back)
     assert leg["node_fraction"] == 0.5 and leg["effect_fraction"] == 0.75
+
+
+def test_explanation_table_rows():
+    e = {
+        "feature": "in string '",
+        "direction": -1,
+        "auc": 0.97,
+        "precision": 0.95,
+        "recall": 0.91,
+        "top_inputs": [["'", 2.0], ["x", 1.0]],
+    }
+    head, row, const = explanation_table({"a[0]": e, "b[1]": {"feature": None, "auc": None}})
+    assert head.split()[:3] == ["node", "best", "feature"]
+    assert "not in string '" in row and "0.970" in row and " yes " in row and "'x'" in row
+    assert "(constant: no feature)" in const and " no " in const
+
+
+# ---------- the explain command ----------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, corpus_dir):
+    from sparsecircuits import train
+
+    m, t = tiny_configs(corpus_dir)
+    return train(m, t, tmp_path_factory.mktemp("explain") / "run", progress=False)
+
+
+def test_cli_explains_model_nodes_and_caches_them(tiny_run, capsys):
+    nodes = ["blocks.0.attn.hook_q[5]", "blocks.1.mlp.hook_post[0]"]
+    assert main(["explain", str(tiny_run), "--node", *nodes]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("node") and [ln.split()[0] for ln in lines[1:]] == nodes
+    cached = json.loads((tiny_run / CACHE_FILE).read_text())["nodes"]
+    assert set(nodes) <= set(cached)
+    auc = cached[nodes[0]]["auc"]
+    assert f"{auc:.3f}" in lines[1]
+    assert len(cached[nodes[0]]["examples"]) == 7 and cached[nodes[0]]["top_inputs"]
+
+
+def test_cli_explains_a_circuit_into_its_file(tiny_run, tmp_path, capsys):
+    task = write_quote_task(tmp_path / "quotes.jsonl")
+    names = [
+        "blocks.0.ln1.hook_normalized[3]",
+        "blocks.0.attn.hook_v[1]",
+        "blocks.1.hook_mlp_out[2]",
+    ]
+    nodes = [Node(n, "q", 0, 0, 0.0, 1.0) for n in names]
+    c = Circuit(task, "masks", 0.1, nodes, [], 100, {}, {}, model_dir=str(tiny_run))
+    c.node_effects = {names[0]: 0.5}
+    path = c.save(tmp_path / "c" / "circuit.json")
+    assert main(["explain", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in names) and "explained (AUC >= 0.9" in out
+    back = Circuit.load(path)
+    assert set(back.explanations) == set(names)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["circuit.json"]  # no temporaries
+    # a circuit is explained on its task's prompts too: the node has more positions
+    alone = main(["explain", str(tiny_run), "--node", names[0]])
+    assert alone == 0
+    cached = json.loads((tiny_run / CACHE_FILE).read_text())["nodes"][names[0]]
+    assert back.explanations[names[0]]["positions"] > cached["positions"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--node", "q5"], "not a node name"),
+        (["--node", "blocks.0.attn.hook_q[9999]"], "index out of range"),
+        (["--node", "blocks.7.attn.hook_q[0]"], "not a node site of this model"),
+        ([], "needs --node"),
+    ],
+)
+def test_cli_bad_node_is_one_line(tiny_run, capsys, args, message):
+    assert main(["explain", str(tiny_run), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert str(tiny_run) in err
+
+
+def test_cli_bad_files_are_one_line(tmp_path, capsys):
+    broken = tmp_path / "circuit.json"
+    broken.write_text('{"nodes": [')
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target, extra, message in [
+        (tmp_path / "nope.json", [], "no such file or folder"),
+        (broken, [], str(broken)),
+        (broken, ["--node", "a[0]"], "--node and --task go with a model folder"),
+        (empty, ["--node", "blocks.0.attn.hook_q[0]"], "no model.safetensors"),
+    ]:
+        assert main(["explain", str(target), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err

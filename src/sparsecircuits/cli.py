@@ -282,6 +282,44 @@ def _cmd_modularity(args) -> None:
         print(line)
 
 
+def _cmd_explain(args) -> None:
+    from .explain import (
+        CRITERION,
+        explain_checkpoint,
+        explain_circuit,
+        explanation_table,
+        legibility,
+    )
+
+    target = Path(args.target)
+    if target.is_dir():
+        if not args.node:
+            raise UserError(f"{target}: a model folder needs --node NAME (one or more)")
+        if not (target / "model.safetensors").is_file():
+            raise UserError(f"{target}: no model.safetensors (not a checkpoint folder)")
+        explanations = explain_checkpoint(target, list(dict.fromkeys(args.node)), args.task)
+    elif target.is_file():
+        if args.node or args.task:
+            raise UserError(
+                f"{target}: a circuit.json explains all its nodes on its own task; "
+                "--node and --task go with a model folder"
+            )
+        circuit = explain_circuit(target, args.model)  # stored into the file (atomic write)
+        explanations = circuit.explanations
+    else:
+        raise UserError(f"{target}: no such file or folder")
+    for line in explanation_table(explanations):
+        print(line)
+    if target.is_file():
+        leg = legibility(circuit)
+        effect = leg["effect_fraction"]
+        print(
+            f"explained ({CRITERION}): {leg['explained_nodes']} of {leg['nodes']} nodes"
+            + ("" if effect is None else f", {effect:.1%} of the ablation effect")
+        )
+        print(f"written: {target} (explanations)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparsecircuits", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -430,6 +468,21 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--force", action="store_true", help="replace another run in --out")
     mo.add_argument("--quiet", action="store_true")
     mo.set_defaults(fn=_cmd_modularity)
+
+    ex = sub.add_parser(
+        "explain", help="which simple concept of Python code each node tracks, and how well"
+    )
+    ex.add_argument("target", metavar="MODEL_DIR|CIRCUIT.json")
+    ex.add_argument(
+        "--node",
+        action="extend",
+        nargs="+",
+        metavar="NAME",
+        help="with a model folder: nodes to explain, e.g. 'blocks.0.attn.hook_q[5]'",
+    )
+    ex.add_argument("--task", help="with a model folder: add this task's test prompts")
+    ex.add_argument("--model", help="with a circuit: its model folder, if it has moved")
+    ex.set_defaults(fn=_cmd_explain)
 
     add_view_command(sub)
     for command in sub.choices.values():

@@ -39,7 +39,11 @@ bool per token of the context (`ctx.ids`, `ctx.pieces`, `ctx.text`, `ctx.lex`), 
 Explanations are stored per node in circuit.json (`Circuit.explanations`) and cached beside
 the checkpoint (`explanations.json`, keyed by the weights and the settings). A circuit's
 *legibility* is the fraction of its nodes, and of its summed ablation effect, that one
-feature explains with AUC >= 0.9.
+feature explains: AUC >= 0.9 *and*, at the best threshold, precision and recall >= 0.9.
+AUC alone is lenient: a channel that mixes a rare concept with others still ranks that
+concept's tokens above most others (AUC > 0.9) while a threshold on it picks them out with
+half the hits false (precision 0.5); on the planted model's rotated twin AUC alone kept
+most of the mixed residual channels "explained" (benchmarks/explain_criterion.py).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from .io import read_json, write_json_atomic
 from .nodes import NodeSite, _weights_digest, channels, node_sites, parse_node
 
 LEGIBLE_AUC = 0.9
+LEGIBLE_PR = 0.9  # precision and recall at the best-F1 threshold
 CACHE_FILE = "explanations.json"
 VERSION = 1  # of the scoring and the library: a change invalidates every cache
 KEYWORDS = (
@@ -548,6 +553,23 @@ def _top(vals: torch.Tensor, token_text, k: int) -> list:
 # ---------- activations and the whole pipeline ----------
 
 
+def check_nodes(cfg, nodes: list[str]) -> list[tuple[str, int]]:
+    """(hook, index) of each node name; a name that is no node of the model is an error."""
+    sites = {s.hook: s for s in node_sites(cfg)}
+    out = []
+    for name in nodes:
+        hook, idx = parse_node(name)
+        if hook not in sites:
+            raise UserError(
+                f"{name}: {hook} is not a node site of this model ({cfg.n_layer} layers; "
+                f"sites look like {next(iter(sites))})"
+            )
+        if not 0 <= idx < sites[hook].width:
+            raise UserError(f"{name}: index out of range ({hook} has {sites[hook].width} nodes)")
+        out.append((hook, idx))
+    return out
+
+
 @torch.no_grad()
 def node_activations(
     model, contexts: list[Context], nodes: list[str], batch_size: int = 16
@@ -557,10 +579,7 @@ def node_activations(
     sites = {s.hook: s for s in node_sites(model.cfg)}
     wanted: dict[str, list[int]] = {}
     cols: list[tuple[str, int]] = []
-    for name in nodes:
-        hook, idx = parse_node(name)
-        if hook not in sites or not 0 <= idx < sites[hook].width:
-            raise UserError(f"{name}: no such node in this model (hooks: {', '.join(sites)})")
+    for hook, idx in check_nodes(model.cfg, nodes):
         wanted.setdefault(hook, []).append(idx)
         cols.append((hook, len(wanted[hook]) - 1))
     device = next(model.parameters()).device
@@ -662,6 +681,10 @@ def explain_checkpoint(
         model, tokenizer = load(model_dir)
     if tokenizer is None:
         raise UserError(f"{model_dir}: explaining nodes needs the checkpoint's tokenizer.json")
+    try:
+        check_nodes(model.cfg, nodes)
+    except UserError as e:
+        raise UserError(f"{model_dir}: {e}") from None
     key = _cache_key(model_dir, settings, task)
     path = model_dir / CACHE_FILE
     cache = {}
@@ -702,17 +725,23 @@ def explain_circuit(path_or_circuit, model_dir=None, settings: Settings | None =
     return circuit
 
 
-def legibility(circuit, threshold: float = LEGIBLE_AUC) -> dict:
-    """Fraction of a circuit's nodes explained by one feature with AUC >= threshold, and the
-    fraction of its (positive) single-node ablation effect they carry (over the nodes whose
-    effect was measured; None when none was)."""
-    expl = circuit.explanations
+def is_explained(e: dict | None, auc: float = LEGIBLE_AUC, pr: float = LEGIBLE_PR) -> bool:
+    """One feature explains the node: AUC >= `auc`, and precision and recall >= `pr` at the
+    best threshold (see the module docstring for why AUC alone is not enough)."""
+    if not e or e.get("auc") is None:
+        return False
+    return e["auc"] >= auc and e.get("precision", 0) >= pr and e.get("recall", 0) >= pr
+
+
+CRITERION = f"AUC >= {LEGIBLE_AUC}, precision and recall >= {LEGIBLE_PR} at the best threshold"
+
+
+def legibility(circuit) -> dict:
+    """Fraction of a circuit's nodes one feature explains (`is_explained`), and the fraction
+    of its (positive) single-node ablation effect they carry (over the nodes whose effect was
+    measured; None when none was)."""
     names = [n.name for n in circuit.nodes]
-    ok = {
-        n
-        for n in names
-        if (expl.get(n) or {}).get("auc") is not None and expl[n]["auc"] >= threshold
-    }
+    ok = {n for n in names if is_explained(circuit.explanations.get(n))}
     effects = {n: max(float(e), 0.0) for n, e in circuit.node_effects.items() if n in set(names)}
     total = sum(effects.values())
     return {
@@ -722,7 +751,7 @@ def legibility(circuit, threshold: float = LEGIBLE_AUC) -> dict:
         "effect_fraction": sum(effects[n] for n in ok if n in effects) / total
         if total > 0
         else None,
-        "threshold": threshold,
+        "criterion": CRITERION,
     }
 
 
@@ -739,3 +768,46 @@ def circuit_legibility(path_or_circuit, model_dir=None) -> dict:
         if not isinstance(path_or_circuit, Circuit):
             circuit.save(path_or_circuit)
     return legibility(circuit)
+
+
+def _tokens(pairs: list | None, n: int = 3) -> str:
+    return " ".join(repr(t) for t, _ in (pairs or [])[:n]) or "-"
+
+
+def explanation_table(explanations: dict[str, dict]) -> list[str]:
+    """Lines of a text table: per node its best feature ("not X" when the node is low on X),
+    AUC, precision and recall at the best threshold, whether it counts as explained, and the
+    top tokens of its direct input and output paths."""
+    head = [
+        "node",
+        "best feature",
+        "AUC",
+        "prec",
+        "recall",
+        "explained",
+        "top inputs",
+        "top logits",
+    ]
+    rows = []
+    for name, e in explanations.items():
+        feature = e.get("feature")
+        if feature is not None and e.get("direction") == -1:
+            feature = f"not {feature}"
+        rows.append(
+            [
+                name,
+                feature or "(constant: no feature)",
+                *(
+                    f"{e[k]:.3f}" if e.get(k) is not None else "-"
+                    for k in ("auc", "precision", "recall")
+                ),
+                "yes" if is_explained(e) else "no",
+                _tokens(e.get("top_inputs")),
+                _tokens(e.get("top_logits")),
+            ]
+        )
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    return [
+        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+        for r in [head, *rows]
+    ]
