@@ -141,7 +141,7 @@ def claim_run_dir(
             )
         elif not force:
             raise UserError(
-                f"{path}: holds a different {kind}: different config ({_diff(saved, settings)}); {hint}"
+                f"{path}: holds a different {kind}: other settings ({_diff(saved, settings)}); {hint}"
             )
     elif others and not force:
         raise UserError(f"{out}: exists and is not a {kind} folder; {hint}")

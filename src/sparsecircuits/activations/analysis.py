@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..checkpoint import checkpoint_corpus, load, load_config
 from ..config import model_name, seedless_key
 from ..errors import UserError
-from ..io import read_json
+from ..io import claim_run_dir, read_json
 from ..report import build_report
 from ..tasks import task_logit_diff
 from . import metrics
@@ -397,6 +397,9 @@ def run_activations(
     report section into `out`."""
     cfg = cfg or ActivationsConfig()
     out = Path(out)
+    # Before the analysis, so a wrong --out costs nothing; an earlier analysis there is
+    # replaced (its results are recomputed whole), a folder of anything else is refused.
+    claim_run_dir(out, None, True, None, marker=FILES["json"], kind="sparsity analysis")
     models = [analyse_checkpoint(d, cfg) for d in model_dirs]
     keys = [describe_config(d)[2] for d in model_dirs]
     groups = group_results(models, keys, cfg)

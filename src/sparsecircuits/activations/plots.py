@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no GUI backend is chosen on import
 
 from ..io import save_figure_atomic
@@ -149,10 +151,15 @@ def write_activation_section(results: ActivationResults, out: Path, images: list
 
 
 def _errorbar(ax, x, stats, **kw):
+    # A metric with no value (all-zero activations: NaN, null in the JSON) is a gap.
+    mean, low, high = (
+        np.array([math.nan if s[k] is None else s[k] for s in stats], dtype=float)
+        for k in ("mean", "low", "high")
+    )
     ax.errorbar(
         x,
-        [s["mean"] for s in stats],
-        yerr=[[s["mean"] - s["low"] for s in stats], [s["high"] - s["mean"] for s in stats]],
+        mean,
+        yerr=[mean - low, high - mean],
         marker="o",
         capsize=3,
         **kw,

@@ -14,7 +14,8 @@ from ..checkpoint import load_config
 from ..config import seedless_key
 from ..errors import UserError
 from ..fer import validate_on_planted
-from ..io import read_json, write_json_atomic
+from ..io import claim_run_dir, read_json, read_jsonl
+from ..report import SECTION_FILE
 from ..tasks.compound import get_compound_task, load_compound_task
 from .config import JOB_FIELDS, PER_CHECKPOINT, RESULTS_FILE, ModularityConfig
 from .results import ModularityResults
@@ -39,18 +40,6 @@ def study_models(study_dir: str | Path) -> list[str]:
     chosen.sort(key=lambda m: (-m["density"], m["seed"]))
     # study folders may be moved: a relative model dir is relative to the study
     return [str(Path(study_dir) / m["dir"]) for m in chosen]
-
-
-def _read_runs(path: Path) -> list[dict]:
-    """Finished runs of an earlier, interrupted call (a torn last line is dropped)."""
-    runs = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").split("\n"):
-            try:
-                runs.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return runs
 
 
 def run_modularity(
@@ -81,21 +70,23 @@ def run_modularity(
     setup = json.loads(
         json.dumps({"settings": settings, "schema_version": ModularityResults.SCHEMA_VERSION})
     )
-    out.mkdir(parents=True, exist_ok=True)
-    setup_path, runs_path = out / "setup.json", out / "runs.jsonl"
-    if setup_path.exists() and read_json(setup_path) != setup:
-        if not force:
-            raise UserError(
-                f"{out}: holds a modularity run with other settings "
-                "(pass --force to start over there, or choose another --out)"
-            )
-        resume = False
+    runs_path = out / "runs.jsonl"
+    # A folder of the same settings always continues (--no-resume only drops its runs);
+    # other settings, or a folder that is no modularity run, need --force.
+    claim_run_dir(
+        out,
+        setup,
+        True,
+        force,
+        marker="setup.json",
+        kind="modularity run",
+        clear=(runs_path.name, RESULTS_FILE, SECTION_FILE, "ablation_matrix.png"),
+    )
     if not resume:
         runs_path.unlink(missing_ok=True)
-    write_json_atomic(setup_path, setup)
     done = {
         (r["task"], r["model"], r["regime"], r["base_seed"]): r
-        for r in (_read_runs(runs_path) if resume else [])
+        for r in (read_jsonl(runs_path) if resume else [])
     }
 
     tasks = {t: get_compound_task(t, cfg.n_train, cfg.n_test, cfg.seed) for t in cfg.tasks}

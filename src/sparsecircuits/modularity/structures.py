@@ -3,6 +3,7 @@ overlap and stability, and the FER measures."""
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -77,7 +78,8 @@ def weight_structures(
                     "mask_seed": ms,
                     "status": status,
                     "kept": n_kept,
-                    "kept_frac": n_kept / total,
+                    # a model whose masked layers are all zero has no weight to keep
+                    "kept_frac": n_kept / total if total else math.nan,
                     **_lepori(accuracy, mask, removed, subs, factor, ("zero", "mean")),
                 }
             )
