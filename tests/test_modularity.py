@@ -36,6 +36,7 @@ from sparsecircuits.tasks.compound import (
 )
 from sparsecircuits.train import train
 from sparsecircuits.weightmask import (
+    Ablation,
     MaskConfig,
     continuous_sparsification,
     kept_weights,
@@ -167,7 +168,10 @@ def test_weight_masks_zero_and_mean_modes():
     out = seen[-1].reshape(-1, seen[-1].shape[-1])
     expected = model.blocks[0].mlp.fc_out.weight @ means["blocks.0.mlp.fc_out"]
     assert torch.allclose(out, expected.expand_as(out), atol=1e-5)
-    with pytest.raises(UserError, match="input means"), weight_masks(model, zeros, "mean"):
+    with pytest.raises(UserError, match="input means"), weight_masks(model, zeros, Ablation.MEAN):
+        pass
+    bad_mode = r"one of \['zero', 'mean'\], not 'max'"
+    with pytest.raises(UserError, match=bad_mode), weight_masks(model, zeros, "max"):
         pass
 
 

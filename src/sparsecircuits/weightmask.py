@@ -6,9 +6,7 @@ y = W x + c, the layer computes
 
     y = (W * m) x  +  (W * (1 - m)) x_removed  +  c
 
-where x_removed is 0 ("zero" ablation: the removed weights are gone) or the mean of the
-layer's input over the task's prompts ("mean" ablation: the removed weights still pass on
-their average contribution, as mean-ablated nodes do in `nodes.py`).
+where x_removed is 0 or the layer's mean input, by the `Ablation` mode.
 
 Continuous sparsification learns one logit s per weight: the soft mask sigmoid(temp * s)
 is used in training while temp grows geometrically from 1 to `temp_final`, so the soft mask
@@ -21,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,17 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .tasks import TaskBatch, task_accuracy, task_loss
+
+
+class Ablation(str, Enum):
+    """What the weights a mask removes pass on. A str, so the value is what result files hold
+    (write `mode.value` in text: formatting a str-Enum changed in Python 3.12)."""
+
+    ZERO = "zero"
+    """x_removed = 0: the removed weights are gone."""
+    MEAN = "mean"
+    """x_removed = the layer's input averaged over the task's prompts: the removed weights
+    still pass on their average contribution, as mean-ablated nodes do in `nodes.py`."""
 
 
 @dataclass
@@ -91,14 +101,14 @@ def input_means(model, names: list[str], windows) -> dict[str, torch.Tensor]:
 def weight_masks(
     model,
     masks: dict[str, torch.Tensor],
-    mode: str = "zero",
+    mode: Ablation | str = Ablation.ZERO,
     means: dict[str, torch.Tensor] | None = None,
 ):
     """Inside the block, the named layers compute with their weights masked (see the
     module docstring). Masks may be soft and carry gradients."""
-    if mode not in ("zero", "mean"):
-        raise UserError(f"ablation mode must be 'zero' or 'mean', not {mode!r}")
-    if mode == "mean" and means is None:
+    if mode not in set(Ablation):
+        raise UserError(f"ablation mode must be one of {[a.value for a in Ablation]}, not {mode!r}")
+    if mode == Ablation.MEAN and means is None:
         raise UserError("mean ablation needs the layers' input means")
     modules = dict(model.named_modules())
     handles = []
@@ -107,7 +117,7 @@ def weight_masks(
         def hook(module, inputs, output):
             m = masks[name]
             y = F.linear(inputs[0], module.weight * m, module.bias)
-            if mode == "mean":
+            if mode == Ablation.MEAN:
                 y = y + F.linear(means[name], module.weight * (1 - m))
             return y
 
@@ -152,7 +162,9 @@ def continuous_sparsification(
 
 
 @torch.no_grad()
-def masked_accuracy(model, masks, batch: TaskBatch, mode: str = "zero", means=None) -> float:
+def masked_accuracy(
+    model, masks, batch: TaskBatch, mode: Ablation | str = Ablation.ZERO, means=None
+) -> float:
     with weight_masks(model, masks, mode, means):
         return task_accuracy(model(batch.tokens), batch)
 

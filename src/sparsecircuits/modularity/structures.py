@@ -22,6 +22,7 @@ from ..tasks import Task, TaskBatch, prompt_windows, task_accuracy
 from ..tasks.compound import FACTORS, CompoundTask, compound_accuracy
 from ..tokenizer import load_tokenizer
 from ..weightmask import (
+    Ablation,
     continuous_sparsification,
     input_means,
     jaccard,
@@ -38,7 +39,7 @@ def _accuracy_profile(acc: dict[str, float], factor: str) -> dict:
     return {"own": acc[factor], "other": acc[other], "metric": acc[factor] - acc[other]}
 
 
-def _lepori(accuracy, keep, removed, subs, factor: str, modes: tuple[str, ...]) -> dict:
+def _lepori(accuracy, keep, removed, subs, factor: str, modes: tuple[Ablation, ...]) -> dict:
     """Subnetwork metric (the structure alone, rest removed in the first mode) and ablation
     metric per mode (the structure removed), each on the test pairs of both subroutines.
     `accuracy(masks, batch, mode)` runs the model under masks."""
@@ -48,7 +49,7 @@ def _lepori(accuracy, keep, removed, subs, factor: str, modes: tuple[str, ...]) 
         return _accuracy_profile({f: accuracy(masks, test[f], mode) for f in FACTORS}, factor)
 
     return {"subnetwork": profile(keep, modes[0])} | {
-        f"ablation_{mode}": profile(removed, mode) for mode in modes
+        f"ablation_{mode.value}": profile(removed, mode) for mode in modes
     }
 
 
@@ -80,7 +81,9 @@ def weight_structures(
                     "kept": n_kept,
                     # a model whose masked layers are all zero has no weight to keep
                     "kept_frac": n_kept / total if total else math.nan,
-                    **_lepori(accuracy, mask, removed, subs, factor, ("zero", "mean")),
+                    **_lepori(
+                        accuracy, mask, removed, subs, factor, (Ablation.ZERO, Ablation.MEAN)
+                    ),
                 }
             )
             kept[factor].append(k)
@@ -140,7 +143,7 @@ def node_structures(model, subs, node_means, cfg: ModularityConfig):
                     "nodes": n,
                     "edges": len(circuit.edges),
                     "kept_frac": n / circuit.n_nodes_total,
-                    **_lepori(accuracy, masks, removed, subs, factor, ("mean",)),
+                    **_lepori(accuracy, masks, removed, subs, factor, (Ablation.MEAN,)),
                 }
             )
             kept[factor].append({h: m > 0 for h, m in masks.items()})
