@@ -1,30 +1,67 @@
-"""Training speed: the sparsity tax, tokens/s and peak memory of the presets, and the share
-of a step spent in the top-k projection. Variants are timed in alternation in one run, so
-the ratios hold on a shared, noisy machine; absolute numbers are for orientation only.
+"""Training speed on a shared CPU: today's step (the plain reference code, kept here as the
+baseline) vs the fast paths, each as a fraction of the machine's matmul rate at the model's
+shapes; quiet vs one competing busy process for training and a circuit search; two
+sparsecircuits jobs side by side vs one after the other; held-out loss after a fixed number
+of tokens, old step vs new. Variants are timed in alternation in one run, so the ratios
+hold on a noisy machine; absolute numbers are for orientation only.
 
-    python benchmarks/bench_train.py [--steps N] [--rounds R]
+    python benchmarks/bench_train.py [--presets quick,small] [--rounds 5] [--skip-load]
+        [--loss-steps 150] [--prune-model runs/quick]
+
+"today" in the load section is what a user got before this benchmark existed: the plain
+code paths, OpenMP's default (spinning) wait policy and a fixed 2 threads. "new" is the
+default now: fast paths, passive waits, threads adapted to the cores left free.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+import sparsecircuits.model as model_module
+from sparsecircuits import fused, threads
 from sparsecircuits.config import resolve
 from sparsecircuits.model import SparseGPT
 from sparsecircuits.sparsity import WeightSparsifier
 from sparsecircuits.train import make_optimizer, train_step
 
 
+def _abs_topk_scatter(x: torch.Tensor, frac: float) -> torch.Tensor:
+    """AbsTopK as the step computed it before: top-k indices, then gather and scatter."""
+    k = max(1, int(frac * x.shape[-1]))
+    if k >= x.shape[-1]:
+        return x
+    idx = x.abs().topk(k, dim=-1, sorted=False).indices
+    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
+
+
+@contextlib.contextmanager
+def todays_step():
+    """The baseline: explicit attention, full logits tensor, scatter/gather AbsTopK."""
+    saved = model_module.abs_topk
+    model_module.abs_topk = _abs_topk_scatter
+    try:
+        with fused.plain():
+            yield
+    finally:
+        model_module.abs_topk = saved
+
+
+def step_context(variant: str):
+    return todays_step() if variant == "today" else contextlib.nullcontext()
+
+
 class Runner:
-    """A model + optimizer ready to take steps on a fixed random batch."""
+    """A model + optimizer ready to take steps on a fixed random batch, past the anneal."""
 
     def __init__(self, preset: str, **overrides):
         self.mcfg, self.tcfg = resolve(preset, None, overrides)
@@ -35,109 +72,276 @@ class Runner:
         self.batch = torch.randint(
             0, self.mcfg.vocab_size, (self.tcfg.batch_size, self.mcfg.n_ctx + 1)
         )
-        # Past the anneal, so the sparse variant runs at its target density.
         self.step = self.tcfg.steps - 1
 
-    def time_steps(self, n: int) -> float:
-        t = time.perf_counter()
-        for _ in range(n):
-            train_step(self.model, self.opt, self.sparsifier, self.batch, self.step)
-        return (time.perf_counter() - t) / n
-
-    def time_projection(self, n: int) -> float:
-        t = time.perf_counter()
-        for _ in range(n):
-            self.sparsifier.apply(self.step)
-        return (time.perf_counter() - t) / n
+    def time_steps(self, n: int, variant: str = "new") -> float:
+        with step_context(variant):
+            t = time.perf_counter()
+            for _ in range(n):
+                threads.adapt()
+                train_step(self.model, self.opt, self.sparsifier, self.batch, self.step)
+            return (time.perf_counter() - t) / n
 
     @property
     def tokens_per_step(self) -> int:
         return self.tcfg.batch_size * self.mcfg.n_ctx
 
 
-def sparsity_tax(steps: int, rounds: int) -> dict:
-    variants = {
-        "sparse (density 1/64, AbsTopK)": Runner("quick", density=1 / 64),
-        "dense, same AbsTopK": Runner("quick", density=1.0),
-        "dense, no AbsTopK": Runner("quick", density=1.0, afrac=None),
-    }
-    times = {k: [] for k in variants}
-    proj = []
-    for r in variants.values():
-        r.time_steps(2)  # warm-up
-    for _ in range(rounds):
-        for name, r in variants.items():
-            times[name].append(r.time_steps(steps))
-        proj.append(variants["sparse (density 1/64, AbsTopK)"].time_projection(steps))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    sparse = med["sparse (density 1/64, AbsTopK)"]
-    return {
-        "step_seconds": med,
-        "sparsity_tax_vs_dense_same_abstopk": sparse / med["dense, same AbsTopK"],
-        "sparsity_tax_vs_plain_dense": sparse / med["dense, no AbsTopK"],
-        "topk_projection_fraction_of_step": statistics.median(proj) / sparse,
-    }
+# ---- the matmul rate at the model's shapes -------------------------------------------------
 
 
-def throughput_one(preset: str, steps: int) -> dict:
-    r = Runner(preset)
-    r.time_steps(1)
-    sec = r.time_steps(steps)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "preset": preset,
-        "tokens_per_s": r.tokens_per_step / sec,
-        "step_seconds": sec,
-        "peak_rss_mb": peak_mb,
-        "params": r.model.num_params(),
-    }
+def _best_time(fn, reps: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def matmul_seconds(r: Runner) -> tuple[float, float]:
+    """(seconds, flops) the step's matmuls take at this machine's measured rate: for every
+    linear map (and the unembedding) the forward, input-gradient and weight-gradient
+    products, and per layer the six [pos x pos] attention products, each timed alone."""
+    n = r.tokens_per_step
+    cfg = r.mcfg
+    shapes = [m.weight.shape for m in r.model.modules() if isinstance(m, torch.nn.Linear)]
+    if r.model.unembed is None:
+        shapes.append(r.model.W_U.shape)
+    total_s = total_flops = 0.0
+    timed: dict[tuple, float] = {}
+    for out_f, in_f in shapes:
+        for a, b, c in ((n, in_f, out_f), (n, out_f, in_f), (out_f, n, in_f)):
+            if (a, b, c) not in timed:
+                x, w = torch.randn(a, b), torch.randn(b, c)
+                timed[(a, b, c)] = _best_time(lambda x=x, w=w: x @ w)
+            total_s += timed[(a, b, c)]
+            total_flops += 2 * a * b * c
+    bh, t, dh = r.tcfg.batch_size * cfg.n_head, cfg.n_ctx, cfg.d_head
+    q, k = torch.randn(bh, t, dh), torch.randn(bh, dh, t)
+    att = _best_time(lambda: torch.bmm(q, k))
+    total_s += 6 * cfg.n_layer * att
+    total_flops += 6 * cfg.n_layer * 2 * bh * t * t * dh
+    return total_s, total_flops
+
+
+def throughput(presets: list[str], steps: int, rounds: int) -> list[dict]:
+    rows = []
+    for preset in presets:
+        r = Runner(preset)
+        for v in ("today", "new"):
+            r.time_steps(2, v)  # warm-up
+        times = {"today": [], "new": []}
+        for _ in range(rounds):
+            for v in times:
+                times[v].append(r.time_steps(steps, v))
+        mm_s, flops = matmul_seconds(r)
+        med = {v: statistics.median(ts) for v, ts in times.items()}
+        dense = Runner(preset, density=1.0)
+        dense.time_steps(2)
+        dense_s = statistics.median(dense.time_steps(steps) for _ in range(rounds))
+        rows.append(
+            dict(
+                preset=preset,
+                tokens_per_s={v: r.tokens_per_step / s for v, s in med.items()},
+                speedup=med["today"] / med["new"],
+                matmul_fraction={v: mm_s / s for v, s in med.items()},
+                matmul_gflops=flops / mm_s / 1e9,
+                sparsity_tax=med["new"] / dense_s,
+            )
+        )
+    return rows
+
+
+# ---- quiet vs loaded, in child processes (the wait policy is fixed when torch starts) --------
+
+
+def _worker_env(variant: str) -> dict:
+    env = dict(os.environ)
+    for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"):
+        env.pop(key, None)
+    if variant == "today":
+        env.update(OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="2")
+    return env
+
+
+def _spawn_worker(kind: str, variant: str, args) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--worker", kind, "--variant", variant]
+    cmd += ["--work-seconds", str(args.work_seconds), "--prune-model", args.prune_model]
+    return subprocess.Popen(cmd, env=_worker_env(variant), stdout=subprocess.PIPE, text=True)
+
+
+def _worker_result(p: subprocess.Popen) -> dict:
+    out, _ = p.communicate()
+    if p.returncode:
+        raise SystemExit(f"worker failed ({p.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_worker(kind: str, variant: str, args) -> dict:
+    """Warm up long enough for the thread count to settle, then measure for a fixed time."""
+    if kind == "train":
+        r = Runner("quick")
+        r.time_steps(1, variant)
+        deadline = time.perf_counter() + threads.PERIOD * 2
+        while time.perf_counter() < deadline:
+            r.time_steps(1, variant)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < args.work_seconds:
+            r.time_steps(1, variant)
+            n += 1
+        return {"rate": n * r.tokens_per_step / (time.perf_counter() - t0), "unit": "tokens/s"}
+    with step_context(variant):
+        seconds = circuit_search_seconds(Path(args.prune_model))
+    return {"rate": 1 / seconds, "seconds": seconds, "unit": "searches/s"}
+
+
+def circuit_search_seconds(model_dir: Path) -> float:
+    from sparsecircuits.prune import prune
+    from sparsecircuits.prune_methods import PruneConfig
+
+    cfg = PruneConfig(method="masks", target_loss=0.5)
+    t = time.perf_counter()
+    prune(model_dir, "single_double_quote", cfg, progress=False)
+    return time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def competing_process():
+    """One single-thread busy process, like a browser tab or an indexer."""
+    p = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        p.kill()
+        p.wait()
+
+
+def under_load(kinds: list[str], args) -> list[dict]:
+    rows = []
+    for kind in kinds:
+        for variant in ("today", "new"):
+            quiet = _worker_result(_spawn_worker(kind, variant, args))
+            with competing_process():
+                loaded = _worker_result(_spawn_worker(kind, variant, args))
+            rows.append(
+                dict(kind=kind, variant=variant, quiet=quiet, loaded=loaded,
+                     retained=loaded["rate"] / quiet["rate"])
+            )  # fmt: skip
+    return rows
+
+
+def side_by_side(args) -> dict:
+    """Two training jobs of the same length: together vs one after the other (new policy)."""
+    steps = 30
+    cmd = [sys.executable, __file__, "--worker", "steps", "--steps", str(steps)]
+    env = _worker_env("new")
+    t = time.perf_counter()
+    for _ in range(2):
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+    sequential = time.perf_counter() - t
+    t = time.perf_counter()
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL) for _ in range(2)]
+    for p in procs:
+        p.wait()
+    together = time.perf_counter() - t
+    return {"sequential_s": sequential, "together_s": together}
+
+
+# ---- held-out loss after a fixed number of tokens ------------------------------------------
+
+
+def heldout_after(steps: int) -> dict:
+    """Train the quick shape `steps` steps from the same seed with each step, plus the new
+    step from a second seed (the noise to compare against); held-out loss of each."""
+    import tempfile
+
+    from sparsecircuits.train import train
+
+    out = {}
+    for label, variant, seed in (
+        ("today", "today", 0),
+        ("new", "new", 0),
+        ("new, seed 1", "new", 1),
+    ):
+        mcfg, tcfg = resolve("quick", None, dict(steps=steps, eval_every=steps, seed=seed))
+        with tempfile.TemporaryDirectory() as d, step_context(variant):
+            t = time.perf_counter()
+            train(mcfg, tcfg, Path(d) / "run", progress=False)
+            sec = time.perf_counter() - t
+            lines = (Path(d) / "run" / "metrics.jsonl").read_text().splitlines()
+            rows = [json.loads(line) for line in lines]
+        out[label] = {"heldout_loss": rows[-1]["heldout_loss"], "seconds": sec}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--presets", default="quick,small")
-    ap.add_argument("--throughput-one", help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--skip-load", action="store_true", help="skip the competing-process runs")
+    ap.add_argument("--loss-steps", type=int, default=150, help="0 skips the loss check")
+    ap.add_argument("--prune-model", default="runs/quick")
+    ap.add_argument("--work-seconds", type=float, default=12.0)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="new", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.throughput_one:  # child process: its peak memory is the preset's alone
-        print(json.dumps(throughput_one(args.throughput_one, args.steps)))
+    if args.worker == "steps":
+        Runner("quick").time_steps(args.steps)
+        return
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args.variant, args)))
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    tax = sparsity_tax(args.steps, args.rounds)
-    print("\n== sparsity tax (quick shape; median of alternated rounds) ==")
-    for name, sec in tax["step_seconds"].items():
-        print(f"  {name:<32} {sec * 1000:8.1f} ms/step")
-    print(
-        f"  sparse / dense (same AbsTopK):  {tax['sparsity_tax_vs_dense_same_abstopk']:.3f}  (target <= 1.15)"
-    )
-    print(f"  sparse / dense (no AbsTopK):    {tax['sparsity_tax_vs_plain_dense']:.3f}")
-    print(
-        f"  top-k projection share of a sparse step: {tax['topk_projection_fraction_of_step']:.3f}"
-    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    print("\n== tokens/s, today's step vs the new one (median of alternated rounds) ==")
+    for row in throughput(args.presets.split(","), args.steps, args.rounds):
+        tps, frac = row["tokens_per_s"], row["matmul_fraction"]
+        print(
+            f"  {row['preset']:<6} today {tps['today']:>8,.0f}  new {tps['new']:>8,.0f} tokens/s"
+            f"  speed-up {row['speedup']:.2f}x  (target >= 2)"
+        )
+        print(
+            f"         step as a fraction of its matmuls at the measured rate "
+            f"({row['matmul_gflops']:.0f} GFLOP/s at these shapes): "
+            f"today {frac['today']:.2f}, new {frac['new']:.2f}"
+        )
+        print(f"         new step, sparse / dense (same AbsTopK): {row['sparsity_tax']:.2f}")
 
-    print("\n== presets: tokens/s and peak memory (one process each) ==")
-    rows = []
-    for preset in args.presets.split(","):
-        out = subprocess.run(
-            [sys.executable, __file__, "--throughput-one", preset, "--steps", str(args.steps)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        rows.append(json.loads(out.stdout))
-    for row in rows:
+    if not args.skip_load:
+        kinds = ["train"]
+        if (Path(args.prune_model) / "model.safetensors").exists():
+            kinds.append("prune")
+            circuit_search_seconds(Path(args.prune_model))  # node means cached before timing
+        else:
+            print(f"\n(no checkpoint at {args.prune_model}: circuit search not measured)")
+        print("\n== quiet vs one competing single-thread busy process ==")
+        for row in under_load(kinds, args):
+            q, lo = row["quiet"], row["loaded"]
+            print(
+                f"  {row['kind']:<5} {row['variant']:<5} quiet {q['rate']:>9,.3f}  "
+                f"loaded {lo['rate']:>9,.3f} {q['unit']:<10}  retained {row['retained']:.2f}"
+                f"  (target >= 0.6)"
+                + (f"  search {q['seconds']:.1f} s quiet" if "seconds" in q else "")
+            )
+        sbs = side_by_side(args)
         print(
-            f"  {row['preset']:<6} {row['tokens_per_s']:>9,.0f} tokens/s  "
-            f"{row['step_seconds']:.3f} s/step  peak {row['peak_rss_mb']:,.0f} MB  "
-            f"{row['params']:,} params"
+            f"  two training jobs: together {sbs['together_s']:.1f} s, one after the other "
+            f"{sbs['sequential_s']:.1f} s (ratio {sbs['together_s'] / sbs['sequential_s']:.2f},"
+            f" target <= 1)"
         )
-    if len(rows) > 1:
-        print(
-            f"  ratio {rows[0]['preset']}/{rows[1]['preset']} tokens/s: "
-            f"{rows[0]['tokens_per_s'] / rows[1]['tokens_per_s']:.2f}"
-        )
+
+    if args.loss_steps:
+        print(f"\n== held-out loss after {args.loss_steps} quick steps ==")
+        res = heldout_after(args.loss_steps)
+        for label, r in res.items():
+            print(f"  {label:<12} held-out loss {r['heldout_loss']:.4f}  ({r['seconds']:.0f} s)")
+        diff = abs(res["today"]["heldout_loss"] - res["new"]["heldout_loss"])
+        noise = abs(res["new"]["heldout_loss"] - res["new, seed 1"]["heldout_loss"])
+        print(f"  |today - new| {diff:.4f} vs seed-to-seed {noise:.4f}")
 
 
 if __name__ == "__main__":

@@ -7,15 +7,15 @@ import torch
 
 from conftest import tiny_configs, write_quote_task
 from sparsecircuits import load, train
-from sparsecircuits.circuit import SCHEMA_VERSION, Circuit, circuit_edges
+from sparsecircuits.circuit import SCHEMA_VERSION, Circuit, Node, circuit_edges
 from sparsecircuits.cli import main
 from sparsecircuits.config import ModelConfig
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import SparseGPT
 from sparsecircuits.nodes import MEANS_FILE, ablation_hooks, node_sites, parse_node
-from sparsecircuits.prune import TargetUnreachable, calibrate, prune
-from sparsecircuits.prune_methods import PruneConfig
-from sparsecircuits.tasks import get_task
+from sparsecircuits.prune import Evaluator, TargetUnreachable, calibrate, prune
+from sparsecircuits.prune_methods import Problem, PruneConfig
+from sparsecircuits.tasks import TaskBatch, get_task
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,18 @@ def test_cli_prune_prints_the_table(trained, quote_task, tmp_path, capsys):
     assert Circuit.load(tmp_path / "c" / "circuit.json").method == "attribution"
 
 
+def test_circuit_json_with_old_site_names_loads(tmp_path):
+    """circuit.json files written before the rename spell attn_q/k/v as q/k/v."""
+    names = ["blocks.0.attn.hook_q[1]", "blocks.0.attn.hook_v[2]", "blocks.0.hook_mlp_out[3]"]
+    sites = ["attn_q", "attn_v", "mlp_out"]
+    nodes = [Node(n, s, 0, i, 0.0, 1.0) for i, (n, s) in enumerate(zip(names, sites, strict=True))]
+    d = Circuit("t", "masks", 0.1, nodes, [], 10, {}, {}).to_dict()
+    for n, old in zip(d["nodes"], ["q", "v", "mlp_out"], strict=True):
+        n["site"] = old
+    (tmp_path / "circuit.json").write_text(json.dumps(d))
+    assert [n.site for n in Circuit.load(tmp_path / "circuit.json").nodes] == sites
+
+
 def test_cli_tasks_list_and_show(trained, capsys):
     assert main(["tasks", "list"]) == 0
     assert "single_double_quote" in capsys.readouterr().out
@@ -221,6 +233,36 @@ def test_masks_of_ones_are_the_identity_and_zeros_ablate():
     assert torch.allclose(
         seen["blocks.1.attn.hook_q"].flatten(-2), means["blocks.1.attn.hook_q"].expand(3, 7, -1)
     )
+
+
+def test_many_mask_sets_evaluated_together_equal_one_at_a_time():
+    torch.manual_seed(0)
+    model = SparseGPT(ModelConfig(vocab_size=40, d_model=32, n_layer=2, afrac=0.25)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    sites = node_sites(model.cfg)
+    means = {s.hook: torch.randn(s.width) for s in sites}
+    # right-padded prompts of different lengths, as tasks encode them
+    batch = TaskBatch(
+        torch.randint(0, 40, (6, 9)),
+        torch.tensor([8, 5, 3, 6, 2, 4]),
+        torch.randint(0, 40, (6,)),
+        torch.randint(0, 40, (6,)),
+    )
+    ev = Evaluator(Problem(model, sites, means, batch), batch)
+    g = torch.Generator().manual_seed(1)
+    many = [
+        {s.hook: (torch.rand(s.width, generator=g) > 0.3).float() for s in sites} for _ in range(5)
+    ]
+    together = ev.diffs(many, rows=12)  # two sets per pass: groups and a ragged last one
+    for masks, d in zip(many, together, strict=True):
+        assert torch.allclose(d, ev.diff(masks), atol=1e-5)
+    # and the last-position logits equal the full logits read there
+    ones = {s.hook: torch.ones(s.width) for s in sites}
+    full = model(batch.tokens)[torch.arange(6), batch.last_pos]
+    read = full.gather(1, batch.correct[:, None]) - full.gather(1, batch.incorrect[:, None])
+    assert torch.allclose(ev.diff(ones), read.squeeze(1), atol=1e-5)
 
 
 def test_edge_count_matches_nonzero_weights():

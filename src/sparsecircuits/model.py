@@ -242,9 +242,16 @@ class SparseGPT(HookedModule):
         """Unembedding as [vocab, d_model] (the embedding itself when tied)."""
         return self.embed.weight if self.unembed is None else self.unembed.weight
 
-    def forward(self, tokens: torch.Tensor, return_type: str = "logits"):
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        return_type: str = "logits",
+        positions: torch.Tensor | None = None,
+    ):
         """tokens [batch, pos] -> logits; return_type "loss" gives the mean next-token
-        cross-entropy, "both" gives (logits, loss)."""
+        cross-entropy, "both" gives (logits, loss). `positions` [batch] (logits only) gives
+        the logits at one position per row, [batch, vocab]: what a task reads, without
+        unembedding every other position (at d_model 128 that is ~40% of a forward pass)."""
         if tokens.shape[-1] > self.cfg.n_ctx and self.pos_embed is not None:
             raise ValueError(
                 f"sequence of {tokens.shape[-1]} tokens exceeds n_ctx={self.cfg.n_ctx}"
@@ -258,6 +265,9 @@ class SparseGPT(HookedModule):
         x = self.ln_final(x)
         if return_type == "loss" and fused.ENABLED:  # the same loss, no logits tensor
             return next_token_loss(x, self.W_U, self.logit_bias, self.bigram, tokens)
+        if positions is not None:
+            rows = torch.arange(tokens.shape[0], device=tokens.device)
+            x, tokens = x[rows, positions], tokens[rows, positions]
         logits = F.linear(x, self.W_U, self.logit_bias)
         if self.bigram is not None:
             logits = logits + self.bigram[tokens]

@@ -110,6 +110,24 @@ class Evaluator:
     def diff(self, masks: dict[str, torch.Tensor]) -> torch.Tensor:
         return task_logit_diff(self.problem.logits(masks, self.batch), self.batch).cpu()
 
+    @torch.no_grad()
+    def diffs(self, many: list[dict[str, torch.Tensor]], rows: int = 2048) -> list[torch.Tensor]:
+        """diff() under each of many mask sets, in few passes: the pairs are repeated once
+        per set and each copy gets its own masks (a [rows, 1, width] mask broadcasts over
+        positions), so hundreds of single-node ablations cost a few large batches."""
+        n = len(self.batch)
+        per = max(1, rows // n)
+        out = []
+        for s in range(0, len(many), per):
+            group = many[s : s + per]
+            stacked = {
+                h: torch.stack([m[h] for m in group]).repeat_interleave(n, 0)[:, None, :]
+                for h in group[0]
+            }
+            big = self.batch.subset(torch.arange(n // 2).repeat(len(group)))
+            out.extend(task_logit_diff(self.problem.logits(stacked, big), big).cpu().split(n))
+        return out
+
     def metrics(self, masks, calibration: tuple[float, float] | None = None) -> dict:
         return diff_metrics(self.diff(masks), self.batch, calibration)
 
@@ -266,12 +284,16 @@ def find_circuit(
 
     removed = {h: 1.0 - m for h, m in masks.items()}
     g = torch.Generator().manual_seed(cfg.seed + 1)
+    rand_masks = [
+        top_k_masks(problem, {s.hook: torch.rand(s.width, generator=g) for s in sites}, k)
+        for _ in range(cfg.random_draws)
+    ]
     random_runs = []
-    for _ in range(cfg.random_draws):
-        rand_scores = {s.hook: torch.rand(s.width, generator=g) for s in sites}
-        rmasks = top_k_masks(problem, rand_scores, k)
-        _, rs, rb = calibrate(train_eval.diff(rmasks), train_b, cfg.calib_steps)
-        random_runs.append(test_eval.metrics(rmasks, (rs, rb)))
+    for train_d, test_d in zip(
+        train_eval.diffs(rand_masks), test_eval.diffs(rand_masks), strict=True
+    ):
+        _, rs, rb = calibrate(train_d, train_b, cfg.calib_steps)
+        random_runs.append(diff_metrics(test_d, test_b, (rs, rb)))
     rl = torch.tensor([r["loss_calibrated"] for r in random_runs])
     ra = torch.tensor([r["accuracy_calibrated"] for r in random_runs])
     metrics = {
@@ -381,13 +403,17 @@ def node_effects(problem, test_b, masks, scores, calibration, cfg: PruneConfig) 
     sub = test_b.subset(range(min(cfg.effect_pairs, len(test_b) // 2)))
     ev = Evaluator(problem, sub)
     base = ev.metrics(masks, calibration)["loss_calibrated"]
-    effects = {}
-    for site, i in _ranked_circuit_nodes(problem, masks, scores, cfg.effect_nodes):
+    nodes = _ranked_circuit_nodes(problem, masks, scores, cfg.effect_nodes)
+    without = []
+    for site, i in nodes:
         m = dict(masks)
         m[site.hook] = masks[site.hook].clone()
         m[site.hook][i] = 0.0
-        effects[site.node(i)] = round(ev.metrics(m, calibration)["loss_calibrated"] - base, 5)
-    return effects
+        without.append(m)
+    return {
+        site.node(i): round(diff_metrics(d, sub, calibration)["loss_calibrated"] - base, 5)
+        for (site, i), d in zip(nodes, ev.diffs(without), strict=True)
+    }
 
 
 @torch.no_grad()

@@ -54,10 +54,13 @@ class Problem:
     def logits(
         self, masks: dict[str, torch.Tensor], batch: TaskBatch | None = None
     ) -> torch.Tensor:
-        """Logits with every node scaled by its mask (0 = mean-ablated)."""
+        """Logits at each prompt's last position [2N, vocab], with every node scaled by its
+        mask (0 = mean-ablated)."""
         batch = batch if batch is not None else self.batch
         hooks = ablation_hooks(self.sites, self.means, masks)
-        return self.model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+        # causal: the padding after the longest prompt's last token changes nothing read here
+        tokens = batch.tokens[:, : int(batch.last_pos.max()) + 1]
+        return self.model.run_with_hooks(tokens, fwd_hooks=hooks, positions=batch.last_pos)
 
     def full_masks(
         self, value: float = 1.0, requires_grad: bool = False

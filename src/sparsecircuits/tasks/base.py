@@ -198,9 +198,12 @@ def prompt_windows(batch) -> list[torch.Tensor]:
 
 
 def task_logit_diff(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
-    """[2N] logit(correct) - logit(incorrect) at each prompt's last position; logits [2N, T, V]."""
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    last = logits[rows, batch.last_pos.to(logits.device)]  # [2N, V]
+    """[2N] logit(correct) - logit(incorrect) at each prompt's last position; logits
+    [2N, T, V], or [2N, V] already taken there (`model(tokens, positions=batch.last_pos)`)."""
+    last = logits
+    if logits.dim() == 3:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        last = logits[rows, batch.last_pos.to(logits.device)]
     correct = last.gather(1, batch.correct.to(logits.device)[:, None])
     incorrect = last.gather(1, batch.incorrect.to(logits.device)[:, None])
     return (correct - incorrect).squeeze(1)
