@@ -13,6 +13,8 @@ from sparsecircuits.circuit import Circuit, Node
 from sparsecircuits.cli import main
 from sparsecircuits.explain import (
     CACHE_FILE,
+    LEGIBLE_AUC,
+    LEGIBLE_PR,
     Context,
     Feature,
     explain_nodes,
@@ -217,3 +219,68 @@ def test_cli_bad_files_are_one_line(tmp_path, capsys):
         assert main(["explain", str(target), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+# ---------- legibility in the study and the report ----------
+
+
+def test_legibility_dense_vs_sparse_with_intervals():
+    from sparsecircuits.study.measures import legibility as study_legibility
+
+    models = [{"id": f"{k}{s}", "kind": k, "seed": s} for k in ("dense", "sparse") for s in (0, 1)]
+    circuits = []
+    for task in ("t1", "t2", "t3"):
+        for m in models:
+            frac = 0.2 if m["kind"] == "dense" else 0.6 + 0.1 * m["seed"]
+            leg = {"node_fraction": frac, "effect_fraction": None, "criterion": "c"}
+            circuits.append({"model": m["id"], "task": task, "status": "ok", "legibility": leg})
+    circuits.append({"model": "dense0", "task": "t9", "status": "unreachable"})
+    circuits.append(
+        {"model": "dense1", "task": "t1", "status": "ok", "legibility": {"error": "gone"}}
+    )
+    leg = study_legibility(models, circuits)
+    nodes = leg["node_fraction"]
+    assert leg["n_circuits"] == 12 and leg["criterion"] == "c"
+    assert nodes["dense"]["value"] == pytest.approx(0.2)
+    assert nodes["sparse"]["value"] == pytest.approx(0.65)
+    assert nodes["sparse_minus_dense"]["value"] == pytest.approx(0.45)
+    assert nodes["sparse_minus_dense"]["low"] == pytest.approx(0.4) and nodes["verdict"] == "found"
+    assert (nodes["dense"]["n_tasks"], nodes["dense"]["n_seeds"]) == (3, 2)
+    assert leg["effect_fraction"]["dense"] is None
+    assert leg["effect_fraction"]["verdict"] == "not measured"
+
+
+def test_study_legibility_reaches_results_summary_and_report(tmp_path):
+    from sparsecircuits import report
+    from sparsecircuits.study import add_legibility
+    from sparsecircuits.study.summary import legibility_markdown
+    from study_fixture import CORRUPT, write_fake_study
+
+    study = write_fake_study(tmp_path / "study")
+    add_legibility(study, progress=False)
+    results = json.loads((study / "results.json").read_text())
+    for row in results["circuits"]:
+        if row["status"] != "ok":
+            assert "legibility" not in row
+        elif (row["model"], row["task"]) == CORRUPT:
+            assert "not valid JSON" in row["legibility"]["error"]
+        else:  # the stored explanations, counted with the criterion
+            stored = json.loads((study / row["path"]).read_text())["explanations"]
+            want = sum(map(is_explained, stored.values()))
+            assert row["legibility"]["explained_nodes"] == want > 0
+    leg = results["measures"]["legibility"]
+    explained = [c for c in results["circuits"] if "nodes" in c.get("legibility", {})]
+    assert leg["n_circuits"] == len(explained) == 7
+    assert results["answer"]["legibility"].startswith("Legibility (AUC >= 0.9")
+    text = "\n".join(legibility_markdown(leg, results["circuits"]))
+    assert "| nodes |" in text and "not valid JSON" in text
+    data = report._page_data(study)
+    assert data["legibility"] == leg and data["legible"]["auc"] == LEGIBLE_AUC
+    view = next(c["view"] for c in data["circuits"] if c["view"])
+    assert len(view["explanations"]) == len(view["nodes"]["name"])
+
+
+def test_report_and_explain_use_one_criterion():
+    from sparsecircuits import report
+
+    assert report.LEGIBLE == {"auc": LEGIBLE_AUC, "precision_recall": LEGIBLE_PR}

@@ -202,7 +202,7 @@ def _cmd_tasks(args) -> None:
 
 def _cmd_study(args) -> None:
     from .report import build_report
-    from .study import run_study, study_config, write_summary
+    from .study import add_legibility, run_study, study_config, write_summary
 
     if args.summary:  # only rewrite the summary of a finished study
         print(f"summary:  {write_summary(args.out)}")
@@ -213,12 +213,17 @@ def _cmd_study(args) -> None:
         cfg, args.out, resume=args.resume, force=args.force, progress=not args.quiet
     )
     out = Path(args.out)
+    if not args.no_legibility:
+        results = add_legibility(out, progress=not args.quiet)
+        write_summary(out)
     report = build_report(out)
     print(f"results:  {out / 'results.json'}")
     print(f"frontier: {out / 'frontier.png'}")
     print(f"summary:  {out / 'summary.md'}")
     print(f"report:   {report}  (or: sparsecircuits view {out})")
     print(f"answer:   {results['answer']['sentence']}")
+    if "legibility" in results["answer"]:
+        print(f"          {results['answer']['legibility']}")
 
 
 def _cmd_activations(args) -> None:
@@ -410,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--force", action="store_true", help="replace a different study in --out")
     st.add_argument(
         "--summary", action="store_true", help="only rewrite --out's summary.md from results.json"
+    )
+    st.add_argument(
+        "--no-legibility",
+        action="store_true",
+        help="skip explaining every circuit's nodes (legibility in results.json and the report)",
     )
     st.add_argument("--quiet", action="store_true")
     st.set_defaults(fn=_cmd_study)

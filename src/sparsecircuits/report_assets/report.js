@@ -85,6 +85,7 @@
     if (a.width_effect) lines.push(a.width_effect);
     if (a.controls) lines.push(`Controls: ${a.controls}`);
     if (a.seeds) lines.push(a.seeds);
+    if (a.legibility) lines.push(a.legibility);
     for (const d of a.details || []) lines.push(d);
     const ul = document.getElementById("answer-details");
     for (const line of lines) ul.appendChild(el("li", {}, line));
@@ -258,7 +259,7 @@
         // Message instead of numbers: why there is no circuit, or why it cannot be shown.
         const msg = c.status === "ok" ? `circuit file: ${c.view_error}` : c.message || "";
         const td = cell(msg, "error");
-        td.setAttribute("colspan", "8");
+        td.setAttribute("colspan", "9");
         tr.appendChild(td);
         return tr;
       }
@@ -276,7 +277,7 @@
         cell(fmt(g("full", "loss_calibrated")), "num"),
         cell(fmt(g("circuit", "loss_calibrated")), "num"),
         cell(fmt(g("ablated", "loss")), "num"), cell(rnd, "num"),
-        ctl("nonsense"), ctl("random_init")
+        ctl("nonsense"), ctl("random_init"), cell(explainedCell(c.legibility), "num")
       );
       tr.className = "viewable";
       tr.title = "show in the circuit viewer";
@@ -288,7 +289,40 @@
     });
     fillTable(document.getElementById("circuits-table"),
       ["model", "task", "status", "nodes", "edges", "full", "circuit", "ablated", "random",
-        "nonsense task", "random init"], rows);
+        "nonsense task", "random init", "explained nodes"], rows);
+  }
+
+  function explainedCell(leg) {
+    if (!leg) return "–";
+    if (leg.error) return "error";
+    return `${fmtInt(leg.explained_nodes)} of ${fmtInt(leg.nodes)} (${fmt(leg.node_fraction, 2)})`;
+  }
+
+  // ---------- legibility: dense vs sparse ----------
+
+  function renderLegibility() {
+    const leg = DATA.legibility;
+    const note = document.getElementById("legibility-criterion");
+    if (!leg) {
+      note.textContent = "Not measured: this study ran with --no-legibility (or before it existed).";
+      return;
+    }
+    note.textContent = `A node counts as explained when ${leg.criterion || "(no criterion)"}; ` +
+      `${fmtInt(leg.n_circuits)} circuits explained.`;
+    const iv = (x) => {
+      if (!x) return "n/a";
+      const core = `${fmt(x.value, 2)} (n = ${x.n})`;
+      return isNum(x.low) ? `${core} [${fmt(x.low, 2)}, ${fmt(x.high, 2)}]` : core;
+    };
+    const rows = [["node_fraction", "nodes"], ["effect_fraction", "ablation effect"]].map(([f, what]) => {
+      const x = leg[f] || {};
+      const tr = el("tr");
+      tr.append(cell(what), cell(iv(x.dense), "num"), cell(iv(x.sparse), "num"),
+        cell(iv(x.sparse_minus_dense), "num"), cell(x.verdict || ""));
+      return tr;
+    });
+    fillTable(document.getElementById("legibility-table"),
+      ["share explained", "dense", "sparse", "sparse − dense", "verdict"], rows);
   }
 
   // ---------- circuit viewer ----------
@@ -301,12 +335,37 @@
     edgesOf: null, // per drawn node/group: the SVG edges touching it, for highlighting
     shapeOf: null, // per drawn node/group: its SVG shape
     selectedKey: null,
+    colorByAuc: false, // fill nodes by their explanation's AUC instead of their site
   };
   const graphHost = document.getElementById("graph");
   const panel = document.getElementById("panel");
   const select = document.getElementById("circuit-select");
   const slider = document.getElementById("edge-slider");
   const collapseBox = document.getElementById("collapse");
+  const aucBox = document.getElementById("color-auc");
+
+  // A node's explanation, and whether one feature explains it (the criterion of explain.py).
+  function explanationOf(i) {
+    const ex = viewer.view.explanations;
+    return ex ? ex[i] : null;
+  }
+
+  function isExplained(e) {
+    const t = DATA.legible;
+    return !!e && isNum(e.auc) && e.auc >= t.auc &&
+      e.precision >= t.precision_recall && e.recall >= t.precision_recall;
+  }
+
+  function featureText(e) {
+    return e.direction === -1 ? `not ${e.feature}` : e.feature;
+  }
+
+  // AUC 0.5 (chance) pale yellow to 1.0 dark green; grey where no feature was scored.
+  function aucColor(e) {
+    if (!e || !isNum(e.auc)) return "#c4c8cc";
+    const t = Math.max(0, Math.min(1, (e.auc - 0.5) / 0.5));
+    return `hsl(${45 + 95 * t}, ${90 - 25 * t}%, ${85 - 55 * t}%)`;
+  }
 
   function renderSiteLegend() {
     const legend = document.getElementById("site-legend");
@@ -320,6 +379,11 @@
     const sign = el("span", { class: "muted" },
       "edges: blue = positive weight, orange = negative; thicker = larger |weight|");
     legend.appendChild(sign);
+    const auc = el("span", { id: "auc-legend", class: "muted" });
+    auc.append(document.createTextNode("node fill: AUC 0.5"), el("span", { class: "ramp" }),
+      document.createTextNode("1.0; grey = not explained"));
+    auc.hidden = true;
+    legend.appendChild(auc);
   }
 
   function initViewer() {
@@ -332,13 +396,18 @@
     });
     if (!any) {
       select.appendChild(el("option", { value: "" }, "no circuits found"));
-      select.disabled = slider.disabled = collapseBox.disabled = true;
+      select.disabled = slider.disabled = collapseBox.disabled = aucBox.disabled = true;
       return;
     }
     select.addEventListener("change", () => selectCircuit(Number(select.value)));
     collapseBox.addEventListener("change", () => {
       viewer.collapsed = collapseBox.checked;
       configureSlider();
+      draw();
+    });
+    aucBox.addEventListener("change", () => {
+      viewer.colorByAuc = aucBox.checked;
+      document.getElementById("auc-legend").hidden = !aucBox.checked;
       draw();
     });
     let pending = false; // redraw at most once per frame while the slider is dragged
@@ -518,11 +587,23 @@
     }
 
     const nodes = svgEl("g", {}, svg);
+    const labels = svgEl("g", {}, svg);
     for (let i = 0; i < n; i++) {
+      const e = explanationOf(i);
       const circle = svgEl("circle", {
         class: "node", cx: x[i], cy: y[i], r: radius,
-        fill: SITE_COLORS[SITES.indexOf(v.nodes.site[i])], "data-node": v.nodes.name[i],
+        fill: viewer.colorByAuc ? aucColor(e) : SITE_COLORS[SITES.indexOf(v.nodes.site[i])],
+        "data-node": v.nodes.name[i], "data-auc": e && isNum(e.auc) ? String(e.auc) : "",
       }, nodes);
+      // Explained nodes carry their feature's name, where rows are tall enough to read it.
+      if (isExplained(e) && step >= 8) {
+        const full = featureText(e);
+        const label = svgEl("text", {
+          class: "node-label", x: x[i] + radius + 2, y: y[i] + 3, "data-node": v.nodes.name[i],
+        }, labels);
+        label.textContent = full.length > 16 ? `${full.slice(0, 15)}…` : full;
+        svgEl("title", {}, label).textContent = full;
+      }
       const key = `n${i}`;
       viewer.shapeOf.set(key, circle);
       circle.addEventListener("mouseenter", () => { if (!viewer.pinned) showNode(i); });
@@ -681,6 +762,7 @@
       ["edges", `${fmtInt(nIn)} in, ${fmtInt(nOut)} out`],
     ]));
     panel.lastChild.title = "ablation effect: rise in task loss when this node alone is removed";
+    showExplanation(explanationOf(i));
 
     if (!v.examples.length) {
       panel.appendChild(el("p", { class: "muted" }, "No example prompts recorded."));
@@ -712,6 +794,54 @@
         document.createTextNode("  incorrect "), el("code", { class: "answer" }, ex.incorrect)
       );
       if (!acts) box.appendChild(el("div", { class: "muted" }, "No activations recorded for this node."));
+    }
+  }
+
+  function tokenList(pairs) {
+    const p = el("p");
+    for (const [tok, val] of pairs || []) {
+      const c = el("code", { class: "tokens", title: fmt(val) }, JSON.stringify(tok));
+      p.appendChild(c);
+    }
+    if (!p.childNodes.length) p.textContent = "–";
+    return p;
+  }
+
+  // The node's best feature with its scores, its top and bottom activating contexts, and the
+  // tokens on its direct input and output paths (explain.py).
+  function showExplanation(e) {
+    const box = panel.appendChild(el("div", { class: "explanation", id: "explanation" }));
+    box.appendChild(el("h3", {}, "Explanation"));
+    if (!e) {
+      box.appendChild(el("p", { class: "muted" },
+        "Not explained (sparsecircuits explain CIRCUIT.json adds explanations)."));
+      return;
+    }
+    if (e.feature === null) {
+      box.appendChild(el("p", { class: "muted" }, "Constant on the text: no feature scored."));
+    } else {
+      box.appendChild(defList([
+        ["feature", featureText(e)],
+        ["AUC", fmt(e.auc, 3)],
+        ["precision / recall", `${fmt(e.precision, 3)} / ${fmt(e.recall, 3)} at the best threshold`],
+        ["explained", isExplained(e) ? "yes" : "no"],
+      ]));
+    }
+    if (e.top_inputs && e.top_inputs.length) {
+      box.appendChild(el("div", { class: "example-label" }, "top input tokens (direct path)"));
+      box.appendChild(tokenList(e.top_inputs));
+    }
+    if (e.top_logits && e.top_logits.length) {
+      box.appendChild(el("div", { class: "example-label" }, "top pushed logits (direct path)"));
+      box.appendChild(tokenList(e.top_logits));
+    }
+    for (const q of e.examples || []) {
+      const ex = box.appendChild(el("div", { class: "quantile" }));
+      ex.appendChild(el("div", { class: "example-label" }, `${q.label}: ${fmt(q.value)}`));
+      const pre = ex.appendChild(el("div", { class: "context" }));
+      q.tokens.forEach((tok, t) => {
+        pre.appendChild(el("span", { class: t === q.at ? "tok tok-at" : "tok" }, tok));
+      });
     }
   }
 
@@ -752,6 +882,7 @@
   renderFrontier();
   renderModelsTable();
   renderCircuitsTable();
+  renderLegibility();
   renderSiteLegend();
   initViewer();
   renderAnalyses();

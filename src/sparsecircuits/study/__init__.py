@@ -5,9 +5,11 @@ and measure the capability-interpretability frontier (held-out loss vs circuit s
     run       training, the full-model check per task, the pruning grid and controls
     measures  the named measures and the answer sentence (pure functions of the rows)
     summary   the frontier plot and the markdown summary, from results.json
+    legibility  every circuit's nodes explained, dense vs sparse legibility into results.json
 """
 
 from .config import STUDY_PRESETS, ModelSpec, StudyConfig, model_dir, model_specs, study_config
+from .legibility import add_legibility
 from .measures import RESULTS_VERSION, analyse
 from .run import nonsense_task, run_study
 from .summary import plot_frontier, summary_markdown, write_summary
@@ -17,6 +19,7 @@ __all__ = [
     "STUDY_PRESETS",
     "ModelSpec",
     "StudyConfig",
+    "add_legibility",
     "analyse",
     "model_dir",
     "model_specs",

@@ -6,6 +6,8 @@
     density_trend   circuit size and loss per halving of density at the base width
     width_effect    circuit size and loss per doubling of width at fixed nonzeros
     controls        how close each control comes to the real circuit
+    legibility      dense vs sparse: the fraction of circuit nodes (and of ablation effect)
+                    one simple feature explains (explain.py), added by study/legibility.py
     sentence        the answer, stated from the numbers above
 
 Intervals are 95% bootstrap intervals over tasks and pretraining seeds (both resampled);
@@ -280,6 +282,57 @@ def controls(circuits: list[dict]) -> dict:
         for name in ("nonsense", "random_init", "random_circuits")
     }
     return {"rows": rows, "close": close, "n_checked": len(rows)}
+
+
+def legibility(models: list[dict], circuits: list[dict]) -> dict:
+    """Dense vs sparse legibility. Per kind, each (task, seed) unit is the mean over that
+    kind's validated circuits of the explained-node fraction (and of the explained share of
+    ablation effect); the kind's value is the mean over units with a bootstrap interval, and
+    sparse minus dense is read on the units both kinds have ("found" when its interval
+    excludes 0)."""
+    kind_seed = {m["id"]: (m["kind"], m["seed"]) for m in models}
+    rows = [
+        c
+        for c in circuits
+        if c["status"] == "ok" and (c.get("legibility") or {}).get("node_fraction") is not None
+    ]
+    out: dict = {
+        "n_circuits": len(rows),
+        "criterion": rows[0]["legibility"].get("criterion") if rows else None,
+    }
+    for field in ("node_fraction", "effect_fraction"):
+        per: dict[str, dict[tuple[str, int], list[float]]] = {}
+        for c in rows:
+            value = c["legibility"].get(field)
+            if value is not None:
+                kind, seed = kind_seed[c["model"]]
+                per.setdefault(kind, {}).setdefault((c["task"], seed), []).append(value)
+        means = {k: {u: statistics.fmean(v) for u, v in units.items()} for k, units in per.items()}
+        dense, sparse = means.get("dense", {}), means.get("sparse", {})
+        diff = {u: sparse[u] - dense[u] for u in sorted(dense.keys() & sparse.keys())}
+        change = bootstrap_interval(diff, stat=statistics.fmean)
+        out[field] = {
+            "dense": bootstrap_interval(dense, stat=statistics.fmean),
+            "sparse": bootstrap_interval(sparse, stat=statistics.fmean),
+            "sparse_minus_dense": change,
+            "verdict": verdict(change, null=0.0),
+        }
+    return out
+
+
+def legibility_sentence(leg: dict) -> str:
+    """The legibility comparison in words, every number from `legibility`."""
+    if not leg["n_circuits"]:
+        return "Legibility: no validated circuit was explained"
+    parts = []
+    for field, what in (("node_fraction", "nodes"), ("effect_fraction", "ablation effect")):
+        x = leg[field]
+        parts.append(
+            f"share of {what} explained: dense {_fmt_interval(x['dense'], '', 2)}, sparse "
+            f"{_fmt_interval(x['sparse'], '', 2)}, sparse - dense "
+            f"{_fmt_interval(x['sparse_minus_dense'], '', 2)} ({x['verdict']})"
+        )
+    return f"Legibility ({leg['criterion']}; {leg['n_circuits']} circuits): " + "; ".join(parts)
 
 
 def _fmt_interval(iv: dict | None, unit: str = "x", digits: int = 2) -> str:

@@ -41,6 +41,7 @@ def summary_markdown(results: dict) -> str:
         f"- {a['density_trend']}",
         f"- {a['width_effect']}",
         *(f"- {d}" for d in a["details"]),
+        *([f"- {a['legibility']}"] if a.get("legibility") else []),
         "",
         "## Models",
         "",
@@ -119,6 +120,8 @@ def summary_markdown(results: dict) -> str:
             ),
             "",
         ]
+    if "legibility" in ms:
+        lines += legibility_markdown(ms["legibility"], results["circuits"])
     ds = ms["dense_sparse"]
     lines += [
         f"Dense/sparse readings: {ds['n_interpolated']} interpolated, {ds['n_extrapolated']} extrapolated.",
@@ -130,6 +133,50 @@ def summary_markdown(results: dict) -> str:
             f"Wall time of this run: training {t['train_seconds']} s, pruning {t['prune_seconds']} s."
         )
     return "\n".join(lines) + "\n"
+
+
+def _interval_cell(iv: dict | None) -> str:
+    if iv is None:
+        return "n/a"
+    if iv["low"] is None:
+        return f"{iv['value']:.2f} (n={iv['n']})"
+    return f"{iv['value']:.2f} [{iv['low']:.2f}, {iv['high']:.2f}] (n={iv['n']})"
+
+
+def legibility_markdown(leg: dict, circuits: list[dict]) -> list[str]:
+    """Dense vs sparse legibility (95% intervals over tasks and seeds), then per circuit."""
+    return [
+        "## Legibility",
+        "",
+        f"A node is explained when one feature does it: {leg['criterion']}. "
+        "Intervals: 95% bootstrap over tasks and seeds.",
+        "",
+        *_table(
+            ["share explained", "dense", "sparse", "sparse - dense", "verdict"],
+            [
+                [what]
+                + [_interval_cell(leg[field][k]) for k in ("dense", "sparse", "sparse_minus_dense")]
+                + [leg[field]["verdict"]]
+                for field, what in (
+                    ("node_fraction", "nodes"),
+                    ("effect_fraction", "ablation effect"),
+                )
+            ],
+        ),
+        "",
+        *_table(
+            ["model", "task", "nodes", "explained", "share of nodes", "share of effect"],
+            [
+                [c["model"], c["task"], lg.get("nodes"), lg.get("explained_nodes")]
+                + [lg.get("node_fraction"), lg.get("effect_fraction")]
+                if "error" not in lg
+                else [c["model"], c["task"], lg["error"], "", "", ""]
+                for c in circuits
+                if (lg := c.get("legibility"))
+            ],
+        ),
+        "",
+    ]
 
 
 def write_summary(study_dir: str | Path) -> Path:

@@ -1,0 +1,41 @@
+"""Legibility of a finished study's circuits: every validated circuit's nodes explained
+(explain.py; the explanations are stored in its circuit.json, and cached per model), its
+legibility added to its row of results.json, and the dense vs sparse comparison added to
+results.json's measures and answer (`measures.legibility`).
+
+A step after `run_study` rather than inside it, so a study's circuits can be explained
+again (a new criterion, a moved model folder) without pruning anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..explain import circuit_legibility
+from ..io import read_json, write_json_atomic
+from .measures import legibility, legibility_sentence
+
+
+def add_legibility(study_dir: str | Path, progress: bool = True) -> dict:
+    """Explain every validated circuit of DIR/results.json and add legibility to it (a
+    circuit that cannot be explained gets its error in its row instead); returns the
+    results, also written back."""
+    study_dir = Path(study_dir)
+    path = study_dir / "results.json"
+    if not path.is_file():
+        raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
+    results = read_json(path)
+    rows = [c for c in results.get("circuits") or [] if c.get("status") == "ok"]
+    for row in tqdm(rows, desc="explain", unit="circuit", disable=not progress, leave=False):
+        try:
+            row["legibility"] = circuit_legibility(study_dir / row["path"])
+        except UserError as e:
+            row["legibility"] = {"error": str(e)}
+    leg = legibility(results["models"], results["circuits"])
+    results.setdefault("measures", {})["legibility"] = leg
+    results.setdefault("answer", {})["legibility"] = legibility_sentence(leg)
+    write_json_atomic(path, results)
+    return results
