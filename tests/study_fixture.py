@@ -24,7 +24,12 @@ FAILED = ("w128_d0.0625_s0", "single_double_quote")
 N_LAYER = 2
 
 # Edges only join sites that a transformer block connects (see circuit.py).
-_LINKS = [("attn_in", "q"), ("attn_in", "k"), ("attn_in", "v"), ("v", "attn_out")]
+_LINKS = [
+    ("attn_in", "attn_q"),
+    ("attn_in", "attn_k"),
+    ("attn_in", "attn_v"),
+    ("attn_v", "attn_out"),
+]
 _LINKS += [("attn_out", "mlp_in"), ("mlp_in", "mlp_neuron"), ("mlp_neuron", "mlp_out")]
 
 # Tokens of one prompt: Python source with every character that could escape a <script>.
@@ -73,7 +78,7 @@ def _metrics(rng: random.Random) -> dict:
 def make_circuit(task: str, n_nodes: int, n_edges: int, seed: int) -> dict:
     """A circuit.json dict with random nodes, edges between linked sites, and activations."""
     rng = random.Random(seed)
-    width = {"q": 64, "k": 64, "v": 64, "mlp_neuron": 512}
+    width = {"attn_q": 64, "attn_k": 64, "attn_v": 64, "mlp_neuron": 512}
     slots = [
         (kind, layer, i)
         for layer in range(N_LAYER)

@@ -17,6 +17,7 @@ from sparsecircuits.explain import (
     LEGIBLE_PR,
     Context,
     Feature,
+    direct_tokens,
     explain_nodes,
     explanation_table,
     feature_aucs,
@@ -25,6 +26,7 @@ from sparsecircuits.explain import (
     make_context,
 )
 from sparsecircuits.fer import rotate_hidden
+from sparsecircuits.nodes import node_sites
 from sparsecircuits.planted import FILLERS, QUERIES, A, B, planted_batch, planted_model
 
 NAMES = ["A", "B", "X", "Y", "f0", "f1", "f2", "f3", "Q0", "Q1", "Q2", "Q3"]
@@ -90,6 +92,29 @@ def test_precision_and_recall_make_the_criterion_stricter_on_the_rotated_twin():
     assert sum(map(is_explained, rotated)) < sum(e["auc"] >= 0.9 for e in rotated)
 
 
+def test_direct_paths_per_site():
+    """Which sites read token embeddings through one weight and which write logits through
+    one (v through o_proj, neurons through fc_out): the lists a node's explanation shows."""
+    model = planted_model()
+    token_text = [str(t) for t in range(model.cfg.vocab_size)]
+    got = {
+        s.kind: sorted(direct_tokens(model, s, 0, token_text, 2))
+        for s in node_sites(model.cfg)
+        if s.layer == 0
+    }
+    inputs, logits, both = ["top_inputs"], ["top_logits"], ["top_inputs", "top_logits"]
+    assert got == {
+        "attn_in": inputs,
+        "attn_q": inputs,
+        "attn_k": inputs,
+        "attn_v": both,
+        "attn_out": logits,
+        "mlp_in": inputs,
+        "mlp_neuron": both,
+        "mlp_out": logits,
+    }
+
+
 def test_auc_with_ties():
     acts = np.array([0.0, 0.0, 1.0, 2.0])
     feats = np.array([[0, 1], [1, 1], [0, 0], [1, 0]], dtype=float)
@@ -111,7 +136,7 @@ def test_lexing_of_a_code_fragment():
 
 
 def test_legibility_counts_nodes_and_effect(tmp_path):
-    nodes = [Node(f"h[{i}]", "q", 0, i, 0.0, 1.0) for i in range(4)]
+    nodes = [Node(f"h[{i}]", "attn_q", 0, i, 0.0, 1.0) for i in range(4)]
     c = Circuit("t", "masks", 0.1, nodes, [], 10, {}, {}, node_effects={"h[0]": 3.0, "h[1]": 1.0})
     good = {"auc": 0.95, "precision": 0.92, "recall": 0.97}
     c.explanations = {
@@ -172,7 +197,7 @@ def test_cli_explains_a_circuit_into_its_file(tiny_run, tmp_path, capsys):
         "blocks.0.attn.hook_v[1]",
         "blocks.1.hook_mlp_out[2]",
     ]
-    nodes = [Node(n, "q", 0, 0, 0.0, 1.0) for n in names]
+    nodes = [Node(n, "attn_q", 0, 0, 0.0, 1.0) for n in names]
     c = Circuit(task, "masks", 0.1, nodes, [], 100, {}, {}, model_dir=str(tiny_run))
     c.node_effects = {names[0]: 0.5}
     path = c.save(tmp_path / "c" / "circuit.json")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sparsecircuits import report
+from sparsecircuits.config import ACT_SITES, OLD_NODE_SITES
 from sparsecircuits.errors import UserError
 from sparsecircuits.explain import is_explained
 from sparsecircuits.nodes import SITE_KINDS
@@ -40,6 +41,23 @@ def circuit_row(data: dict, key: tuple[str, str]) -> tuple[int, dict]:
 
 def test_sites_match_nodes():
     assert report.SITES == SITE_KINDS
+    assert set(SITE_KINDS) <= set(ACT_SITES)  # one name per site, the config's
+
+
+def test_circuit_with_old_site_names_still_shows(tmp_path):
+    """circuit.json files written before the rename spell attn_q/k/v as q/k/v."""
+    study = write_fake_study(tmp_path / "s")
+    path = study / "circuits" / SMALL[0] / SMALL[1] / "circuit.json"
+    circuit = json.loads(path.read_text())
+    new_sites = [n["site"] for n in circuit["nodes"]]
+    old = {v: k for k, v in OLD_NODE_SITES.items()}
+    for n in circuit["nodes"]:
+        n["site"] = old.get(n["site"], n["site"])
+    assert {"q", "k", "v"} <= {n["site"] for n in circuit["nodes"]}  # the old names are there
+    path.write_text(json.dumps(circuit))
+    data = page_data(report.build_report(study).read_text(encoding="utf-8"))
+    _, row = circuit_row(data, SMALL)
+    assert row["view"]["nodes"]["site"] == new_sites
 
 
 def test_assets_cannot_end_their_script_element():

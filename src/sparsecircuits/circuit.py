@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .config import OLD_NODE_SITES
 from .errors import UserError
 from .io import read_json, write_json_atomic
 from .model import SparseGPT
@@ -31,7 +32,7 @@ SCHEMA_VERSION = 1
 @dataclass
 class Node:
     name: str  # e.g. blocks.0.attn.hook_q[5]
-    site: str  # attn_in | q | k | v | attn_out | mlp_in | mlp_neuron | mlp_out
+    site: str  # one of nodes.SITE_KINDS: attn_in | attn_q | attn_k | attn_v | attn_out | ...
     layer: int
     index: int
     mean: float  # the value it takes when ablated
@@ -95,6 +96,8 @@ class Circuit:
         d.pop("n_edges", None)
         try:
             d["nodes"] = [Node(**n) for n in d["nodes"]]
+            for node in d["nodes"]:
+                node.site = OLD_NODE_SITES.get(node.site, node.site)
             d["edges"] = [Edge(**e) for e in d["edges"]]
             return cls(**d)
         except (TypeError, KeyError) as e:
@@ -122,12 +125,12 @@ def circuit_edges(
     for layer, block in enumerate(model.blocks):
         s = lambda kind, layer=layer: by[(kind, layer)]  # noqa: E731
         for kind, proj in (
-            ("q", block.attn.q_proj),
-            ("k", block.attn.k_proj),
-            ("v", block.attn.v_proj),
+            ("attn_q", block.attn.q_proj),
+            ("attn_k", block.attn.k_proj),
+            ("attn_v", block.attn.v_proj),
         ):
             edges += _linear_edges(proj.weight, s("attn_in"), s(kind), kept)
-        edges += _linear_edges(block.attn.o_proj.weight, s("v"), s("attn_out"), kept)
+        edges += _linear_edges(block.attn.o_proj.weight, s("attn_v"), s("attn_out"), kept)
         edges += _linear_edges(block.mlp.fc_in.weight, s("mlp_in"), s("mlp_neuron"), kept)
         edges += _linear_edges(block.mlp.fc_out.weight, s("mlp_neuron"), s("mlp_out"), kept)
     # Residual stream: a write reaches every later read of the same channel.

@@ -30,6 +30,9 @@ ACT_SITES = (
 )
 # The paper's choice: residual reads, q, k, v, MLP neurons and both sublayer outputs.
 DEFAULT_ACT_SITES = ACT_SITES[:8]
+# Circuit nodes live at those eight sites (nodes.SITE_KINDS); circuit.json files written
+# before the nodes took these names spell three of them without the prefix.
+OLD_NODE_SITES = {"q": "attn_q", "k": "attn_k", "v": "attn_v"}
 
 
 @dataclass

@@ -522,10 +522,10 @@ def direct_tokens(model, site: NodeSite, index: int, token_text, k: int) -> dict
     read weight; earlier layers ignored), and top logits by the node's direct write (through
     the final norm's gain). Sites without such a path get no list."""
     block = model.blocks[site.layer]
-    norm = block.ln1 if site.kind in ("attn_in", "q", "k", "v") else block.ln2
-    read = {"q": block.attn.q_proj, "k": block.attn.k_proj, "v": block.attn.v_proj}
+    norm = block.ln1 if site.kind in ("attn_in", "attn_q", "attn_k", "attn_v") else block.ln2
+    read = {"attn_q": block.attn.q_proj, "attn_k": block.attn.k_proj, "attn_v": block.attn.v_proj}
     read["mlp_neuron"] = block.mlp.fc_in
-    write = {"v": block.attn.o_proj, "mlp_neuron": block.mlp.fc_out}
+    write = {"attn_v": block.attn.o_proj, "mlp_neuron": block.mlp.fc_out}
     out = {}
     if site.kind in ("attn_in", "mlp_in") or site.kind in read:
         normed = norm(model.embed.weight[None])[0]  # [vocab, d_model]

@@ -2,7 +2,7 @@
 
 A `NodeSite` is one place where nodes live: a hook point plus the axis of its channels.
 Per layer there are eight: the residual read into attention (`attn_in`), the q, k and v
-channels, attention's residual write (`attn_out`), the residual read into the MLP
+channels (`attn_q`, `attn_k`, `attn_v`), attention's residual write (`attn_out`), the residual read into the MLP
 (`mlp_in`), the MLP neurons and the MLP's residual write (`mlp_out`). A node has one name
 everywhere: `blocks.1.attn.hook_q[37]` (q, k and v index their flattened head x d_head axis).
 
@@ -25,17 +25,18 @@ from .config import ModelConfig
 from .corpus import EVAL_SEED
 from .errors import UserError
 
-SITE_KINDS = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
+# Per site, in forward order, its hook; sites are named as the config's AbsTopK sites.
 _HOOK_OF = {
     "attn_in": "blocks.{l}.ln1.hook_normalized",
-    "q": "blocks.{l}.attn.hook_q",
-    "k": "blocks.{l}.attn.hook_k",
-    "v": "blocks.{l}.attn.hook_v",
+    "attn_q": "blocks.{l}.attn.hook_q",
+    "attn_k": "blocks.{l}.attn.hook_k",
+    "attn_v": "blocks.{l}.attn.hook_v",
     "attn_out": "blocks.{l}.hook_attn_out",
     "mlp_in": "blocks.{l}.ln2.hook_normalized",
     "mlp_neuron": "blocks.{l}.mlp.hook_post",
     "mlp_out": "blocks.{l}.hook_mlp_out",
 }
+SITE_KINDS = tuple(_HOOK_OF)
 MEANS_FILE = "node_means.safetensors"
 
 
@@ -58,9 +59,9 @@ def node_sites(cfg: ModelConfig) -> list[NodeSite]:
     qkv = cfg.n_head * cfg.d_head
     widths = dict(
         attn_in=cfg.d_model,
-        q=qkv,
-        k=qkv,
-        v=qkv,
+        attn_q=qkv,
+        attn_k=qkv,
+        attn_v=qkv,
         attn_out=cfg.d_model,
         mlp_in=cfg.d_model,
         mlp_neuron=cfg.d_mlp,
@@ -84,7 +85,7 @@ def parse_node(name: str) -> tuple[str, int]:
 
 def channels(act: torch.Tensor, site: NodeSite) -> torch.Tensor:
     """View an activation with its site's channels on the last axis (q/k/v: heads flattened)."""
-    return act.flatten(-2) if site.kind in ("q", "k", "v") else act
+    return act.flatten(-2) if site.kind in ("attn_q", "attn_k", "attn_v") else act
 
 
 def ablation_hooks(

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from .config import OLD_NODE_SITES
 from .errors import UserError
 from .io import read_json, write_text_atomic
 
@@ -39,7 +40,7 @@ SECTION_FILE = "section.json"
 SCHEMA_VERSION = 2
 # Node sites of one layer in forward order (the same as nodes.SITE_KINDS, which a test checks;
 # not imported because sparsecircuits.nodes imports torch, too slow for `view`).
-SITES = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
+SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
 # When one feature explains a node (explain.is_explained; a test checks they agree): the
 # viewer labels such nodes with their feature.
 LEGIBLE = {"auc": 0.9, "precision_recall": 0.9}
@@ -176,9 +177,10 @@ def _compact_circuit(c: dict) -> dict:
     """
     nodes = c["nodes"]
     index = {n["name"]: i for i, n in enumerate(nodes)}
-    for n in nodes:
-        if n["site"] not in SITES:
-            raise ValueError(f"node {n['name']}: unknown site {n['site']!r}")
+    sites = [OLD_NODE_SITES.get(n["site"], n["site"]) for n in nodes]
+    for n, site in zip(nodes, sites, strict=True):
+        if site not in SITES:
+            raise ValueError(f"node {n['name']}: unknown site {site!r}")
     effects = c.get("node_effects") or {}
     edges = sorted(c["edges"], key=lambda e: -abs(e["weight"]))
     for e in edges:
@@ -204,7 +206,7 @@ def _compact_circuit(c: dict) -> dict:
         "n_layer": (c.get("model_config") or {}).get("n_layer"),
         "nodes": {
             "name": [n["name"] for n in nodes],
-            "site": [n["site"] for n in nodes],
+            "site": sites,
             "layer": [int(n["layer"]) for n in nodes],
             "index": [int(n["index"]) for n in nodes],
             "mean": [_rounded(n.get("mean")) for n in nodes],
