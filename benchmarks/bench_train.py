@@ -34,6 +34,9 @@ from sparsecircuits.model import SparseGPT
 from sparsecircuits.sparsity import WeightSparsifier
 from sparsecircuits.train import make_optimizer, train_step
 
+sys.path.insert(0, str(Path(__file__).parent))
+from results import cpu_name, save_results  # noqa: E402
+
 
 def _abs_topk_scatter(x: torch.Tensor, frac: float) -> torch.Tensor:
     """AbsTopK as the step computed it before: top-k indices, then gather and scatter."""
@@ -296,20 +299,30 @@ def main() -> None:
         print(json.dumps(run_worker(args.worker, args.variant, args)))
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    print("\n== tokens/s, today's step vs the new one (median of alternated rounds) ==")
-    for row in throughput(args.presets.split(","), args.steps, args.rounds):
+    lines: list[str] = []
+    results: dict = {"args": vars(args)}
+
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        lines.extend(line.split("\n"))
+
+    emit(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {cpu_name()}"
+    )
+    emit("\n== tokens/s, today's step vs the new one (median of alternated rounds) ==")
+    results["throughput"] = throughput(args.presets.split(","), args.steps, args.rounds)
+    for row in results["throughput"]:
         tps, frac = row["tokens_per_s"], row["matmul_fraction"]
-        print(
+        emit(
             f"  {row['preset']:<6} today {tps['today']:>8,.0f}  new {tps['new']:>8,.0f} tokens/s"
             f"  speed-up {row['speedup']:.2f}x  (target >= 2)"
         )
-        print(
+        emit(
             f"         step as a fraction of its matmuls at the measured rate "
             f"({row['matmul_gflops']:.0f} GFLOP/s at these shapes): "
             f"today {frac['today']:.2f}, new {frac['new']:.2f}"
         )
-        print(f"         new step, sparse / dense (same AbsTopK): {row['sparsity_tax']:.2f}")
+        emit(f"         new step, sparse / dense (same AbsTopK): {row['sparsity_tax']:.2f}")
 
     if not args.skip_load:
         kinds = ["train"]
@@ -317,31 +330,34 @@ def main() -> None:
             kinds.append("prune")
             circuit_search_seconds(Path(args.prune_model))  # node means cached before timing
         else:
-            print(f"\n(no checkpoint at {args.prune_model}: circuit search not measured)")
-        print("\n== quiet vs one competing single-thread busy process ==")
-        for row in under_load(kinds, args):
+            emit(f"\n(no checkpoint at {args.prune_model}: circuit search not measured)")
+        emit("\n== quiet vs one competing single-thread busy process ==")
+        results["load"] = under_load(kinds, args)
+        for row in results["load"]:
             q, lo = row["quiet"], row["loaded"]
-            print(
+            emit(
                 f"  {row['kind']:<5} {row['variant']:<5} quiet {q['rate']:>9,.3f}  "
                 f"loaded {lo['rate']:>9,.3f} {q['unit']:<10}  retained {row['retained']:.2f}"
                 f"  (target >= 0.6)"
                 + (f"  search {q['seconds']:.1f} s quiet" if "seconds" in q else "")
             )
-        sbs = side_by_side(args)
-        print(
+        sbs = results["side_by_side"] = side_by_side(args)
+        emit(
             f"  two training jobs: together {sbs['together_s']:.1f} s, one after the other "
             f"{sbs['sequential_s']:.1f} s (ratio {sbs['together_s'] / sbs['sequential_s']:.2f},"
             f" target <= 1)"
         )
 
     if args.loss_steps:
-        print(f"\n== held-out loss after {args.loss_steps} quick steps ==")
-        res = heldout_after(args.loss_steps)
+        emit(f"\n== held-out loss after {args.loss_steps} quick steps ==")
+        res = results["heldout"] = heldout_after(args.loss_steps)
         for label, r in res.items():
-            print(f"  {label:<12} held-out loss {r['heldout_loss']:.4f}  ({r['seconds']:.0f} s)")
+            emit(f"  {label:<12} held-out loss {r['heldout_loss']:.4f}  ({r['seconds']:.0f} s)")
         diff = abs(res["today"]["heldout_loss"] - res["new"]["heldout_loss"])
         noise = abs(res["new"]["heldout_loss"] - res["new, seed 1"]["heldout_loss"])
-        print(f"  |today - new| {diff:.4f} vs seed-to-seed {noise:.4f}")
+        emit(f"  |today - new| {diff:.4f} vs seed-to-seed {noise:.4f}")
+
+    save_results("bench_train", lines, results)
 
 
 if __name__ == "__main__":

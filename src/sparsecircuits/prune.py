@@ -140,6 +140,7 @@ def top_k_masks(
     order = torch.sort(flat, descending=True, stable=True).indices
     keep = torch.zeros_like(flat)
     keep[order[:k]] = 1.0
+    keep = keep.to(next(problem.model.parameters()).device)  # the scores may live elsewhere
     return dict(
         zip(
             [s.hook for s in problem.sites],

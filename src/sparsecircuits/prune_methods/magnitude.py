@@ -17,7 +17,10 @@ def magnitude_scores(
     by_hook = {s.hook: s for s in problem.sites}
     _, cache = problem.model.run_with_cache(batch.tokens, names_filter=list(by_hook))
     # only real prompt positions count, not the right padding
-    real = torch.arange(batch.tokens.shape[1])[None, :] <= batch.last_pos[:, None]
+    real = (
+        torch.arange(batch.tokens.shape[1], device=batch.last_pos.device)[None, :]
+        <= batch.last_pos[:, None]
+    )
     scores = {}
     for hook, act in cache.items():
         dev = (channels(act, by_hook[hook]) - problem.means[hook]).abs()

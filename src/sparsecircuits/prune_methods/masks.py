@@ -48,7 +48,7 @@ def learned_mask_scores(
         threads.adapt()
         sub = problem.batch.subset(torch.randperm(n_pairs, generator=g)[: cfg.batch_pairs])
         masks = {
-            h: HeavisideSTE.apply(t + cfg.mask_noise * _logistic(t.shape, g))
+            h: HeavisideSTE.apply(t + cfg.mask_noise * _logistic(t.shape, g).to(t.device))
             for h, t in taus.items()
         }
         kept = torch.stack([m.sum() for m in masks.values()]).sum()

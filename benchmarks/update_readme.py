@@ -1,0 +1,47 @@
+"""Paste benchmarks/results/NAME.md into README.md between `<!-- begin: NAME -->` and
+`<!-- end: NAME -->`, for every such marker pair (see results.py).
+
+    python benchmarks/update_readme.py [--check]
+
+--check exits 1 when README differs from what the results files say (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"(<!-- begin: ([\w.-]+) -->\n)(.*?)(<!-- end: \2 -->)", re.S)
+
+
+def regenerate(readme: str, results: Path) -> str:
+    def fill(m: re.Match) -> str:
+        source = results / f"{m.group(2)}.md"
+        if not source.exists():
+            raise SystemExit(f"README.md: block {m.group(2)!r} has no {source}; run its benchmark")
+        return m.group(1) + source.read_text() + m.group(4)
+
+    return BLOCK.sub(fill, readme)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    path = ROOT / "README.md"
+    old = path.read_text()
+    new = regenerate(old, ROOT / "benchmarks" / "results")
+    if args.check:
+        sys.exit(0 if new == old else 1)
+    if new != old:
+        path.write_text(new)
+    print(
+        f"README.md: {len(BLOCK.findall(old))} blocks, {'updated' if new != old else 'unchanged'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
