@@ -24,7 +24,12 @@ FAILED = ("w128_d0.0625_s0", "single_double_quote")
 N_LAYER = 2
 
 # Edges only join sites that a transformer block connects (see circuit.py).
-_LINKS = [("attn_in", "q"), ("attn_in", "k"), ("attn_in", "v"), ("v", "attn_out")]
+_LINKS = [
+    ("attn_in", "attn_q"),
+    ("attn_in", "attn_k"),
+    ("attn_in", "attn_v"),
+    ("attn_v", "attn_out"),
+]
 _LINKS += [("attn_out", "mlp_in"), ("mlp_in", "mlp_neuron"), ("mlp_neuron", "mlp_out")]
 
 # Tokens of one prompt: Python source with every character that could escape a <script>.
@@ -73,7 +78,7 @@ def _metrics(rng: random.Random) -> dict:
 def make_circuit(task: str, n_nodes: int, n_edges: int, seed: int) -> dict:
     """A circuit.json dict with random nodes, edges between linked sites, and activations."""
     rng = random.Random(seed)
-    width = {"q": 64, "k": 64, "v": 64, "mlp_neuron": 512}
+    width = {"attn_q": 64, "attn_k": 64, "attn_v": 64, "mlp_neuron": 512}
     slots = [
         (kind, layer, i)
         for layer in range(N_LAYER)
@@ -140,8 +145,42 @@ def make_circuit(task: str, n_nodes: int, n_edges: int, seed: int) -> dict:
         # Effects for every other node: the viewer must cope with missing ones.
         "node_effects": {name: round(rng.random() * 0.5, 4) for name in names[::2]},
         "examples": examples,
+        "explanations": _explanations(names, seed),
         "seconds": 1.0,
     }
+
+
+FEATURES = ["in string '", "token 'def'", "bracket depth 1", "after return", "<b>feature</b>"]
+
+
+def _explanations(names: list[str], seed: int) -> dict:
+    """Node explanations as explain.py writes them, for three kinds of node in turn: one
+    feature explains it (AUC, precision, recall >= 0.9), a feature that does not (precision
+    below 0.9), and constant (no feature); all with examples."""
+    rng = random.Random(seed + 1000)  # its own stream: the circuit above stays as it was
+    out = {}
+    for j, name in enumerate(names):
+        examples = [
+            {"label": label, "value": round(rng.gauss(0, 1), 3), "tokens": TOKENS[:9], "at": 8}
+            for label in ("max", "top 1%", "median", "min")
+        ]
+        if j % 3 == 2:
+            out[name] = {"feature": None, "auc": None, "positions": 4096, "examples": examples}
+            continue
+        good = j % 3 == 0
+        out[name] = {
+            "feature": FEATURES[j % len(FEATURES)],
+            "description": "a feature",
+            "auc": round(rng.uniform(0.95, 1.0) if good else rng.uniform(0.6, 0.99), 4),
+            "direction": rng.choice([1, -1]),
+            "precision": round(rng.uniform(0.9, 1.0) if good else rng.uniform(0.3, 0.85), 4),
+            "recall": round(rng.uniform(0.9, 1.0), 4),
+            "positions": 4096,
+            "examples": examples,
+            "top_inputs": [[t, round(rng.random(), 3)] for t in TOKENS[5:9]],
+            "top_logits": [[t, round(rng.random(), 3)] for t in TOKENS[:3]],
+        }
+    return out
 
 
 def write_fake_study(root: Path) -> Path:

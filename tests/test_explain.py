@@ -13,8 +13,11 @@ from sparsecircuits.circuit import Circuit, Node
 from sparsecircuits.cli import main
 from sparsecircuits.explain import (
     CACHE_FILE,
+    LEGIBLE_AUC,
+    LEGIBLE_PR,
     Context,
     Feature,
+    direct_tokens,
     explain_nodes,
     explanation_table,
     feature_aucs,
@@ -23,6 +26,7 @@ from sparsecircuits.explain import (
     make_context,
 )
 from sparsecircuits.fer import rotate_hidden
+from sparsecircuits.nodes import node_sites
 from sparsecircuits.planted import FILLERS, QUERIES, A, B, planted_batch, planted_model
 
 NAMES = ["A", "B", "X", "Y", "f0", "f1", "f2", "f3", "Q0", "Q1", "Q2", "Q3"]
@@ -88,6 +92,29 @@ def test_precision_and_recall_make_the_criterion_stricter_on_the_rotated_twin():
     assert sum(map(is_explained, rotated)) < sum(e["auc"] >= 0.9 for e in rotated)
 
 
+def test_direct_paths_per_site():
+    """Which sites read token embeddings through one weight and which write logits through
+    one (v through o_proj, neurons through fc_out): the lists a node's explanation shows."""
+    model = planted_model()
+    token_text = [str(t) for t in range(model.cfg.vocab_size)]
+    got = {
+        s.kind: sorted(direct_tokens(model, s, 0, token_text, 2))
+        for s in node_sites(model.cfg)
+        if s.layer == 0
+    }
+    inputs, logits, both = ["top_inputs"], ["top_logits"], ["top_inputs", "top_logits"]
+    assert got == {
+        "attn_in": inputs,
+        "attn_q": inputs,
+        "attn_k": inputs,
+        "attn_v": both,
+        "attn_out": logits,
+        "mlp_in": inputs,
+        "mlp_neuron": both,
+        "mlp_out": logits,
+    }
+
+
 def test_auc_with_ties():
     acts = np.array([0.0, 0.0, 1.0, 2.0])
     feats = np.array([[0, 1], [1, 1], [0, 0], [1, 0]], dtype=float)
@@ -109,7 +136,7 @@ def test_lexing_of_a_code_fragment():
 
 
 def test_legibility_counts_nodes_and_effect(tmp_path):
-    nodes = [Node(f"h[{i}]", "q", 0, i, 0.0, 1.0) for i in range(4)]
+    nodes = [Node(f"h[{i}]", "attn_q", 0, i, 0.0, 1.0) for i in range(4)]
     c = Circuit("t", "masks", 0.1, nodes, [], 10, {}, {}, node_effects={"h[0]": 3.0, "h[1]": 1.0})
     good = {"auc": 0.95, "precision": 0.92, "recall": 0.97}
     c.explanations = {
@@ -170,7 +197,7 @@ def test_cli_explains_a_circuit_into_its_file(tiny_run, tmp_path, capsys):
         "blocks.0.attn.hook_v[1]",
         "blocks.1.hook_mlp_out[2]",
     ]
-    nodes = [Node(n, "q", 0, 0, 0.0, 1.0) for n in names]
+    nodes = [Node(n, "attn_q", 0, 0, 0.0, 1.0) for n in names]
     c = Circuit(task, "masks", 0.1, nodes, [], 100, {}, {}, model_dir=str(tiny_run))
     c.node_effects = {names[0]: 0.5}
     path = c.save(tmp_path / "c" / "circuit.json")
@@ -217,3 +244,68 @@ def test_cli_bad_files_are_one_line(tmp_path, capsys):
         assert main(["explain", str(target), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+# ---------- legibility in the study and the report ----------
+
+
+def test_legibility_dense_vs_sparse_with_intervals():
+    from sparsecircuits.study.measures import legibility as study_legibility
+
+    models = [{"id": f"{k}{s}", "kind": k, "seed": s} for k in ("dense", "sparse") for s in (0, 1)]
+    circuits = []
+    for task in ("t1", "t2", "t3"):
+        for m in models:
+            frac = 0.2 if m["kind"] == "dense" else 0.6 + 0.1 * m["seed"]
+            leg = {"node_fraction": frac, "effect_fraction": None, "criterion": "c"}
+            circuits.append({"model": m["id"], "task": task, "status": "ok", "legibility": leg})
+    circuits.append({"model": "dense0", "task": "t9", "status": "unreachable"})
+    circuits.append(
+        {"model": "dense1", "task": "t1", "status": "ok", "legibility": {"error": "gone"}}
+    )
+    leg = study_legibility(models, circuits)
+    nodes = leg["node_fraction"]
+    assert leg["n_circuits"] == 12 and leg["criterion"] == "c"
+    assert nodes["dense"]["value"] == pytest.approx(0.2)
+    assert nodes["sparse"]["value"] == pytest.approx(0.65)
+    assert nodes["sparse_minus_dense"]["value"] == pytest.approx(0.45)
+    assert nodes["sparse_minus_dense"]["low"] == pytest.approx(0.4) and nodes["verdict"] == "found"
+    assert (nodes["dense"]["n_tasks"], nodes["dense"]["n_seeds"]) == (3, 2)
+    assert leg["effect_fraction"]["dense"] is None
+    assert leg["effect_fraction"]["verdict"] == "not measured"
+
+
+def test_study_legibility_reaches_results_summary_and_report(tmp_path):
+    from sparsecircuits import report
+    from sparsecircuits.study import add_legibility
+    from sparsecircuits.study.summary import legibility_markdown
+    from study_fixture import CORRUPT, write_fake_study
+
+    study = write_fake_study(tmp_path / "study")
+    add_legibility(study, progress=False)
+    results = json.loads((study / "results.json").read_text())
+    for row in results["circuits"]:
+        if row["status"] != "ok":
+            assert "legibility" not in row
+        elif (row["model"], row["task"]) == CORRUPT:
+            assert "not valid JSON" in row["legibility"]["error"]
+        else:  # the stored explanations, counted with the criterion
+            stored = json.loads((study / row["path"]).read_text())["explanations"]
+            want = sum(map(is_explained, stored.values()))
+            assert row["legibility"]["explained_nodes"] == want > 0
+    leg = results["measures"]["legibility"]
+    explained = [c for c in results["circuits"] if "nodes" in c.get("legibility", {})]
+    assert leg["n_circuits"] == len(explained) == 7
+    assert results["answer"]["legibility"].startswith("Legibility (AUC >= 0.9")
+    text = "\n".join(legibility_markdown(leg, results["circuits"]))
+    assert "| nodes |" in text and "not valid JSON" in text
+    data = report._page_data(study)
+    assert data["legibility"] == leg and data["legible"]["auc"] == LEGIBLE_AUC
+    view = next(c["view"] for c in data["circuits"] if c["view"])
+    assert len(view["explanations"]) == len(view["nodes"]["name"])
+
+
+def test_report_and_explain_use_one_criterion():
+    from sparsecircuits import report
+
+    assert report.LEGIBLE == {"auc": LEGIBLE_AUC, "precision_recall": LEGIBLE_PR}

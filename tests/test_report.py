@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from sparsecircuits import report
+from sparsecircuits.config import ACT_SITES, OLD_NODE_SITES
 from sparsecircuits.errors import UserError
+from sparsecircuits.explain import is_explained
 from sparsecircuits.nodes import SITE_KINDS
+from sparsecircuits.study import add_legibility
 from study_fixture import BIG, CORRUPT, SMALL, TOKENS, UNREACHABLE, write_fake_study
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -23,6 +26,7 @@ DATA_RE = re.compile(r'<script type="application/json" id="data">(.*?)</script>'
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     study_dir = write_fake_study(tmp_path_factory.mktemp("study"))
+    add_legibility(study_dir, progress=False)  # the fake circuits come explained
     report.build_report(study_dir)
     return study_dir
 
@@ -37,6 +41,23 @@ def circuit_row(data: dict, key: tuple[str, str]) -> tuple[int, dict]:
 
 def test_sites_match_nodes():
     assert report.SITES == SITE_KINDS
+    assert set(SITE_KINDS) <= set(ACT_SITES)  # one name per site, the config's
+
+
+def test_circuit_with_old_site_names_still_shows(tmp_path):
+    """circuit.json files written before the rename spell attn_q/k/v as q/k/v."""
+    study = write_fake_study(tmp_path / "s")
+    path = study / "circuits" / SMALL[0] / SMALL[1] / "circuit.json"
+    circuit = json.loads(path.read_text())
+    new_sites = [n["site"] for n in circuit["nodes"]]
+    old = {v: k for k, v in OLD_NODE_SITES.items()}
+    for n in circuit["nodes"]:
+        n["site"] = old.get(n["site"], n["site"])
+    assert {"q", "k", "v"} <= {n["site"] for n in circuit["nodes"]}  # the old names are there
+    path.write_text(json.dumps(circuit))
+    data = page_data(report.build_report(study).read_text(encoding="utf-8"))
+    _, row = circuit_row(data, SMALL)
+    assert row["view"]["nodes"]["site"] == new_sites
 
 
 def test_assets_cannot_end_their_script_element():
@@ -228,6 +249,33 @@ def check_report_page(browser, url: str, study: Path) -> None:
     prompt = page.locator("#panel .prompt").first.text_content()
     assert prompt == "".join(TOKENS)
     assert page.locator("b").count() == 0  # "<b>bold</b>" in data created no element
+
+    # Explanations: the panel shows the node's feature, scores, quantile contexts and tokens;
+    # explained nodes carry their feature as a label; the toggle colours nodes by AUC.
+    expl = circuit["explanations"]
+    shown = next(n["name"] for n in circuit["nodes"] if expl[n["name"]]["feature"])
+    page.hover(f'circle.node[data-node="{shown}"]')
+    e = expl[shown]
+    feature = ("not " if e["direction"] == -1 else "") + e["feature"]
+    box = page.text_content("#explanation")
+    assert feature in box and f"{e['auc']:.3g}" in box and f"{e['precision']:.3g}" in box
+    assert page.locator("#explanation .context").count() == len(e["examples"])
+    assert page.locator("#explanation .tok-at").count() == len(e["examples"])
+    assert page.locator("#explanation code.tokens").count() == 7  # 4 inputs, 3 logits
+    explained = [n for n, x in expl.items() if is_explained(x)]
+    assert explained and page.locator("text.node-label").count() == len(explained)
+    site_fill = page.get_attribute(f'circle.node[data-node="{shown}"]', "fill")
+    page.check("#color-auc")
+    assert page.locator("#auc-legend").is_visible()
+    assert page.get_attribute(f'circle.node[data-node="{shown}"]', "fill") != site_fill
+    constant = next(n for n, x in expl.items() if x["feature"] is None)
+    assert page.get_attribute(f'circle.node[data-node="{constant}"]', "fill") == "#c4c8cc"
+    page.uncheck("#color-auc")
+    assert page.get_attribute(f'circle.node[data-node="{shown}"]', "fill") == site_fill
+
+    # Legibility: dense vs sparse table, and explained nodes per circuit.
+    assert page.locator("#legibility-table tbody tr").count() == 2
+    assert "explained nodes" in page.text_content("#circuits-table thead")
 
     # The big circuit: collapsed by default, at most 2000 edges drawn; expanded, all nodes.
     i, row = circuit_row(data, BIG)

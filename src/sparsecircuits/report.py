@@ -29,6 +29,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from .config import OLD_NODE_SITES
 from .errors import UserError
 from .io import read_json, write_text_atomic
 
@@ -39,7 +40,10 @@ SECTION_FILE = "section.json"
 SCHEMA_VERSION = 2
 # Node sites of one layer in forward order (the same as nodes.SITE_KINDS, which a test checks;
 # not imported because sparsecircuits.nodes imports torch, too slow for `view`).
-SITES = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
+SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
+# When one feature explains a node (explain.is_explained; a test checks they agree): the
+# viewer labels such nodes with their feature.
+LEGIBLE = {"auc": 0.9, "precision_recall": 0.9}
 
 
 def build_report(study_dir: str | Path) -> Path:
@@ -93,6 +97,8 @@ def _page_data(study_dir: Path) -> dict:
             "circuits": circuits,
             "frontier": results["frontier"],
             "answer": results["answer"],
+            "legibility": (results.get("measures") or {}).get("legibility"),
+            "legible": LEGIBLE,
             "sections": analysis_sections(study_dir),
         }
     )
@@ -171,9 +177,10 @@ def _compact_circuit(c: dict) -> dict:
     """
     nodes = c["nodes"]
     index = {n["name"]: i for i, n in enumerate(nodes)}
-    for n in nodes:
-        if n["site"] not in SITES:
-            raise ValueError(f"node {n['name']}: unknown site {n['site']!r}")
+    sites = [OLD_NODE_SITES.get(n["site"], n["site"]) for n in nodes]
+    for n, site in zip(nodes, sites, strict=True):
+        if site not in SITES:
+            raise ValueError(f"node {n['name']}: unknown site {site!r}")
     effects = c.get("node_effects") or {}
     edges = sorted(c["edges"], key=lambda e: -abs(e["weight"]))
     for e in edges:
@@ -199,7 +206,7 @@ def _compact_circuit(c: dict) -> dict:
         "n_layer": (c.get("model_config") or {}).get("n_layer"),
         "nodes": {
             "name": [n["name"] for n in nodes],
-            "site": [n["site"] for n in nodes],
+            "site": sites,
             "layer": [int(n["layer"]) for n in nodes],
             "index": [int(n["index"]) for n in nodes],
             "mean": [_rounded(n.get("mean")) for n in nodes],
@@ -212,6 +219,35 @@ def _compact_circuit(c: dict) -> dict:
             "weight": [_rounded(e["weight"]) for e in edges],
         },
         "examples": examples,
+        # per node (by index) its explanation, or None where it has none
+        "explanations": [
+            _compact_explanation((c.get("explanations") or {}).get(n["name"])) for n in nodes
+        ],
+    }
+
+
+def _compact_explanation(e: dict | None) -> dict | None:
+    """What the node panel shows of an explanation (explain.py): the best feature and its
+    scores, the quantile examples and the direct-path tokens."""
+    if not e:
+        return None
+    return {
+        "feature": None if e.get("feature") is None else str(e["feature"]),
+        "direction": e.get("direction"),
+        **{k: _rounded(e.get(k)) for k in ("auc", "precision", "recall")},
+        "examples": [
+            {
+                "label": str(x["label"]),
+                "value": _rounded(x["value"]),
+                "tokens": [str(t) for t in x["tokens"]],
+                "at": int(x["at"]),
+            }
+            for x in e.get("examples") or []
+        ],
+        **{
+            k: [[str(t), _rounded(v)] for t, v in e.get(k) or []]
+            for k in ("top_inputs", "top_logits")
+        },
     }
 
 
