@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsecircuits import report
+from sparsecircuits import cli, report
 from sparsecircuits.config import ACT_SITES, OLD_NODE_SITES
 from sparsecircuits.errors import UserError
 from sparsecircuits.explain import is_explained
@@ -167,12 +167,8 @@ def test_serve_builds_a_missing_report(tmp_path, capsys):
 
 
 def test_view_command(study):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    report.add_view_command(parser.add_subparsers())
-    args = parser.parse_args(["view", str(study), "--port", "0", "--no-build"])
-    assert args.fn is report._cmd_view and args.port == 0 and args.no_build
+    args = cli.build_parser().parse_args(["view", str(study), "--port", "0", "--no-build"])
+    assert args.fn is cli._cmd_view and args.port == 0 and args.no_build
 
 
 # ---------- in a real browser ----------

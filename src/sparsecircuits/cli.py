@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import threads
 from .errors import UserError
-from .report import add_view_command
+from .io import out_folder
 
 
 def _cmd_train(args) -> None:
@@ -134,10 +134,11 @@ def _cmd_prune(args) -> None:
         n_train=args.n_train,
         n_test=args.n_test,
     )
+    out = out_folder(args.out)
     circuit = prune(
         args.model_dir, args.task, cfg, progress=not args.quiet, device=args.device, data=args.data
     )
-    path = circuit.save(Path(args.out) / "circuit.json")
+    path = circuit.save(out / "circuit.json")
     m = circuit.metrics
     print(
         f"task {circuit.task}, method {circuit.method}, target loss {circuit.target_loss} "
@@ -325,6 +326,15 @@ def _cmd_explain(args) -> None:
         print(f"written: {target} (explanations)")
 
 
+def _cmd_view(args) -> None:
+    from .report import build_report, serve
+
+    if not args.no_build:
+        path = build_report(args.study_dir)
+        print(f"report: {path}  (opens from disk too)")
+    serve(args.study_dir, args.port, open_browser=args.open)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparsecircuits", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -494,7 +504,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", help="with a circuit: its model folder, if it has moved")
     ex.set_defaults(fn=_cmd_explain)
 
-    add_view_command(sub)
+    v = sub.add_parser("view", help="build a study's report.html and serve it locally")
+    v.add_argument("study_dir", metavar="DIR", help="a folder written by `sparsecircuits study`")
+    v.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: any free)")
+    v.add_argument(
+        "--no-build",
+        action="store_true",
+        help="serve the existing report.html instead of rebuilding it (built if missing)",
+    )
+    v.add_argument("--open", action="store_true", help="open the report in a web browser")
+    v.set_defaults(fn=_cmd_view)
+
     for command in sub.choices.values():
         command.add_argument(
             "--threads",

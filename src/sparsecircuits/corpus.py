@@ -156,7 +156,9 @@ def _write_tokens(files: list[SourceFile], tok: Tokenizer, path: Path, desc: str
     n = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as out:
         chunk = 64
-        for i in tqdm(range(0, len(files), chunk), desc=desc, unit="chunk", leave=False):
+        # disable=None: a bar on a terminal only, not in logs (nor in a `--quiet` pipe)
+        bars = tqdm(range(0, len(files), chunk), desc=desc, unit="chunk", leave=False, disable=None)
+        for i in bars:
             encs = tok.encode_batch([read_text(f) for f in files[i : i + chunk]])
             for e in encs:
                 arr = np.asarray(e.ids + [eot], dtype=np.uint16)

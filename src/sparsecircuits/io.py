@@ -102,6 +102,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def out_folder(out: str | os.PathLike) -> Path:
+    """`out` as a folder to write into, checked before any work: not an existing file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; --out needs a folder")
+    return out
+
+
 def claim_run_dir(
     out: str | os.PathLike,
     settings: dict | None,
@@ -122,9 +130,7 @@ def claim_run_dir(
     user's files are never replaced. Starting over deletes the `clear` entries. A folder
     holding nothing but the marker is a start that failed, and is claimed afresh.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: is a file; --out needs a folder")
+    out = out_folder(out)
     path = out / marker
     others = [p for p in out.iterdir() if p.name != marker] if out.is_dir() else []
     hint = "choose another --out" + (

@@ -23,6 +23,7 @@ import html
 import http.server
 import json
 import math
+import os
 import re
 import webbrowser
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from .config import OLD_NODE_SITES
 from .errors import UserError
-from .io import read_json, write_text_atomic
+from .io import read_json, write_json_atomic, write_text_atomic
 
 REPORT_FILE = "report.html"
 SECTION_FILE = "section.json"
@@ -89,19 +90,35 @@ def _page_data(study_dir: Path) -> dict:
                 # One unreadable circuit should not cost the whole report: show why instead.
                 row["view_error"] = str(e)
         circuits.append(row)
-    return finite(
-        {
-            "sites": SITES,
-            "study": results.get("study") or {},
-            "models": results["models"],
-            "circuits": circuits,
-            "frontier": results["frontier"],
-            "answer": results["answer"],
-            "legibility": (results.get("measures") or {}).get("legibility"),
-            "legible": LEGIBLE,
-            "sections": analysis_sections(study_dir),
-        }
-    )
+    page = {
+        "sites": SITES,
+        "study": results.get("study") or {},
+        "models": results["models"],
+        "circuits": circuits,
+        "frontier": results["frontier"],
+        "answer": results["answer"],
+        "legibility": (results.get("measures") or {}).get("legibility"),
+        "legible": LEGIBLE,
+        "sections": analysis_sections(study_dir),
+    }
+    return finite(_relative_paths(page, study_dir))
+
+
+def _relative_paths(obj, study_dir: Path, key: str | None = None):
+    """The page's paths relative to the study, for a page that is shared: a model folder
+    (`dir`, in the cache) as a relative path, and messages naming a file in the study
+    without the study's own location, so no absolute path shows the user's home or cache."""
+    if isinstance(obj, dict):
+        return {k: _relative_paths(v, study_dir, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative_paths(v, study_dir) for v in obj]
+    if not isinstance(obj, str):
+        return obj
+    if key == "dir":
+        return Path(os.path.relpath(Path(obj).absolute(), study_dir.absolute())).as_posix()
+    for prefix in {str(study_dir.absolute()), str(study_dir.resolve())}:
+        obj = obj.replace(prefix + os.sep, "")
+    return obj
 
 
 def analysis_sections(study_dir: Path) -> list[dict]:
@@ -115,7 +132,7 @@ def analysis_sections(study_dir: Path) -> list[dict]:
                 raise UserError(f"{path}: a section needs a 'title' string")
             images = []
             for img in sec.get("images") or []:
-                data = (path.parent / img["file"]).read_bytes()
+                data = _section_file(path, img["file"]).read_bytes()
                 uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
                 images.append({"caption": str(img.get("caption", "")), "src": uri})
             sections.append(
@@ -138,10 +155,18 @@ def analysis_sections(study_dir: Path) -> list[dict]:
     return sections
 
 
+def _section_file(section: Path, name) -> Path:
+    """A file a section names, which must lie inside the section's folder: a section.json is
+    data, and must not pull /etc/passwd or another folder's files into the page."""
+    folder = section.parent.resolve()
+    path = (folder / str(name)).resolve()
+    if Path(str(name)).is_absolute() or not path.is_relative_to(folder) or path == folder:
+        raise UserError(f"{section}: image {name!r} is not a file in the section's folder")
+    return path
+
+
 def write_section(folder: str | Path, title: str, paragraphs=(), tables=(), images=()) -> Path:
     """Write an analysis's report section (see the module docstring) into its folder."""
-    from .io import write_json_atomic
-
     path = Path(folder) / SECTION_FILE
     write_json_atomic(
         path,
@@ -287,9 +312,33 @@ def _script_json(data) -> str:
 # ---------- serving ----------
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files without a log line per request, so the terminal shows the URL and problems
-    (send_error still logs failed requests)."""
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+class _StudyHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the files of the study folder, and nothing else: no folder listings, no path
+    (symlinks included) that leads out of it, and only to a Host header naming this machine,
+    so a web page whose domain is made to point at 127.0.0.1 (DNS rebinding) reads nothing.
+    No log line per request: the terminal shows the URL and problems (send_error logs)."""
+
+    def send_head(self):
+        host = (self.headers.get("Host") or "").lower()
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+        if name not in LOCAL_HOSTS or not (port == "" or port.isdigit()):
+            self.send_error(421, "this server answers only to 127.0.0.1 and localhost")
+            return None
+        root = Path(self.directory).resolve()
+        path = Path(self.translate_path(self.path)).resolve()
+        if path == root:
+            self.send_response(302)
+            self.send_header("Location", "/" + REPORT_FILE)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if not path.is_relative_to(root) or not path.is_file():
+            self.send_error(404, "not a file of this study")
+            return None
+        return super().send_head()
 
     def log_request(self, code="-", size="-"):
         pass
@@ -308,9 +357,11 @@ def serve(
     it with server.shutdown().
     """
     study_dir = Path(study_dir)
+    if port is not None and not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: a port is a number from 0 to 65535")
     if not (study_dir / REPORT_FILE).is_file():
         build_report(study_dir)
-    handler = functools.partial(_QuietHandler, directory=str(study_dir))
+    handler = functools.partial(_StudyHandler, directory=str(study_dir))
     try:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port or 0), handler)
     except OSError as e:
@@ -326,24 +377,3 @@ def serve(
             server.serve_forever()
         except KeyboardInterrupt:
             print("stopped")
-
-
-def add_view_command(subparsers) -> None:
-    """`sparsecircuits view DIR [--port N] [--no-build] [--open]`."""
-    v = subparsers.add_parser("view", help="build a study's report.html and serve it locally")
-    v.add_argument("study_dir", metavar="DIR", help="a folder written by `sparsecircuits study`")
-    v.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: any free)")
-    v.add_argument(
-        "--no-build",
-        action="store_true",
-        help="serve the existing report.html instead of rebuilding it (built if missing)",
-    )
-    v.add_argument("--open", action="store_true", help="open the report in a web browser")
-    v.set_defaults(fn=_cmd_view)
-
-
-def _cmd_view(args) -> None:
-    if not args.no_build:
-        path = build_report(args.study_dir)
-        print(f"report: {path}  (opens from disk too)")
-    serve(args.study_dir, args.port, open_browser=args.open)

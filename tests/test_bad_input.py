@@ -1,0 +1,479 @@
+"""Issue 13's bad inputs, kills and full disks, each through the CLI: exit code 2, one line
+`error: ...` naming the file or key, no traceback, and the user's files unchanged byte for
+byte. (Cases with a unit test elsewhere are named there: test_tasks.py for task files,
+test_train.py for damaged checkpoints, test_report.py for hostile text in the report.)"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import tiny_configs, write_quote_task
+from sparsecircuits.cli import main
+from sparsecircuits.errors import UserError
+from sparsecircuits.report import build_report, serve
+from sparsecircuits.study import StudyConfig
+from sparsecircuits.study import run as study_run
+from sparsecircuits.tasks.compound import COMPOUND_TASKS, get_compound_task
+from sparsecircuits.train import train
+from study_fixture import write_fake_study
+from test_report import Server
+
+TASK = "enumerate_range"  # a built-in task with prompts of 21 to 72 tokens here
+TINY = ["--preset", "smoke", "--set", "vocab_size=300", "n_ctx=16", "d_model=32", "steps=2"]
+TINY += ["batch_size=4", "eval_every=2", "eval_batches=1", "checkpoint_every=2"]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root (links not followed), by path relative to it."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def fails(capsys, argv: list[str], *words: str) -> str:
+    """Run the CLI in-process: exit code 2, one `error:` line holding every word, nothing
+    else but notes. A traceback would be an exception out of main() and fail the test."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert code == 2, captured.err
+    assert len(errors) == 1 and all(
+        line.startswith("note: ") for line in lines if line not in errors
+    ), lines
+    for w in words:
+        assert w in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, corpus_dir) -> Path:
+    """A tiny trained checkpoint (not to be modified: copy it first)."""
+    # n_ctx 48: some generated prompts of TASK fit, some do not
+    m, t = tiny_configs(corpus_dir, n_ctx=48, steps=4, checkpoint_every=2, eval_every=2)
+    return train(m, t, tmp_path_factory.mktemp("run") / "r", progress=False)
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
+def set_weights(run: Path, fn) -> None:
+    path = run / "model.safetensors"
+    save_file({k: fn(v) for k, v in load_file(str(path)).items()}, str(path))
+
+
+# ---------- 1: run folders ----------
+
+
+def test_train_refuses_a_folder_that_is_not_a_run(tmp_path, corpus_dir, capsys):
+    u = tmp_path / "u"
+    u.mkdir()
+    (u / "metrics.jsonl").write_text("notes\n")
+    before = snapshot(u)
+    fails(capsys, ["train", *TINY, "--data", str(corpus_dir), "--out", str(u)], str(u), "not a run")
+    assert snapshot(u) == before
+
+
+def test_out_naming_a_file(tmp_path, corpus_dir, run, capsys):
+    f = tmp_path / "f.txt"
+    f.write_text("mine")
+    fails(capsys, ["train", *TINY, "--data", str(corpus_dir), "--out", str(f)], str(f), "is a file")
+    fails(capsys, ["prune", str(run), "--task", TASK, "--out", str(f)], str(f))
+    assert f.read_text() == "mine"
+
+
+def test_study_refuses_a_different_study_and_force_clears_its_sections(tmp_path, capsys):
+    out = write_fake_study(tmp_path / "s")
+    (out / "study.json").write_text(json.dumps({"preset": "other"}))
+    before = snapshot(out)
+    fails(capsys, ["study", "--preset", "quick", "--out", str(out)], "holds a different study")
+    fails(capsys, ["study", "--preset", "quick", "--resume", "--out", str(out)], "--force")
+    assert snapshot(out) == before
+    # --force: the old study's results and every analysis section go (issue item 8)
+    (out / "notes").mkdir()
+    (out / "notes" / "mine.txt").write_text("kept")
+    study_run._claim(out, StudyConfig(), resume=False, force=True)
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["notes", "study.json"]
+
+
+def test_a_failed_start_leaves_no_folder_that_blocks_the_retry(tmp_path, corpus_dir, capsys):
+    out = tmp_path / "r"
+    fails(capsys, ["train", *TINY, "--set", "eval_every=0", "--out", str(out)], "eval_every")
+    assert not out.exists()
+
+
+# ---------- 2: a study's cached circuits follow the task file's content ----------
+
+
+def test_study_resume_reprunes_after_the_task_file_changes(tmp_path, corpus_dir, monkeypatch):
+    task = Path(write_quote_task(tmp_path / "quotes.jsonl"))
+    cfg = StudyConfig(
+        preset="test",
+        base_preset="smoke",
+        train_overrides=dict(
+            data=[str(corpus_dir)],
+            vocab_size=300,
+            n_ctx=16,
+            n_layer=1,
+            steps=2,
+            batch_size=4,
+            eval_every=2,
+            eval_batches=2,
+            checkpoint_every=2,
+        ),
+        base_width=32,
+        densities=[0.5],
+        fixed_l0_density=0.5,
+        l0_widths=[32],
+        dense_widths=[32],
+        tasks=[str(task)],
+        target_loss=10.0,
+        min_accuracy=0.0,
+        k_coefs=[1e-2],
+        controls=False,
+        prune=dict(steps=2, n_train=4, n_test=4, random_draws=1, effect_pairs=1, example_pairs=1),
+    )
+    out = tmp_path / "study"
+    study_run.run_study(cfg, out, progress=False)
+    calls = []
+    real = study_run.find_circuit
+    monkeypatch.setattr(study_run, "find_circuit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    study_run.run_study(cfg, out, resume=True, progress=False)
+    assert calls == []  # unchanged: every circuit reused
+    rows = [json.loads(line) for line in task.read_text().splitlines()]
+    for r in rows:  # every answer swapped: the same path, another task
+        r["correct"], r["incorrect"] = r["incorrect"], r["correct"]
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    study_run.run_study(cfg, out, resume=True, progress=False)
+    assert len(calls) == 2  # both models' circuits searched again
+
+
+# ---------- 3: a torn metrics line ----------
+
+
+def test_resume_after_a_torn_metrics_line(tmp_path, run, capsys):
+    r = copy_run(run, tmp_path / "r")
+    with (r / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "lo')
+    assert main(["train", "--resume", "--out", str(r), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+
+
+# ---------- 4: a full disk ----------
+
+
+@pytest.fixture()
+def disk(tmp_path):
+    """A 16 MB tmpfs (root only; a test fills it with `fill`)."""
+    if os.geteuid() != 0:
+        pytest.skip("a full disk needs a tmpfs mount, which needs root")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mount -t tmpfs failed (no permission in this container)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(mnt: Path, leave_kb: int = 0) -> None:
+    st = os.statvfs(mnt)
+    with contextlib.suppress(OSError), (mnt / "filler").open("wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave_kb * 1024))
+
+
+def no_temporaries(root: Path) -> bool:
+    return not [p for p in root.rglob("*") if p.name.endswith((".tmp", ".old"))]
+
+
+def test_full_disk_train(disk, corpus_dir, capsys):
+    fill(disk, leave_kb=200)  # room for the small files, not for the weights
+    out = disk / "run"
+    err = fails(capsys, ["train", *TINY, "--data", str(corpus_dir), "--out", str(out), "--quiet"])
+    assert "cannot write (" in err and "No space left on device" in err and str(out) in err
+    assert no_temporaries(disk)
+
+
+def test_full_disk_prune(disk, run, capsys):
+    (disk / "c").mkdir()
+    (disk / "c" / "circuit.json").write_text("old")
+    fill(disk)
+    args = ["prune", str(run), "--task", TASK, "--steps", "2", "--quiet"]
+    args += ["--n-train", "4", "--n-test", "4", "--out", str(disk / "c"), "--target-loss", "10"]
+    fails(capsys, args, str(disk / "c" / "circuit.json"), "No space left")
+    assert (disk / "c" / "circuit.json").read_text() == "old" and no_temporaries(disk)
+
+
+def test_full_disk_study_and_view(disk, capsys):
+    study = write_fake_study(disk / "s")
+    build_report(study)
+    fill(disk)
+    before = snapshot(study)
+    new = disk / "new"
+    fails(capsys, ["study", "--out", str(new)], str(new / "study.json"), "No space left")
+    # --port 99999: were the report written, the command would end there, not serve
+    fails(capsys, ["view", str(study), "--port", "99999"], "report.html", "No space left")
+    assert snapshot(study) == before and no_temporaries(disk)
+
+
+# ---------- 5: config values ----------
+
+
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        ("steps=1.5", "steps"),
+        ("n_layer=1.5", "n_layer"),
+        ('n_layer="2"', "n_layer"),
+        ("eval_every=0", "eval_every"),
+        ("d_head=0", "d_head"),
+        ("lr=NaN", "lr"),
+        ("lr=-1", "lr"),
+        ("beta2=2", "beta2"),
+        ("data=5", "data"),
+        ("density=abc", "density"),
+        ("n_ctx=100000", "n_ctx"),
+    ],
+)
+def test_bad_config_values_name_their_key(tmp_path, corpus_dir, capsys, setting, key):
+    out = tmp_path / "r"
+    fails(capsys, ["train", *TINY, "--set", setting, "--out", str(out)], key)
+    assert not out.exists()
+
+
+def test_config_naming_a_folder_or_nothing(tmp_path, capsys):
+    fails(
+        capsys,
+        ["train", "--config", str(tmp_path), "--out", str(tmp_path / "r")],
+        str(tmp_path),
+        "folder",
+    )
+    missing = tmp_path / "none.json"
+    fails(capsys, ["train", "--config", str(missing), "--out", str(tmp_path / "r")], str(missing))
+
+
+def test_config_without_preset_says_where_the_rest_comes_from(tmp_path, corpus_dir, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"train": {"steps": 2, "data": [str(corpus_dir)]}}))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "note: --config without --preset" in err and "quick preset" in err
+    # the quick preset's vocabulary is more than this corpus has: "distinct tokens"
+    assert "distinct tokens" in err and "vocab_size" in err
+
+
+# ---------- 6 and 10: checkpoints that do not match, NaN and zero weights ----------
+
+
+def test_config_claiming_a_huge_model_is_refused_before_allocating(tmp_path, run, capsys):
+    r = copy_run(run, tmp_path / "r")
+    cfg = json.loads((r / "config.json").read_text())
+    cfg["model"]["d_model"] = 16384
+    (r / "config.json").write_text(json.dumps(cfg))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fails(capsys, ["eval", str(r), "--device", "cpu"], "model.safetensors", "config.json implies")
+    # the model this config describes would take gigabytes
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000
+
+
+def test_nan_weights_are_refused_on_load(tmp_path, run, capsys):
+    r = copy_run(run, tmp_path / "r")
+    set_weights(r, lambda v: v * float("nan") if v.is_floating_point() else v)
+    before = snapshot(r)
+    fails(capsys, ["sample", str(r), "--device", "cpu"], "model.safetensors", "NaN")
+    fails(
+        capsys,
+        ["prune", str(r), "--task", TASK, "--out", str(tmp_path / "c")],
+        "NaN",
+    )
+    assert not (tmp_path / "c" / "circuit.json").exists()
+    assert snapshot(r) == before
+
+
+@pytest.fixture(scope="module")
+def zero_model(tmp_path_factory) -> Path:
+    """A checkpoint whose weights are all zero, with a tokenizer that encodes the compound
+    tasks' answers as single tokens (trained on text full of them)."""
+    root = tmp_path_factory.mktemp("compound")
+    rng = random.Random(0)
+    lines = []
+    for name in COMPOUND_TASKS:
+        lines += [e.prompt + e.answer for e in get_compound_task(name, 40, 1, seed=0).train]
+    for f in range(4):
+        rng.shuffle(lines)
+        (root / f"m{f}.py").write_text("\n".join(lines) + "\n")
+    m, t = tiny_configs(root, vocab_size=400, n_ctx=48, steps=2)
+    run = train(m, t, tmp_path_factory.mktemp("zero") / "run", progress=False)
+    set_weights(run, torch.zeros_like)
+    return run
+
+
+def test_all_zero_weights_do_not_crash_activations(tmp_path, zero_model, capsys):
+    out = tmp_path / "a"
+    args = ["activations", str(zero_model), "--out", str(out), "-n", "4", "--pairs", "4"]
+    assert main([*args, "--no-training"]) == 0, capsys.readouterr().err
+    assert (out / "activations.png").stat().st_size > 0 and (out / "section.json").is_file()
+
+
+def test_all_zero_weights_do_not_crash_modularity(tmp_path, zero_model, capsys):
+    out = tmp_path / "m"
+    args = ["modularity", str(zero_model), "--out", str(out), "--tasks", "quote_bracket"]
+    args += ["--regimes", "pretrained", "--finetune-seeds", "1", "--mask-seeds", "1"]
+    args += ["--finetune-steps", "2", "--mask-steps", "2", "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert (out / "modularity.json").is_file() and (out / "ablation_matrix.png").is_file()
+
+
+# ---------- 7: a large binary among the data ----------
+
+
+def test_data_folder_with_a_large_binary_reads_only_its_head(tmp_path, corpus_dir, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(corpus_dir, data)
+    with (data / "video.mp4").open("wb") as f:
+        f.truncate(400 * 2**20)  # sparse: 400 MB of zeros that take no disk
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    args = ["train", *TINY, "--data", str(data), "--out", str(tmp_path / "r"), "--quiet"]
+    assert main(args) == 0
+    assert "skipped 1 files that are not UTF-8 text" in capsys.readouterr().err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+# ---------- 9: the report and the view server ----------
+
+
+def test_section_images_stay_in_their_folder(tmp_path, capsys):
+    study = write_fake_study(tmp_path / "s")
+    (tmp_path / "x").write_bytes(b"OUTSIDE")
+    sec = study / "activations" / "section.json"
+    for name in ("/etc/passwd", "../../x", "../results.json"):
+        sec.write_text(json.dumps({"title": "t", "images": [{"caption": "c", "file": name}]}))
+        html = build_report(study).read_text()
+        assert "not a file in the section's folder" in html and name in html
+        assert "T1VUU0lERQ" not in html and "cm9vd" not in html  # base64 of OUTSIDE, root
+
+
+def test_report_paths_are_relative_to_the_study(tmp_path):
+    study = write_fake_study(tmp_path / "s")
+    results = json.loads((study / "results.json").read_text())
+    results["models"][0]["dir"] = str(tmp_path / "cache" / "models" / "abc")
+    (study / "results.json").write_text(json.dumps(results))
+    (study / "circuits" / "w64_dense_s0" / "single_double_quote" / "circuit.json").write_text("{")
+    html = build_report(study.absolute()).read_text()
+    assert str(tmp_path) not in html
+    assert "../cache/models/abc" in html and "circuits/w64_dense_s0" in html
+
+
+def fetch(url: str, host: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def test_view_serves_only_the_study_to_local_hosts(tmp_path):
+    study = write_fake_study(tmp_path / "s")
+    (tmp_path / "secret.txt").write_text("secret")
+    (study / "link.txt").symlink_to(tmp_path / "secret.txt")
+    (study / "linkdir").symlink_to(tmp_path)
+    (study / "inside.txt").symlink_to(study / "results.json")
+    with Server(study) as base:
+        assert fetch(base + "report.html")[0] == 200
+        assert fetch(base + "inside.txt")[0] == 200  # a link within the study is fine
+        port = base.rsplit(":", 1)[1].strip("/")
+        assert fetch(base + "report.html", f"localhost:{port}")[0] == 200
+        for path in ("link.txt", "linkdir/secret.txt", "circuits/", "../secret.txt"):
+            assert fetch(base + path)[0] == 404, path
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+            assert fetch(base + "report.html", host)[0] == 421, host
+        status, _ = fetch(base)
+        assert status == 200  # / redirects to the report
+
+
+def test_view_port_out_of_range(tmp_path, capsys):
+    study = write_fake_study(tmp_path / "s")
+    fails(capsys, ["view", str(study), "--port", "99999", "--no-build"], "--port 99999")
+    with pytest.raises(UserError, match="0 to 65535"):
+        serve(study, -1)
+
+
+# ---------- 11 and 12: smaller ones ----------
+
+
+def test_task_naming_a_folder(tmp_path, run, capsys):
+    fails(
+        capsys,
+        ["prune", str(run), "--task", str(tmp_path) + "/x.jsonl", "--out", str(tmp_path / "c")],
+        "x.jsonl",
+    )
+    (tmp_path / "d.jsonl").mkdir()
+    fails(
+        capsys,
+        ["prune", str(run), "--task", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "c")],
+        "d.jsonl",
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["eval", "{run}", "--batches", "0"], "--batches"),
+        (["eval", "{run}", "--device", "tpu"], "--device 'tpu'"),
+        (["sample", "{run}", "--device", "cuda:x"], "--device"),
+    ],
+)
+def test_bad_options(run, capsys, argv, words):
+    fails(capsys, [a.format(run=run) for a in argv], words)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(run, capsys):
+    fails(capsys, ["eval", str(run), "--device", "cuda"], "CUDA is not available")
+
+
+def test_result_files_are_readable_like_any_other(run):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl"):
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_task_file_with_a_bom_unpaired_rows_and_errors_in_file_order(tmp_path, capsys):
+    rows = [{"prompt": "x = 'a", "correct": "'", "incorrect": '"'}] * 2
+    rows += [{"prompt": f'y{i} = "b', "correct": '"', "incorrect": "'"} for i in range(6)]
+    good = tmp_path / "good.jsonl"
+    good.write_text("\ufeff" + "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["tasks", "show", str(good), "-n", "3"]) == 0
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps(r) for r in rows[:2]] + ['{"prompt": "z"}', json.dumps(rows[3]), "{oops"]
+    bad.write_text("\n".join(lines) + "\n")
+    fails(capsys, ["tasks", "show", str(bad)], f"{bad}:3")
+
+
+def test_builtin_task_on_a_short_context_keeps_the_prompts_that_fit(tmp_path, run, capsys):
+    args = ["prune", str(run), "--task", TASK, "--steps", "2", "--n-train", "8"]
+    args += ["--n-test", "8", "--out", str(tmp_path / "c"), "--quiet", "--target-loss", "10"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "longer than n_ctx=48 and were left out" in err
+    assert json.loads((tmp_path / "c" / "circuit.json").read_text())["task"] == TASK
