@@ -6,6 +6,7 @@ of the seven planted nodes explained by AUC >= 0.9 alone and by the legibility c
     python benchmarks/explain_criterion.py [--seeds 5]
 
 The features and the planted nodes are the ground-truth test's (tests/test_explain.py).
+Writes benchmarks/results/explain_criterion.{md,json} (README quotes the .md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results import save_results  # noqa: E402
 from sparsecircuits.explain import CRITERION, LEGIBLE_AUC, is_explained  # noqa: E402
 from sparsecircuits.fer import rotate_hidden  # noqa: E402
 from sparsecircuits.planted import planted_model  # noqa: E402
@@ -26,8 +29,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args()
-    print(f"criterion: {CRITERION}")
-    print(f"  {'model':<16} {'AUC alone':>10} {'criterion':>10}  failing the criterion only")
+    lines = [
+        f"criterion: {CRITERION}",
+        f"  {'model':<16} {'AUC alone':>10} {'criterion':>10}  failing the criterion only",
+    ]
+    data: dict = {"criterion": CRITERION, "models": {}}
     models = [("planted", planted_model())]
     models += [(f"rotated seed {s}", rotate_hidden(planted_model(), s)) for s in range(args.seeds)]
     for name, model in models:
@@ -40,7 +46,12 @@ def main() -> None:
             for n in by_auc
             if n not in both
         )
-        print(f"  {name:<16} {len(by_auc)}/{len(e):<8} {len(both)}/{len(e):<8}  {extra or '-'}")
+        lines.append(
+            f"  {name:<16} {len(by_auc)}/{len(e):<8} {len(both)}/{len(e):<8}  {extra or '-'}"
+        )
+        data["models"][name] = {"nodes": len(e), "auc_alone": by_auc, "criterion": both}
+    print("\n".join(lines))
+    save_results("explain_criterion", lines, data)
 
 
 if __name__ == "__main__":

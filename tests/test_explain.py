@@ -163,7 +163,7 @@ def test_explanation_table_rows():
     }
     head, row, const = explanation_table({"a[0]": e, "b[1]": {"feature": None, "auc": None}})
     assert head.split()[:3] == ["node", "best", "feature"]
-    assert "not in string '" in row and "0.970" in row and " yes " in row and "'x'" in row
+    assert "in string ' (low)" in row and "0.970" in row and " yes " in row and "'x'" in row
     assert "(constant: no feature)" in const and " no " in const
 
 

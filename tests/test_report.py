@@ -252,7 +252,7 @@ def check_report_page(browser, url: str, study: Path) -> None:
     shown = next(n["name"] for n in circuit["nodes"] if expl[n["name"]]["feature"])
     page.hover(f'circle.node[data-node="{shown}"]')
     e = expl[shown]
-    feature = ("not " if e["direction"] == -1 else "") + e["feature"]
+    feature = e["feature"] + (" (low)" if e["direction"] == -1 else "")
     box = page.text_content("#explanation")
     assert feature in box and f"{e['auc']:.3g}" in box and f"{e['precision']:.3g}" in box
     assert page.locator("#explanation .context").count() == len(e["examples"])

@@ -775,7 +775,7 @@ def _tokens(pairs: list | None, n: int = 3) -> str:
 
 
 def explanation_table(explanations: dict[str, dict]) -> list[str]:
-    """Lines of a text table: per node its best feature ("not X" when the node is low on X),
+    """Lines of a text table: per node its best feature ("X (low)" when the node is low on X),
     AUC, precision and recall at the best threshold, whether it counts as explained, and the
     top tokens of its direct input and output paths."""
     head = [
@@ -792,7 +792,7 @@ def explanation_table(explanations: dict[str, dict]) -> list[str]:
     for name, e in explanations.items():
         feature = e.get("feature")
         if feature is not None and e.get("direction") == -1:
-            feature = f"not {feature}"
+            feature = f"{feature} (low)"
         rows.append(
             [
                 name,

@@ -356,8 +356,9 @@
       e.precision >= t.precision_recall && e.recall >= t.precision_recall;
   }
 
+  // "(low)": the node is low, not high, where the feature holds.
   function featureText(e) {
-    return e.direction === -1 ? `not ${e.feature}` : e.feature;
+    return e.direction === -1 ? `${e.feature} (low)` : e.feature;
   }
 
   // AUC 0.5 (chance) pale yellow to 1.0 dark green; grey where no feature was scored.

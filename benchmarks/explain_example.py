@@ -1,0 +1,49 @@
+"""A real `sparsecircuits explain` example for README: a few nodes of a trained model, the
+table the command prints, and one node's quantile contexts.
+
+    python benchmarks/explain_example.py [--model runs/quick] [--node NAME ...]
+
+Writes benchmarks/results/explain_example.{md,json} (README quotes the .md). Uses (and
+fills) the model's explanation cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import save_results  # noqa: E402
+from sparsecircuits.explain import explain_checkpoint, explanation_table  # noqa: E402
+
+NODES = [
+    "blocks.0.attn.hook_q[5]",
+    "blocks.1.mlp.hook_post[0]",
+    "blocks.1.mlp.hook_post[1]",
+    "blocks.1.hook_attn_out[3]",
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="runs/quick")
+    ap.add_argument("--node", nargs="+", default=NODES)
+    args = ap.parse_args()
+    expl = explain_checkpoint(args.model, args.node)
+    lines = [f"as printed by: sparsecircuits explain {args.model} --node " + " ".join(args.node)]
+    lines += explanation_table(expl)
+    first = args.node[0]
+    lines += ["", f"{first}: contexts at activation quantiles (the node's token in [brackets])"]
+    for x in expl[first]["examples"]:
+        text = "".join(f"[{t}]" if i == x["at"] else t for i, t in enumerate(x["tokens"])).replace(
+            "\n", "\\n"
+        )
+        lines.append(f"  {x['label']:<9} {x['value']:>9.4g}  {text}")
+    print("\n".join(lines))
+    save_results("explain_example", lines, expl)
+
+
+if __name__ == "__main__":
+    main()
