@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from sparsecircuits.circuit import Circuit
-from sparsecircuits.config import resolve
 from sparsecircuits.explain import CACHE_FILE, CRITERION, explain_circuit, legibility
 from sparsecircuits.prune import prune
 from sparsecircuits.prune_methods import PruneConfig
-from sparsecircuits.train import train
 
 TARGET_SECONDS = 30.0
 
@@ -37,8 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     model = Path(args.model)
     if not (model / "model.safetensors").exists():
-        print(f"{model}: no checkpoint; training the quick preset first")
-        train(*resolve("quick"), model, progress=True)
+        sys.exit(f"{model}: no checkpoint (sparsecircuits train --preset quick --out {model})")
     if args.circuit:
         circuit = Circuit.load(args.circuit)
     else:

@@ -10,6 +10,7 @@ fills) the model's explanation cache.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -32,7 +33,10 @@ def main() -> None:
     ap.add_argument("--node", nargs="+", default=NODES)
     args = ap.parse_args()
     expl = explain_checkpoint(args.model, args.node)
-    lines = [f"as printed by: sparsecircuits explain {args.model} --node " + " ".join(args.node)]
+    lines = [
+        f"as printed by: sparsecircuits explain {args.model} --node "
+        + " ".join(map(shlex.quote, args.node))
+    ]
     lines += explanation_table(expl)
     first = args.node[0]
     lines += ["", f"{first}: contexts at activation quantiles (the node's token in [brackets])"]
@@ -40,7 +44,7 @@ def main() -> None:
         text = "".join(f"[{t}]" if i == x["at"] else t for i, t in enumerate(x["tokens"])).replace(
             "\n", "\\n"
         )
-        lines.append(f"  {x['label']:<9} {x['value']:>9.4g}  {text}")
+        lines.append(f"  {x['label']:<9} {x['value'] + 0.0:>9.4g}  {text}")  # no -0
     print("\n".join(lines))
     save_results("explain_example", lines, expl)
 
