@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from .config import ModelConfig, TrainConfig, config_to_dict, load_config_file
+from .corpus import prepare
 from .errors import UserError, write_error
 from .io import atomic_path, write_json_atomic
 from .model import SparseGPT
@@ -121,8 +122,6 @@ def load(
 def checkpoint_corpus(path, model: SparseGPT, tokenizer: Tokenizer, data: list[str] | None = None):
     """The checkpoint's own corpus (or `data`), split as in training and tokenized with the
     checkpoint's tokenizer; a checkpoint without a train config (an import) gets the stdlib."""
-    from .corpus import prepare
-
     _, train_cfg = load_config(path)
     return prepare(
         data or (train_cfg.data if train_cfg else None),

@@ -75,12 +75,10 @@ def read_json(path: str | os.PathLike) -> dict:
 
 
 def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Save a matplotlib figure through `atomic_path`, then close it."""
-    import matplotlib.pyplot as plt
-
+    """Save a matplotlib `Figure` through `atomic_path`. Figures are made without pyplot,
+    which keeps no reference to them, so there is nothing to close."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip("."))
-    plt.close(fig)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

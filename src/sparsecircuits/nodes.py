@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from tqdm import tqdm
 
+from .checkpoint import checkpoint_corpus, load_tensors, save_tensors
 from .config import ModelConfig
 from .corpus import EVAL_SEED
 from .errors import UserError
@@ -149,16 +151,12 @@ def cached_node_means(
     """Node means over held-out pretraining text, cached beside the checkpoint and
     recomputed whenever the weights change. The text is the run's own corpus, or `data`
     (folders/files) for a checkpoint trained elsewhere; the default is the standard library."""
-    from .checkpoint import checkpoint_corpus, load_tensors, save_tensors
-
     model_dir = Path(model_dir)
     sites = node_sites(model.cfg)
     path = model_dir / MEANS_FILE
     digest = _weights_digest(model_dir)
     meta_key = f"{digest}:{batches}x{batch_size}:{data}"
     if path.exists():
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), "pt") as f:
                 fresh = (f.metadata() or {}).get("key") == meta_key

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.figure import Figure  # no pyplot: no GUI backend is chosen on import
+
 from ..errors import UserError
 from ..io import read_json, save_figure_atomic, write_text_atomic
 from .measures import RESULTS_VERSION
@@ -200,12 +202,8 @@ def write_summary(study_dir: str | Path) -> Path:
 
 
 def plot_frontier(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5), layout="tight")
+    ax = fig.subplots()
     pts = [f for f in results["frontier"] if f["geomean_edges"] and f["heldout_loss"] is not None]
     curves = [
         ("dense", "dense, widths", "s-"),
@@ -241,5 +239,4 @@ def plot_frontier(results: dict, path: Path) -> None:
         ax.text(
             0.5, 0.5, "no validated circuit on a frontier task", ha="center", transform=ax.transAxes
         )
-    fig.tight_layout()
     save_figure_atomic(fig, path, dpi=120)
