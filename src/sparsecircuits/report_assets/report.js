@@ -365,7 +365,7 @@
   function aucColor(e) {
     if (!e || !isNum(e.auc)) return "#c4c8cc";
     const t = Math.max(0, Math.min(1, (e.auc - 0.5) / 0.5));
-    return `hsl(${45 + 95 * t}, ${90 - 25 * t}%, ${85 - 55 * t}%)`;
+    return `hsl(${(45 + 95 * t).toFixed(0)}, ${(90 - 25 * t).toFixed(0)}%, ${(85 - 55 * t).toFixed(0)}%)`;
   }
 
   function renderSiteLegend() {
@@ -602,7 +602,8 @@
         const label = svgEl("text", {
           class: "node-label", x: x[i] + radius + 2, y: y[i] + 3, "data-node": v.nodes.name[i],
         }, labels);
-        label.textContent = full.length > 16 ? `${full.slice(0, 15)}…` : full;
+        const short = e.feature.length > 14 ? `${e.feature.slice(0, 13)}…` : e.feature;
+        label.textContent = e.direction === -1 ? `${short} (low)` : short;
         svgEl("title", {}, label).textContent = full;
       }
       const key = `n${i}`;
