@@ -4,6 +4,7 @@ model (its nodes' known features) and its rotated twin (same outputs, mixed base
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,3 +310,23 @@ def test_report_and_explain_use_one_criterion():
     from sparsecircuits import report
 
     assert report.LEGIBLE == {"auc": LEGIBLE_AUC, "precision_recall": LEGIBLE_PR}
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_study_command_adds_legibility_unless_told_not_to(tmp_path, monkeypatch, capsys, skip):
+    from sparsecircuits import study
+    from study_fixture import write_fake_study
+
+    out = tmp_path / "study"
+    summaries = []
+
+    def fake_run(cfg, out_dir, **kw):  # the study itself is tested in test_study.py
+        return json.loads((write_fake_study(Path(out_dir)) / "results.json").read_text())
+
+    monkeypatch.setattr(study, "run_study", fake_run)
+    monkeypatch.setattr(study, "write_summary", summaries.append)
+    assert main(["study", "--out", str(out), "--quiet", *(["--no-legibility"] * skip)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert ("legibility" in results.get("measures", {})) != skip
+    assert ("Legibility (AUC" in capsys.readouterr().out) != skip
+    assert summaries == ([] if skip else [out])
