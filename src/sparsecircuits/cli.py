@@ -6,19 +6,35 @@ Every user mistake becomes one line `error: ...` on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+import torch
+
 from . import threads
+from .checkpoint import checkpoint_corpus, load, load_config
+from .config import resolve
 from .errors import UserError
+from .explain import CRITERION, explain_checkpoint, explain_circuit, explanation_table, legibility
+from .generate import generate
+from .importer import import_openai
 from .io import out_folder
+from .prune import prune
+from .prune_methods import PruneConfig
+from .report import build_report, serve
+from .sparsity import density_report
+from .tasks import get_task, list_tasks, task_accuracy, task_loss
+from .tokenizer import eot_id
+from .train import heldout_loss, pick_device, train
+from .weightmask import MaskConfig
+
+# The study, activations and modularity commands import their module when they run: those
+# bring in matplotlib (~0.7 s), which every other command (`view` included) need not load.
+# Torch itself loads with the package (sparsecircuits/__init__.py imports the model).
 
 
 def _cmd_train(args) -> None:
-    from .checkpoint import load_config
-    from .config import resolve
-    from .train import train
-
     overrides = list(args.set or [])
     if args.data:
         overrides.append(f"data={_json_list(args.data)}")
@@ -56,16 +72,10 @@ def _cmd_train(args) -> None:
 
 
 def _json_list(items) -> str:
-    import json
-
     return json.dumps([str(i) for i in items])
 
 
 def _cmd_eval(args) -> None:
-    from .checkpoint import checkpoint_corpus, load
-    from .sparsity import density_report
-    from .train import heldout_loss, pick_device
-
     if args.batches < 1 or args.batch_size < 1:
         raise UserError("--batches and --batch-size must be at least 1")
     model, tok = load(args.model_dir, device=pick_device(args.device))
@@ -89,11 +99,6 @@ def _cmd_eval(args) -> None:
 
 
 def _cmd_sample(args) -> None:
-    from .checkpoint import load
-    from .generate import generate
-    from .tokenizer import eot_id
-    from .train import pick_device
-
     model, tok = load(args.model_dir, device=pick_device(args.device))
     if tok is None:
         raise UserError(f"{args.model_dir}: no tokenizer.json, so text cannot be sampled")
@@ -116,16 +121,11 @@ def _cmd_sample(args) -> None:
 
 
 def _cmd_import(args) -> None:
-    from .importer import import_openai
-
     out = import_openai(args.src, args.out, tokenizer=args.tokenizer, force=args.force)
     print(f"imported {args.src} -> {out}")
 
 
 def _cmd_prune(args) -> None:
-    from .prune import prune
-    from .prune_methods import PruneConfig
-
     cfg = PruneConfig(
         target_loss=args.target_loss,
         method=args.method,
@@ -168,8 +168,6 @@ def _cmd_prune(args) -> None:
 
 
 def _cmd_tasks(args) -> None:
-    from .tasks import get_task, list_tasks, task_accuracy, task_loss
-
     if args.action == "list":
         for name, desc in list_tasks():
             print(f"{name:<28} {desc}")
@@ -185,10 +183,6 @@ def _cmd_tasks(args) -> None:
     print("-" * 60)
     print(f"{len(task.train)} train / {len(task.test)} test pairs")
     if args.model:
-        import torch
-
-        from .checkpoint import load
-
         model, tok = load(args.model)
         if tok is None:
             raise UserError(f"{args.model}: no tokenizer.json, so prompts cannot be encoded")
@@ -202,8 +196,7 @@ def _cmd_tasks(args) -> None:
 
 
 def _cmd_study(args) -> None:
-    from .report import build_report
-    from .study import add_legibility, run_study, study_config, write_summary
+    from .study import add_legibility, run_study, study_config, write_summary  # see the top
 
     if args.summary:  # only rewrite the summary of a finished study
         print(f"summary:  {write_summary(args.out)}")
@@ -228,7 +221,12 @@ def _cmd_study(args) -> None:
 
 
 def _cmd_activations(args) -> None:
-    from .activations import FILES, ActivationsConfig, run_activations, run_study_activations
+    from .activations import (  # see the top
+        FILES,
+        ActivationsConfig,
+        run_activations,
+        run_study_activations,
+    )
 
     cfg = ActivationsConfig(
         n=args.n,
@@ -254,9 +252,7 @@ def _cmd_activations(args) -> None:
 
 
 def _cmd_modularity(args) -> None:
-    from .modularity import ModularityConfig, run_modularity, study_models
-    from .report import build_report
-    from .weightmask import MaskConfig
+    from .modularity import ModularityConfig, run_modularity, study_models  # see the top
 
     if bool(args.study) == bool(args.model_dirs):
         raise UserError("modularity needs MODEL_DIR ... --out DIR, or --study DIR (not both)")
@@ -289,14 +285,6 @@ def _cmd_modularity(args) -> None:
 
 
 def _cmd_explain(args) -> None:
-    from .explain import (
-        CRITERION,
-        explain_checkpoint,
-        explain_circuit,
-        explanation_table,
-        legibility,
-    )
-
     target = Path(args.target)
     if target.is_dir():
         if not args.node:
@@ -327,8 +315,6 @@ def _cmd_explain(args) -> None:
 
 
 def _cmd_view(args) -> None:
-    from .report import build_report, serve
-
     if not args.no_build:
         path = build_report(args.study_dir)
         print(f"report: {path}  (opens from disk too)")
