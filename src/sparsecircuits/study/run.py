@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import checkpoint_corpus, load, load_config, save_checkpoint
+from ..checkpoint import checkpoint_corpus, load, load_config, pick_device, save_checkpoint
 from ..corpus import EVAL_SEED
 from ..errors import UserError
 from ..io import claim_run_dir, read_json, read_jsonl, staged_dir, write_json_atomic
@@ -66,9 +66,13 @@ def run_study(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
-    """Train, prune, analyse; returns the results (also written to DIR/results.json)."""
+    """Train, prune, analyse; returns the results (also written to DIR/results.json).
+    `device` (cpu, cuda, auto) is where models train and circuits are searched; results do
+    not depend on it beyond floating-point noise, so it is not part of any cache key."""
     out = Path(out)
+    device = pick_device(device)
     _claim(out, cfg, resume, force)
     specs = model_specs(cfg)
     steps = {s.id: model_configs(cfg, s)[1].steps for s in specs}
@@ -88,21 +92,22 @@ def run_study(
                 t,
                 mdir,
                 resume=True,
+                device=device,
                 progress=False,
                 on_step=lambda d, start=start: bar.update(start + d - bar.n),
             )
             write_json_atomic(mdir / "done.json", {"id": spec.id})
         bar.update(start + steps[spec.id] - bar.n)
-        models.append(_model_row(spec, mdir))
+        models.append(_model_row(spec, mdir, device))
 
     t1 = time.perf_counter()
-    eligibility = [row for spec in specs for row in _full_model_rows(cfg, spec)]
+    eligibility = [row for spec in specs for row in _full_model_rows(cfg, spec, device)]
     eligible = {t: all(r["reaches"] for r in eligibility if r["task"] == t) for t in cfg.tasks}
     circuits = []
     for spec in specs:
         for task in cfg.tasks:
             bar.set_postfix_str(f"prune {spec.id} {task}")
-            circuits.append(_circuit(cfg, spec, task, eligible[task], eligibility, out))
+            circuits.append(_circuit(cfg, spec, task, eligible[task], eligibility, out, device))
             bar.update(PRUNE_UNITS)
     bar.close()
     results = analyse(cfg, models, circuits, eligibility)
@@ -123,10 +128,11 @@ def _heldout_noise(mdir: Path, model, tok, batches: int, batch_size: int) -> dic
     std across batches, and the standard error of the mean, the eval noise the analysis
     uses as its tolerance."""
     corpus = checkpoint_corpus(mdir, model, tok)
-    losses = [
-        float(model(corpus.batch("heldout", batch_size, model.cfg.n_ctx, EVAL_SEED, i), "loss"))
-        for i in range(batches)
-    ]
+    device = next(model.parameters()).device
+    windows = (
+        corpus.batch("heldout", batch_size, model.cfg.n_ctx, EVAL_SEED, i) for i in range(batches)
+    )
+    losses = [float(model(w.to(device), "loss")) for w in windows]
     std = statistics.stdev(losses) if len(losses) > 1 else None
     return {
         "heldout_loss_batches": len(losses),
@@ -135,8 +141,8 @@ def _heldout_noise(mdir: Path, model, tok, batches: int, batch_size: int) -> dic
     }
 
 
-def _model_row(spec: ModelSpec, mdir: Path) -> dict:
-    model, tok = load(mdir)
+def _model_row(spec: ModelSpec, mdir: Path, device) -> dict:
+    model, tok = load(mdir, device=device)
     _, tcfg = load_config(mdir)
     metrics = read_jsonl(mdir / "metrics.jsonl")
     heldout = [r["heldout_loss"] for r in metrics if "heldout_loss" in r]
@@ -157,19 +163,21 @@ def _prune_config(cfg: StudyConfig, task: str, seed: int) -> PruneConfig:
     return PruneConfig(**{**cfg.prune, "target_loss": cfg.target(task), "seed": seed})
 
 
-def _encode(task: Task, tok, n_ctx: int):
-    return task.encode(tok, "train", n_ctx), task.encode(tok, "test", n_ctx)
+def _encode(task: Task, tok, n_ctx: int, device):
+    return tuple(task.encode(tok, split, n_ctx).to(device) for split in ("train", "test"))
 
 
-def _full_model_rows(cfg: StudyConfig, spec: ModelSpec) -> list[dict]:
+def _full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
     """Per task, the full model on held-out test pairs (calibrated on train pairs) against
     the task's target and the accuracy bar: which tasks this model lets into the frontier."""
-    model, tok = load(model_dir(cfg, spec))
+    model, tok = load(model_dir(cfg, spec), device=device)
     rows = []
     for name in cfg.tasks:
         pcfg = _prune_config(cfg, name, spec.seed)
         task = get_task(name, pcfg.n_train, pcfg.n_test, spec.seed)
-        m = full_model_metrics(model, *_encode(task, tok, model.cfg.n_ctx), pcfg.calib_steps)
+        m = full_model_metrics(
+            model, *_encode(task, tok, model.cfg.n_ctx, device), pcfg.calib_steps
+        )
         target = cfg.target(name)
         rows.append(
             {"model": spec.id, "task": name, "target_loss": target}
@@ -215,11 +223,11 @@ def random_init_dir(cfg: StudyConfig, spec: ModelSpec) -> Path:
     return out
 
 
-def _search(mdir: Path, task: Task, pcfg: PruneConfig, examples: bool = False, **kw):
+def _search(mdir: Path, task: Task, pcfg: PruneConfig, device, examples: bool = False, **kw):
     """One circuit search on a model folder -> the Circuit (raises TargetUnreachable);
     `examples` adds the viewer's example prompts."""
-    model, tok = load(mdir)
-    train_b, test_b = _encode(task, tok, model.cfg.n_ctx)
+    model, tok = load(mdir, device=device)
+    train_b, test_b = _encode(task, tok, model.cfg.n_ctx, device)
     means = cached_node_means(mdir, model, tok, progress=False)
     text = (lambda i: tok.decode([i])) if examples else None
     c = find_circuit(
@@ -229,12 +237,12 @@ def _search(mdir: Path, task: Task, pcfg: PruneConfig, examples: bool = False, *
     return c
 
 
-def _control(mdir: Path, task: Task, pcfg: PruneConfig) -> dict:
+def _control(mdir: Path, task: Task, pcfg: PruneConfig, device) -> dict:
     """A control pruned like the real circuit, with its chosen k_coef, to the same target;
     the full model need not reach the target (that is the point of the control)."""
     light = dataclasses.replace(pcfg, random_draws=0, effect_nodes=0, example_pairs=0)
     try:
-        c = _search(mdir, task, light, require_full_model=False)
+        c = _search(mdir, task, light, device, require_full_model=False)
     except TargetUnreachable as e:
         return {"status": "unreachable", "n_edges": None, "message": str(e)}
     v = c.metrics["validation"]
@@ -264,6 +272,7 @@ def _circuit(
     eligible: bool,
     eligibility: list[dict],
     out: Path,
+    device,
 ) -> dict:
     target = cfg.target(task_name)
     row = dict(
@@ -308,7 +317,7 @@ def _circuit(
         return read_json(cdir / "row.json")
     task = get_task(task_name, pcfg.n_train, pcfg.n_test, spec.seed)
     try:
-        c = _search(mdir, task, pcfg, examples=True, k_coefs=cfg.k_coefs)
+        c = _search(mdir, task, pcfg, device, examples=True, k_coefs=cfg.k_coefs)
         c.save(cdir / "circuit.json")
         v = c.metrics["validation"]
         row.update(
@@ -325,9 +334,9 @@ def _circuit(
         )
         if cfg.controls:
             chosen = dataclasses.replace(pcfg, k_coef=row["k_coef"])
-            controls = {"nonsense": _control(mdir, nonsense_task(task, spec.seed), chosen)}
+            controls = {"nonsense": _control(mdir, nonsense_task(task, spec.seed), chosen, device)}
             if spec.seed == 0:  # one seed is enough for a model that never learned
-                controls["random_init"] = _control(random_init_dir(cfg, spec), task, chosen)
+                controls["random_init"] = _control(random_init_dir(cfg, spec), task, chosen, device)
             controls["random_circuits"] = c.metrics["random"]
             row["controls"] = controls
     except TargetUnreachable as e:
