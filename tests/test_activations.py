@@ -180,8 +180,11 @@ def test_effects_and_verdicts():
         def __init__(self, x):
             self.x = x
 
+        def parameters(self):  # the device the "model" lives on
+            return iter([self.x])
+
         def run_with_cache(self, tokens, names_filter):
-            return None, {"h": self.x[:, None, :]}
+            return torch.zeros(len(tokens), 1, 1), {"h": self.x[:, None, :]}
 
     def vals(x):
         return per_input(Fake(x), torch.zeros(len(x), 1, dtype=torch.long), ["h"])[1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import checkpoint_corpus, load, load_config
+from ..checkpoint import checkpoint_corpus, load, load_config, pick_device
 from ..config import model_name, seedless_key
 from ..errors import UserError
 from ..io import claim_run_dir, read_json
@@ -60,7 +60,11 @@ def per_input(model, tokens: torch.Tensor, hooks: list[str], last_pos=None):
     """(logits, {hook: {metric: {"last": [n], "all_positions": [n]}}}): every metric for each
     input at its last token (`last_pos`, default the final position) and averaged over its
     positions up to there."""
-    logits, cache = model.run_with_cache(tokens, names_filter=hooks)
+    # the model may sit on a GPU; the statistics are small and run on the CPU
+    logits, cache = model.run_with_cache(
+        tokens.to(next(model.parameters()).device), names_filter=hooks
+    )
+    logits, cache = logits.cpu(), {k: v.cpu() for k, v in cache.items()}
     n, t = tokens.shape
     last = torch.full((n,), t - 1) if last_pos is None else last_pos
     valid = torch.arange(t)[None, :] <= last[:, None]
@@ -157,12 +161,12 @@ def describe_config(model_dir) -> tuple[str, str, str]:
     return kind, model_name(m, t), seedless_key(m, t)
 
 
-def analyse_checkpoint(model_dir, cfg: ActivationsConfig | None = None) -> dict:
+def analyse_checkpoint(model_dir, cfg: ActivationsConfig | None = None, device="cpu") -> dict:
     """Every condition x hook x metric for one checkpoint on its own corpus, difficulty
     levels with accuracy, and the same on every training snapshot."""
     cfg = cfg or ActivationsConfig()
     model_dir = Path(model_dir)
-    model, tok = load(model_dir)
+    model, tok = load(model_dir, device=device)
     if tok is None:
         raise UserError(f"{model_dir}: activation analysis needs the checkpoint's tokenizer.json")
     hooks = resolve_hooks(model, cfg.hooks, model_dir)
@@ -198,7 +202,7 @@ def _over_training(model_dir: Path, windows: dict, hooks: list[str], train_cfg, 
     steps = []
     snaps = snapshots(model_dir)
     for step, d in snaps:
-        model, _ = load(d)
+        model, _ = load(d, device=next(final.parameters()).device)
         if model.cfg != final.cfg:
             raise UserError(f"{d / 'config.json'}: snapshot does not match {model_dir}")
         steps.append((step, *familiarity(model, windows, hooks)[:2]))
@@ -391,16 +395,17 @@ def robustness(groups: list[dict]) -> list[dict]:
 
 
 def run_activations(
-    model_dirs: list, out, cfg: ActivationsConfig | None = None
+    model_dirs: list, out, cfg: ActivationsConfig | None = None, device: str = "cpu"
 ) -> ActivationResults:
     """Analyse every checkpoint, group seeds, write activations.json, the plots and a
-    report section into `out`."""
+    report section into `out`. `device`: where the models run (statistics stay on the CPU)."""
     cfg = cfg or ActivationsConfig()
+    device = pick_device(device)
     out = Path(out)
     # Before the analysis, so a wrong --out costs nothing; an earlier analysis there is
     # replaced (its results are recomputed whole), a folder of anything else is refused.
     claim_run_dir(out, None, True, None, marker=FILES["json"], kind="sparsity analysis")
-    models = [analyse_checkpoint(d, cfg) for d in model_dirs]
+    models = [analyse_checkpoint(d, cfg, device) for d in model_dirs]
     keys = [describe_config(d)[2] for d in model_dirs]
     groups = group_results(models, keys, cfg)
     results = ActivationResults(
@@ -424,7 +429,9 @@ def run_activations(
     return results
 
 
-def run_study_activations(study_dir, out=None, cfg: ActivationsConfig | None = None):
+def run_study_activations(
+    study_dir, out=None, cfg: ActivationsConfig | None = None, device: str = "cpu"
+):
     """The analysis on a study's models (every kind and seed), into DIR/activations by
     default, then the study report rebuilt with its section."""
     study_dir = Path(study_dir)
@@ -432,7 +439,7 @@ def run_study_activations(study_dir, out=None, cfg: ActivationsConfig | None = N
     if not isinstance(rows, list) or not rows:
         raise UserError(f"{study_dir / 'results.json'}: lists no models")
     dirs = [Path(r["dir"]) if Path(r["dir"]).is_absolute() else study_dir / r["dir"] for r in rows]
-    results = run_activations(dirs, Path(out) if out else study_dir / "activations", cfg)
+    results = run_activations(dirs, Path(out) if out else study_dir / "activations", cfg, device)
     return results, build_report(study_dir)
 
 
