@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import tiny_configs, write_quote_task
 from sparsecircuits.cli import main
+from sparsecircuits.corpus import ORPHAN_AGE_S, prepare
 from sparsecircuits.errors import UserError
 from sparsecircuits.report import build_report, serve
 from sparsecircuits.study import StudyConfig
@@ -456,6 +457,18 @@ def test_result_files_are_readable_like_any_other(run):
     os.umask(umask)
     for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl"):
         assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_a_killed_tokenization_leaves_no_orphan_temporaries(tmp_path, corpus_dir):
+    tok_dir = prepare([str(corpus_dir)], 300, cache=tmp_path).cache_dir
+    (tok_dir / "meta.json").unlink()  # as if killed before the tokens were complete
+    old, live = tok_dir / ".train.bin.killed.tmp", tok_dir / ".train.bin.live.tmp"
+    old.write_bytes(b"x")
+    live.write_bytes(b"x")  # another process still writing it
+    stale = old.stat().st_mtime - ORPHAN_AGE_S - 60
+    os.utime(old, (stale, stale))
+    prepare([str(corpus_dir)], 300, cache=tmp_path)
+    assert not old.exists() and live.exists() and (tok_dir / "meta.json").is_file()
 
 
 def test_task_file_with_a_bom_unpaired_rows_and_errors_in_file_order(tmp_path, capsys):

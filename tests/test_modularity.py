@@ -334,7 +334,7 @@ def test_modularity_end_to_end(compound_models, tmp_path):
     assert one.runs == [  # as the resumed call left them (it redid runs 5 on)
         r for r in again.runs if r["model"] == res.runs[0]["model"] and r["base_seed"] == 0
     ]
-    with pytest.raises(UserError, match="other settings"):
+    with pytest.raises(UserError, match="different modularity run: different config"):
         run_modularity(compound_models, out, ModularityConfig(**TINY), progress=False)
 
 

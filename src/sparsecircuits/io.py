@@ -58,6 +58,10 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
 def read_json(path: str | os.PathLike) -> dict:
     """Read a JSON object, turning a missing or malformed file into a one-line UserError."""
     path = Path(path)
@@ -83,7 +87,7 @@ def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 120) -> None:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The rows of a JSON Lines log that a process appends to; a torn last line (a kill in
-    the middle of a write) is dropped, as the next append rewrites it."""
+    the middle of a write) is dropped (rewrite the file before appending again)."""
     path = Path(path)
     if not path.exists():
         return []
@@ -145,7 +149,7 @@ def claim_run_dir(
             )
         elif not force:
             raise UserError(
-                f"{path}: holds a different {kind}: other settings ({_diff(saved, settings)}); {hint}"
+                f"{path}: holds a different {kind}: different config ({_diff(saved, settings)}); {hint}"
             )
     elif others and not force:
         raise UserError(f"{out}: exists and is not a {kind} folder; {hint}")

@@ -40,7 +40,7 @@ from .io import (
     read_jsonl,
     staged_dir,
     write_json_atomic,
-    write_text_atomic,
+    write_jsonl_atomic,
 )
 from .model import SparseGPT
 from .sparsity import WeightSparsifier, param_kind
@@ -162,7 +162,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows written after the checkpoint we resume from (they will be recomputed)."""
     if path.exists():
         keep = [row for row in read_jsonl(path) if row["step"] <= step]
-        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in keep))
+        write_jsonl_atomic(path, keep)
 
 
 # --- the loop --------------------------------------------------------------------------
@@ -208,8 +208,6 @@ def train(
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = pick_device(device)
     cfg_dict = config_to_dict(model_cfg, train_cfg)
-    if rank == 0:
-        claim_run_dir(out, cfg_dict, resume, None, marker="config.json", kind="run")
     if train_cfg.batch_size % world:
         raise UserError(f"batch_size={train_cfg.batch_size} is not divisible by {world} processes")
 
@@ -229,6 +227,10 @@ def train(
             f"the corpus yields only {data.tokenizer.get_vocab_size()} distinct tokens, fewer than "
             f"vocab_size={model_cfg.vocab_size}; lower vocab_size or add text"
         )
+    # After the data checks, so a start that fails on its data leaves no folder behind (the
+    # tokenization is cached: a retry with another --out does not repeat it).
+    if rank == 0:
+        claim_run_dir(out, cfg_dict, resume, None, marker="config.json", kind="run")
 
     # Same seed -> same weights: some CPU kernels (e.g. the accumulating scatter behind the
     # bigram table and embedding gradients) add in thread order unless told otherwise.

@@ -14,7 +14,7 @@ from ..checkpoint import load_config
 from ..config import seedless_key
 from ..errors import UserError
 from ..fer import validate_on_planted
-from ..io import claim_run_dir, read_json, read_jsonl
+from ..io import claim_run_dir, read_json, read_jsonl, write_jsonl_atomic
 from ..report import SECTION_FILE
 from ..tasks.compound import get_compound_task, load_compound_task
 from .config import JOB_FIELDS, PER_CHECKPOINT, RESULTS_FILE, ModularityConfig
@@ -82,12 +82,10 @@ def run_modularity(
         kind="modularity run",
         clear=(runs_path.name, RESULTS_FILE, SECTION_FILE, "ablation_matrix.png"),
     )
-    if not resume:
-        runs_path.unlink(missing_ok=True)
-    done = {
-        (r["task"], r["model"], r["regime"], r["base_seed"]): r
-        for r in (read_jsonl(runs_path) if resume else [])
-    }
+    finished = read_jsonl(runs_path) if resume else []
+    # rewritten without a torn last line, which the appends below would extend
+    write_jsonl_atomic(runs_path, finished)
+    done = {(r["task"], r["model"], r["regime"], r["base_seed"]): r for r in finished}
 
     tasks = {t: get_compound_task(t, cfg.n_train, cfg.n_test, cfg.seed) for t in cfg.tasks}
     for files in cfg.task_files:
