@@ -126,10 +126,10 @@ def claim_run_dir(
 
     `marker` is the file naming a folder as one of these runs; it holds `settings`, what the
     run's results depend on (None: any run of this kind matches, and the caller writes the
-    marker itself). A folder holding the same run is continued when `resume`; one holding
-    other settings is started over only with `force` (None: the command has no --force);
-    a non-empty folder that is no such run is never written into without `force`, so a
-    user's files are never replaced. Starting over deletes the `clear` entries. A folder
+    marker itself). A folder holding the same run is continued when `resume`; any other
+    non-empty folder (the same run without `resume`, other settings, or no such run at all)
+    is refused unless `force` (None: the command has no --force), so a user's files are
+    never replaced. Starting over deletes the `clear` entries, and nothing else. A folder
     holding nothing but the marker is a start that failed, and is claimed afresh.
     """
     out = out_folder(out)
@@ -153,11 +153,10 @@ def claim_run_dir(
             )
     elif others and not force:
         raise UserError(f"{out}: exists and is not a {kind} folder; {hint}")
-    if fresh:
-        for name in clear:
+    try:
+        for name in clear if fresh else ():
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise write_error(out, e) from None
