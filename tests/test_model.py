@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -314,3 +316,39 @@ def test_abs_topk_fast_threshold_equals_topk():
         ref_idx = x.abs().topk(19, dim=-1).indices
     ref = torch.zeros_like(x).scatter(-1, ref_idx, x.gather(-1, ref_idx))
     assert torch.equal(fast, ref)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("kw", [dict(), dict(sink=False, afrac=0.25), dict(n_layer=1)])
+def test_logits_at_positions_equal_the_full_logits_there(kw, fast):
+    model = small(**kw)
+    x = tokens(n=4, t=12)
+    where = torch.tensor([11, 3, 0, 7])
+    with contextlib.nullcontext() if fast else fused.plain():
+        full = model(x)[torch.arange(4), where]
+        seen = {}
+
+        def shape(act, hook):
+            seen[hook.name] = act.shape
+
+        read = model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_q", shape)], positions=where)
+    assert read.shape == (4, 61)
+    assert torch.allclose(read, full, atol=1e-5)
+    # only the last block is cut down: earlier blocks still see every position
+    assert seen["blocks.0.attn.hook_q"][1] == (1 if kw.get("n_layer") == 1 else 12)
+
+
+def test_logits_at_positions_honour_a_pattern_hook():
+    model = small()
+    x = tokens(n=2, t=12)
+    where = torch.tensor([5, 9])
+
+    def halve(pattern, hook):
+        return pattern * 0.5
+
+    hooks = [("blocks.1.attn.hook_pattern", halve)]
+    full = model.run_with_hooks(x, fwd_hooks=hooks)[torch.arange(2), where]
+    assert torch.allclose(
+        model.run_with_hooks(x, fwd_hooks=hooks, positions=where), full, atol=1e-5
+    )
+    assert not torch.allclose(model(x, positions=where), full, atol=1e-3)

@@ -111,7 +111,7 @@ class Evaluator:
         return task_logit_diff(self.problem.logits(masks, self.batch), self.batch).cpu()
 
     @torch.no_grad()
-    def diffs(self, many: list[dict[str, torch.Tensor]], rows: int = 2048) -> list[torch.Tensor]:
+    def diffs(self, many: list[dict[str, torch.Tensor]], rows: int = 256) -> list[torch.Tensor]:
         """diff() under each of many mask sets, in few passes: the pairs are repeated once
         per set and each copy gets its own masks (a [rows, 1, width] mask broadcasts over
         positions), so hundreds of single-node ablations cost a few large batches."""
