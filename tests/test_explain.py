@@ -29,6 +29,7 @@ from sparsecircuits.explain import (
 from sparsecircuits.fer import rotate_hidden
 from sparsecircuits.nodes import node_sites
 from sparsecircuits.planted import FILLERS, QUERIES, A, B, planted_batch, planted_model
+from sparsecircuits.study_results import StudyResults
 
 NAMES = ["A", "B", "X", "Y", "f0", "f1", "f2", "f3", "Q0", "Q1", "Q2", "Q3"]
 
@@ -321,7 +322,7 @@ def test_study_command_adds_legibility_unless_told_not_to(tmp_path, monkeypatch,
     summaries = []
 
     def fake_run(cfg, out_dir, **kw):  # the study itself is tested in test_study.py
-        return json.loads((write_fake_study(Path(out_dir)) / "results.json").read_text())
+        return StudyResults.load(write_fake_study(Path(out_dir)) / "results.json")
 
     monkeypatch.setattr(study, "run_study", fake_run)
     monkeypatch.setattr(study, "write_summary", summaries.append)

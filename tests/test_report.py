@@ -17,6 +17,7 @@ from sparsecircuits.errors import UserError
 from sparsecircuits.explain import is_explained
 from sparsecircuits.nodes import SITE_KINDS
 from sparsecircuits.study import add_legibility
+from sparsecircuits.study_results import StudyResults
 from study_fixture import BIG, CORRUPT, SMALL, TOKENS, UNREACHABLE, write_fake_study
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -132,9 +133,9 @@ def test_missing_or_invalid_results(tmp_path):
     with pytest.raises(UserError, match="results.json: not valid JSON"):
         report.build_report(tmp_path)
     (tmp_path / "results.json").write_text(
-        json.dumps({"schema_version": report.SCHEMA_VERSION, "models": []})
+        json.dumps({"schema_version": StudyResults.SCHEMA_VERSION, "models": []})
     )
-    with pytest.raises(UserError, match="'circuits' missing"):
+    with pytest.raises(UserError, match="missing circuits"):
         report.build_report(tmp_path)
 
 

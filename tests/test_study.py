@@ -4,11 +4,9 @@ import math
 import pytest
 
 from conftest import write_quote_task
-from sparsecircuits import report
 from sparsecircuits.cli import main
 from sparsecircuits.errors import UserError
 from sparsecircuits.study import (
-    RESULTS_VERSION,
     StudyConfig,
     analyse,
     measures,
@@ -18,6 +16,7 @@ from sparsecircuits.study import (
     study_config,
 )
 from sparsecircuits.study import run as study_run
+from sparsecircuits.study_results import StudyResults
 from sparsecircuits.tasks import get_task
 
 
@@ -82,8 +81,20 @@ def test_unknown_preset_and_task():
         study_config("quick", ["nope"])
 
 
-def test_report_reads_this_results_version():
-    assert report.SCHEMA_VERSION == RESULTS_VERSION
+def test_results_record_round_trips_and_refuses_another_schema(tmp_path):
+    cfg = StudyConfig(tasks=["t1"], seeds=1)
+    models, circuits = _rows(FAMILY, ["t1", "t2"])
+    res = analyse(cfg, models, circuits, _eligibility(models, ["t1"]))
+    res.timing = {"train_seconds": 1.5, "prune_seconds": math.nan}
+    res.save(tmp_path / "results.json")
+    back = StudyResults.load(tmp_path / "results.json")
+    assert back.to_json() == res.to_json() and back.timing["prune_seconds"] is None
+    assert back.answer["sentence"] == res.answer["sentence"] and back.models == models
+    old = json.loads((tmp_path / "results.json").read_text()) | {"schema_version": 1}
+    with pytest.raises(UserError, match="schema_version 1, .* --resume"):
+        StudyResults.from_json(old)
+    with pytest.raises(UserError, match=r"missing circuits, frontier, answer\)"):
+        StudyResults.from_json({"schema_version": StudyResults.SCHEMA_VERSION, "models": []})
 
 
 # --- measures on synthetic rows ---------------------------------------------------------
@@ -229,11 +240,11 @@ def test_target_rule_and_validation_decide_what_counts():
         if (c["model"], c["task"]) == ("s50_s0", "t1"):
             c["status"] = "failed_validation"
     res = analyse(cfg, models, circuits, elig)
-    front = {f["model"]: f for f in res["frontier"]}
+    front = {f["model"]: f for f in res.frontier}
     assert front["s50_s0"]["n_tasks"] == 0 and front["s50_s0"]["geomean_edges"] is None
     assert front["s25_s0"]["geomean_edges"] == pytest.approx(100)
-    assert res["study"]["frontier_tasks"] == ["t1"]
-    assert all(x["task"] == "t1" for x in res["measures"]["dense_sparse"]["readings"])
+    assert res.study["frontier_tasks"] == ["t1"]
+    assert all(x["task"] == "t1" for x in res.measures["dense_sparse"]["readings"])
 
 
 def test_controls_that_come_close_are_named_in_the_answer():
@@ -254,17 +265,17 @@ def test_controls_that_come_close_are_named_in_the_answer():
     res = analyse(
         cfg, models, [c for c in circuits if c["task"] == "t1"], _eligibility(models, ["t1"])
     )
-    assert "nonsense on 1 of 5 (s25_s0/t1)" in res["answer"]["sentence"]
-    assert "one pretraining seed" in res["answer"]["sentence"].lower()
-    assert "interval" in res["answer"]["sentence"]
+    assert "nonsense on 1 of 5 (s25_s0/t1)" in res.answer["sentence"]
+    assert "one pretraining seed" in res.answer["sentence"].lower()
+    assert "interval" in res.answer["sentence"]
 
 
 def test_no_frontier_says_why():
     cfg = StudyConfig(tasks=["t1"], seeds=1)
     models, circuits = _rows(FAMILY, ["t1", "t2"])
     res = analyse(cfg, models, circuits, _eligibility(models, ["t1"], miss={("d32_s0", "t1")}))
-    assert "no task entered the frontier" in res["answer"]["sentence"]
-    assert res["answer"]["ratio"] is None
+    assert "no task entered the frontier" in res.answer["sentence"]
+    assert res.answer["ratio"] is None
 
 
 def test_nonsense_task_keeps_prompts_and_swaps_answers_at_random():
@@ -287,7 +298,7 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     res = run_study(tiny_study, out, progress=False)
     assert (out / "results.json").exists() and (out / "frontier.png").stat().st_size > 1000
     saved = json.loads((out / "results.json").read_text())
-    assert saved["schema_version"] == RESULTS_VERSION
+    assert saved["schema_version"] == StudyResults.SCHEMA_VERSION
     ids = [m["id"] for m in saved["models"]]
     assert len(ids) == 4 and "w32_d0.25_s0" in ids  # shared by the density and l0 curves
     for m in saved["models"]:
@@ -305,7 +316,7 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
         assert m["validation"]["status"] == c["status"]
         assert set(c["controls"]) == {"nonsense", "random_init", "random_circuits"}
     assert set(saved["measures"]) == {"dense_sparse", "density", "width", "controls"}
-    assert res["answer"]["sentence"] == saved["answer"]["sentence"]
+    assert res.answer["sentence"] == saved["answer"]["sentence"]
 
     # the summary is regenerated from results.json alone
     (out / "summary.md").unlink()
@@ -320,7 +331,7 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     monkeypatch.setattr(study_run, "train", boom)
     monkeypatch.setattr(study_run, "find_circuit", boom)
     again = run_study(tiny_study, out, resume=True, progress=False)
-    assert again["circuits"] == res["circuits"]
+    assert again.circuits == res.circuits
 
     # a different study in the same folder is refused, unless --force
     other = StudyConfig(**{**tiny_study.__dict__, "seeds": 2})
@@ -347,7 +358,7 @@ def test_a_killed_prune_leaves_nothing_half_reused(tmp_path, tiny_study, monkeyp
     assert len(keys) == 1  # only the finished circuit is marked done
     monkeypatch.setattr(study_run, "find_circuit", real)
     res = run_study(tiny_study, out, resume=True, progress=False)
-    assert len(res["circuits"]) == 4
+    assert len(res.circuits) == 4
 
 
 def test_summary_refuses_a_missing_or_old_result(tmp_path, capsys):
@@ -355,7 +366,7 @@ def test_summary_refuses_a_missing_or_old_result(tmp_path, capsys):
     assert "no results.json" in capsys.readouterr().err
     (tmp_path / "results.json").write_text(json.dumps({"schema_version": 1}))
     assert main(["study", "--out", str(tmp_path), "--summary"]) == 2
-    assert "schema version 1" in capsys.readouterr().err
+    assert "schema_version 1" in capsys.readouterr().err
 
 
 def test_cli_refuses_foreign_out(tmp_path, capsys):

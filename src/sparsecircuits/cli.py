@@ -215,9 +215,9 @@ def _cmd_study(args) -> None:
     print(f"frontier: {out / 'frontier.png'}")
     print(f"summary:  {out / 'summary.md'}")
     print(f"report:   {report}  (or: sparsecircuits view {out})")
-    print(f"answer:   {results['answer']['sentence']}")
-    if "legibility" in results["answer"]:
-        print(f"          {results['answer']['legibility']}")
+    print(f"answer:   {results.answer['sentence']}")
+    if "legibility" in results.answer:
+        print(f"          {results.answer['legibility']}")
 
 
 def _cmd_activations(args) -> None:

@@ -4,16 +4,29 @@ with a check of that version (a file an older version wrote is refused, not misr
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import ClassVar
 
 from .errors import UserError
 from .io import read_json, write_json_atomic
-from .report import finite
+
+
+def finite(obj):
+    """NaN and infinities (Python's json writes them) as null: JSON.parse rejects them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 class JsonRecord:
     SCHEMA_VERSION: ClassVar[int]
+    # What to do with a file of another schema version, for the refusal message.
+    OTHER_VERSION_HINT: ClassVar[str] = "run the analysis again into a fresh folder"
     schema_version: int
 
     def to_json(self) -> dict:
@@ -21,12 +34,23 @@ class JsonRecord:
 
     @classmethod
     def from_json(cls, d: dict, source: str = "results"):
+        """The record of a JSON object; a field with a default may be absent."""
         if d.get("schema_version") != cls.SCHEMA_VERSION:
             raise UserError(
                 f"{source}: schema_version {d.get('schema_version')}, this version reads "
-                f"{cls.SCHEMA_VERSION} (run the analysis again into a fresh folder)"
+                f"{cls.SCHEMA_VERSION} ({cls.OTHER_VERSION_HINT})"
             )
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        fields = dataclasses.fields(cls)
+        missing = [
+            f.name
+            for f in fields
+            if f.name not in d
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise UserError(f"{source}: not a complete record (missing {', '.join(missing)})")
+        return cls(**{f.name: d[f.name] for f in fields if f.name in d})
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, self.to_json())

@@ -33,12 +33,11 @@ from pathlib import Path
 from .config import OLD_NODE_SITES
 from .errors import UserError
 from .io import read_json, write_json_atomic, write_text_atomic
+from .record import finite
+from .study_results import StudyResults
 
 REPORT_FILE = "report.html"
 SECTION_FILE = "section.json"
-# results.json's version: study.measures.RESULTS_VERSION (not imported: it pulls in torch;
-# a test checks they agree)
-SCHEMA_VERSION = 2
 # Node sites of one layer in forward order (the same as nodes.SITE_KINDS, which a test checks;
 # not imported because sparsecircuits.nodes imports torch, too slow for `view`).
 SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
@@ -71,17 +70,12 @@ def _page_data(study_dir: Path) -> dict:
     results_path = study_dir / "results.json"
     if not results_path.is_file():
         raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
-    results = read_json(results_path)
-    if results.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(
-            f"{results_path}: schema version {results.get('schema_version')}, "
-            f"this report reads {SCHEMA_VERSION}"
-        )
+    results = StudyResults.load(results_path)
     for key, kind in (("models", list), ("circuits", list), ("frontier", list), ("answer", dict)):
-        if not isinstance(results.get(key), kind):
+        if not isinstance(getattr(results, key), kind):
             raise UserError(f"{results_path}: '{key}' missing or not a {kind.__name__}")
     circuits = []
-    for row in results["circuits"]:
+    for row in results.circuits:
         row = dict(row, view=None, view_error=None)
         if row.get("status") == "ok":
             try:
@@ -92,12 +86,12 @@ def _page_data(study_dir: Path) -> dict:
         circuits.append(row)
     page = {
         "sites": SITES,
-        "study": results.get("study") or {},
-        "models": results["models"],
+        "study": results.study or {},
+        "models": results.models,
         "circuits": circuits,
-        "frontier": results["frontier"],
-        "answer": results["answer"],
-        "legibility": (results.get("measures") or {}).get("legibility"),
+        "frontier": results.frontier,
+        "answer": results.answer,
+        "legibility": (results.measures or {}).get("legibility"),
         "legible": LEGIBLE,
         "sections": analysis_sections(study_dir),
     }
@@ -285,17 +279,6 @@ def _rounded(x) -> float | None:
 
 def _rounded_list(xs) -> list | None:
     return None if xs is None else [_rounded(x) for x in xs]
-
-
-def finite(obj):
-    """NaN and infinities (Python's json writes them) as null: JSON.parse rejects them."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
 
 
 def _script_json(data) -> str:

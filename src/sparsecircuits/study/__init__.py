@@ -10,12 +10,11 @@ and measure the capability-interpretability frontier (held-out loss vs circuit s
 
 from .config import STUDY_PRESETS, ModelSpec, StudyConfig, model_dir, model_specs, study_config
 from .legibility import add_legibility
-from .measures import RESULTS_VERSION, analyse
+from .measures import analyse
 from .run import nonsense_task, run_study
 from .summary import plot_frontier, summary_markdown, write_summary
 
 __all__ = [
-    "RESULTS_VERSION",
     "STUDY_PRESETS",
     "ModelSpec",
     "StudyConfig",

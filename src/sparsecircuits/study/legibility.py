@@ -15,11 +15,11 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..explain import circuit_legibility
-from ..io import read_json, write_json_atomic
+from ..study_results import StudyResults
 from .measures import legibility, legibility_sentence
 
 
-def add_legibility(study_dir: str | Path, progress: bool = True) -> dict:
+def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults:
     """Explain every validated circuit of DIR/results.json and add legibility to it (a
     circuit that cannot be explained gets its error in its row instead); returns the
     results, also written back."""
@@ -27,15 +27,15 @@ def add_legibility(study_dir: str | Path, progress: bool = True) -> dict:
     path = study_dir / "results.json"
     if not path.is_file():
         raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
-    results = read_json(path)
-    rows = [c for c in results.get("circuits") or [] if c.get("status") == "ok"]
+    results = StudyResults.load(path)
+    rows = [c for c in results.circuits if c.get("status") == "ok"]
     for row in tqdm(rows, desc="explain", unit="circuit", disable=not progress, leave=False):
         try:
             row["legibility"] = circuit_legibility(study_dir / row["path"])
         except UserError as e:
             row["legibility"] = {"error": str(e)}
-    leg = legibility(results["models"], results["circuits"])
-    results.setdefault("measures", {})["legibility"] = leg
-    results.setdefault("answer", {})["legibility"] = legibility_sentence(leg)
-    write_json_atomic(path, results)
+    leg = legibility(results.models, results.circuits)
+    results.measures["legibility"] = leg
+    results.answer["legibility"] = legibility_sentence(leg)
+    results.save(path)
     return results

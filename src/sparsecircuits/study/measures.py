@@ -21,9 +21,9 @@ import math
 import random
 import statistics
 
+from ..study_results import StudyResults
 from .config import StudyConfig, task_label
 
-RESULTS_VERSION = 2
 BOOTSTRAP_DRAWS = 2000
 CLOSE_FACTOR = 2.0  # a control circuit within this factor of the real one "comes close"
 
@@ -408,7 +408,7 @@ def sentence(cfg: StudyConfig, tasks, ratio: dict, density: dict, width: dict, c
 
 def analyse(
     cfg: StudyConfig, models: list[dict], circuits: list[dict], eligibility: list[dict]
-) -> dict:
+) -> StudyResults:
     tasks = frontier_tasks(cfg, eligibility)
     ratio = dense_sparse(models, circuits, tasks)
     density = density_trend(models, circuits, tasks)
@@ -418,9 +418,8 @@ def analyse(
     statuses = {}
     for c in circuits:
         statuses[c["status"]] = statuses.get(c["status"], 0) + 1
-    return {
-        "schema_version": RESULTS_VERSION,
-        "study": {
+    return StudyResults(
+        study={
             "preset": cfg.preset,
             "tasks": cfg.tasks,
             "seeds": list(range(cfg.seeds)),
@@ -429,12 +428,12 @@ def analyse(
             "frontier_tasks": tasks,
             "config": dataclasses.asdict(cfg),
         },
-        "models": models,
-        "eligibility": eligibility,
-        "circuits": circuits,
-        "frontier": frontier_rows(models, circuits, tasks),
-        "measures": {"dense_sparse": ratio, "density": density, "width": width, "controls": ctl},
-        "answer": words
+        models=models,
+        eligibility=eligibility,
+        circuits=circuits,
+        frontier=frontier_rows(models, circuits, tasks),
+        measures={"dense_sparse": ratio, "density": density, "width": width, "controls": ctl},
+        answer=words
         | {
             "ratio": ratio["ratio"],
             "details": [
@@ -443,4 +442,4 @@ def analyse(
                 "circuits by status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())),
             ],
         },
-    }
+    )

@@ -33,6 +33,7 @@ from ..prune import TargetUnreachable, find_circuit, full_model_metrics
 from ..prune_methods import PruneConfig
 from ..report import SECTION_FILE
 from ..sparsity import WeightSparsifier
+from ..study_results import StudyResults
 from ..tasks import Pair, Task, get_task
 from ..train import train
 from .config import ModelSpec, StudyConfig, model_configs, model_dir, model_specs, task_label
@@ -67,7 +68,7 @@ def run_study(
     force: bool = False,
     progress: bool = True,
     device: str = "cpu",
-) -> dict:
+) -> StudyResults:
     """Train, prune, analyse; returns the results (also written to DIR/results.json).
     `device` (cpu, cuda, auto) is where models train and circuits are searched; results do
     not depend on it beyond floating-point noise, so it is not part of any cache key."""
@@ -112,11 +113,11 @@ def run_study(
     bar.close()
     results = analyse(cfg, models, circuits, eligibility)
     # this run's wall time: cached models and circuits cost (almost) nothing
-    results["timing"] = {
+    results.timing = {
         "train_seconds": round(t1 - t0, 1),
         "prune_seconds": round(time.perf_counter() - t1, 1),
     }
-    write_json_atomic(out / "results.json", results)
+    results.save(out / "results.json")
     plot_frontier(results, out / "frontier.png")
     write_summary(out)
     return results

@@ -9,8 +9,8 @@ from pathlib import Path
 from matplotlib.figure import Figure  # no pyplot: no GUI backend is chosen on import
 
 from ..errors import UserError
-from ..io import read_json, save_figure_atomic, write_text_atomic
-from .measures import RESULTS_VERSION
+from ..io import save_figure_atomic, write_text_atomic
+from ..study_results import StudyResults
 
 SUMMARY_FILE = "summary.md"
 
@@ -33,8 +33,8 @@ def _control_cell(x: dict | None) -> str:
     return f"{x['n_edges']} ({x['status']})" if x.get("n_edges") is not None else x["status"]
 
 
-def summary_markdown(results: dict) -> str:
-    a, s, ms = results["answer"], results["study"], results["measures"]
+def summary_markdown(results: StudyResults) -> str:
+    a, s, ms = results.answer, results.study, results.measures
     lines = [
         f"# Study `{s['preset']}`: summary",
         "",
@@ -51,7 +51,7 @@ def summary_markdown(results: dict) -> str:
             ["model", "held-out loss", "eval s.e.", "nonzero block weights"],
             [
                 [m["label"], m["heldout_loss"], m.get("heldout_loss_se"), m["matrix_nonzero"]]
-                for m in results["models"]
+                for m in results.models
             ],
         ),
         "",
@@ -70,7 +70,7 @@ def summary_markdown(results: dict) -> str:
                     r["accuracy"],
                     "yes" if r["reaches"] else "no",
                 ]
-                for r in results["eligibility"]
+                for r in results.eligibility
             ],
         ),
         "",
@@ -102,7 +102,7 @@ def summary_markdown(results: dict) -> str:
                     _control_cell((c.get("controls") or {}).get("random_init")),
                     ((c.get("controls") or {}).get("random_circuits") or {}).get("reach_target"),
                 ]
-                for c in results["circuits"]
+                for c in results.circuits
             ],
         ),
         "",
@@ -123,14 +123,14 @@ def summary_markdown(results: dict) -> str:
             "",
         ]
     if "legibility" in ms:
-        lines += legibility_markdown(ms["legibility"], results["circuits"])
+        lines += legibility_markdown(ms["legibility"], results.circuits)
     ds = ms["dense_sparse"]
     lines += [
         f"Dense/sparse readings: {ds['n_interpolated']} interpolated, {ds['n_extrapolated']} extrapolated.",
         "",
     ]
-    if "timing" in results:
-        t = results["timing"]
+    if results.timing:
+        t = results.timing
         lines.append(
             f"Wall time of this run: training {t['train_seconds']} s, pruning {t['prune_seconds']} s."
         )
@@ -186,12 +186,7 @@ def write_summary(study_dir: str | Path) -> Path:
     path = study_dir / "results.json"
     if not path.is_file():
         raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
-    results = read_json(path)
-    if results.get("schema_version") != RESULTS_VERSION:
-        raise UserError(
-            f"{path}: schema version {results.get('schema_version')}, the summary reads "
-            f"{RESULTS_VERSION} (rerun the study with --resume to refresh it)"
-        )
+    results = StudyResults.load(path)
     try:
         text = summary_markdown(results)
     except (KeyError, TypeError) as e:
@@ -201,10 +196,10 @@ def write_summary(study_dir: str | Path) -> Path:
     return out
 
 
-def plot_frontier(results: dict, path: Path) -> None:
+def plot_frontier(results: StudyResults, path: Path) -> None:
     fig = Figure(figsize=(6.5, 4.5), layout="tight")
     ax = fig.subplots()
-    pts = [f for f in results["frontier"] if f["geomean_edges"] and f["heldout_loss"] is not None]
+    pts = [f for f in results.frontier if f["geomean_edges"] and f["heldout_loss"] is not None]
     curves = [
         ("dense", "dense, widths", "s-"),
         ("density", "sparse, densities", "o-"),
