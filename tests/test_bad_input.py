@@ -27,6 +27,7 @@ from sparsecircuits.errors import UserError
 from sparsecircuits.report import build_report, serve
 from sparsecircuits.study import StudyConfig
 from sparsecircuits.study import run as study_run
+from sparsecircuits.tasks import get_task
 from sparsecircuits.tasks.compound import COMPOUND_TASKS, get_compound_task
 from sparsecircuits.train import train
 from study_fixture import write_fake_study
@@ -481,6 +482,17 @@ def test_task_file_with_a_bom_unpaired_rows_and_errors_in_file_order(tmp_path, c
     lines = [json.dumps(r) for r in rows[:2]] + ['{"prompt": "z"}', json.dumps(rows[3]), "{oops"]
     bad.write_text("\n".join(lines) + "\n")
     fails(capsys, ["tasks", "show", str(bad)], f"{bad}:3")
+
+
+def test_unpaired_rows_stay_unpaired_in_the_nonsense_control(tmp_path):
+    rows = [{"prompt": f'y{i} = "b', "correct": '"', "incorrect": "'"} for i in range(8)]
+    path = tmp_path / "u.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = get_task(str(path), 4, 4, 0)
+    nonsense = study_run.nonsense_task(task, 0)
+    pairs = nonsense.train + nonsense.test
+    assert len(pairs) == 8 and all(p.unpaired for p in pairs)
+    assert any(p.answer_a == "'" for p in pairs)  # some answers swapped, flag kept
 
 
 def test_builtin_task_on_a_short_context_keeps_the_prompts_that_fit(tmp_path, run, capsys):
