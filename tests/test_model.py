@@ -352,3 +352,14 @@ def test_logits_at_positions_honour_a_pattern_hook():
         model.run_with_hooks(x, fwd_hooks=hooks, positions=where), full, atol=1e-5
     )
     assert not torch.allclose(model(x, positions=where), full, atol=1e-3)
+
+
+def test_fast_loss_without_gradients_equals_plain():
+    model = small()
+    x = tokens(n=3, t=12)
+    with torch.no_grad():
+        fast = model(x, return_type="loss")
+        with fused.plain():
+            plain = model(x, return_type="loss")
+    assert fast.requires_grad is False
+    assert torch.allclose(fast, plain, atol=1e-5)

@@ -21,50 +21,54 @@ ENABLED = True
 CHUNK = 512  # rows of logits alive at once: 4 MB at vocab 2048, reused from the heap
 
 
+def _loss_and_grads(x, W, bias, bigram, inp, tgt, need):
+    """mean_i CE(x_i @ W.T + bias + bigram[inp_i], tgt_i) and the gradients of the inputs
+    flagged in `need` (x, W, bias, bigram), None for the others."""
+    n = x.shape[0]
+    total = x.new_zeros((), dtype=torch.float32)
+    dx = torch.empty_like(x) if need[0] else None
+    dW = torch.zeros_like(W) if need[1] else None
+    dbias = torch.zeros_like(bias) if need[2] else None
+    dbigram = torch.zeros_like(bigram) if need[3] else None
+    for s in range(0, n, CHUNK):
+        xs, ins, ts = x[s : s + CHUNK], inp[s : s + CHUNK], tgt[s : s + CHUNK]
+        logits = xs @ W.t()
+        if bias is not None:
+            logits += bias
+        if bigram is not None:
+            logits += bigram.index_select(0, ins)
+        logits = logits.float()
+        lse = torch.logsumexp(logits, dim=-1)
+        total += (lse - logits.gather(1, ts[:, None]).squeeze(1)).sum()
+        if not any(need):
+            continue
+        # d(CE)/d(logits) = softmax - onehot(target), scaled by 1/n for the mean
+        g = logits.sub_(lse[:, None]).exp_()
+        g[torch.arange(len(ts), device=g.device), ts] -= 1.0
+        g = g.div_(n).to(x.dtype)
+        if dx is not None:
+            dx[s : s + CHUNK] = g @ W
+        if dW is not None:
+            dW.addmm_(g.t(), xs)
+        if dbias is not None:
+            dbias += g.sum(0)
+        if dbigram is not None:
+            dbigram.index_add_(0, ins, g)
+    return total / n, (dx, dW, dbias, dbigram)
+
+
 class _NextTokenLoss(torch.autograd.Function):
-    """mean_i CE(x_i @ W.T + bias + bigram[inp_i], tgt_i), gradients computed in forward."""
+    """The loss with its gradients computed in the forward pass; backward only scales them."""
 
     @staticmethod
     def forward(ctx, x, W, bias, bigram, inp, tgt):
-        need = ctx.needs_input_grad
-        want_grad = any(need[:4])
-        n = x.shape[0]
-        total = x.new_zeros((), dtype=torch.float32)
-        dx = torch.empty_like(x) if need[0] else None
-        dW = torch.zeros_like(W) if need[1] else None
-        dbias = torch.zeros_like(bias) if need[2] else None
-        dbigram = torch.zeros_like(bigram) if need[3] else None
-        for s in range(0, n, CHUNK):
-            xs, ins, ts = x[s : s + CHUNK], inp[s : s + CHUNK], tgt[s : s + CHUNK]
-            logits = xs @ W.t()
-            if bias is not None:
-                logits += bias
-            if bigram is not None:
-                logits += bigram.index_select(0, ins)
-            logits = logits.float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, ts[:, None]).squeeze(1)).sum()
-            if not want_grad:
-                continue
-            # d(CE)/d(logits) = softmax - onehot(target), scaled by 1/n for the mean
-            g = logits.sub_(lse[:, None]).exp_()
-            g[torch.arange(len(ts), device=g.device), ts] -= 1.0
-            g = g.div_(n).to(x.dtype)
-            if dx is not None:
-                dx[s : s + CHUNK] = g @ W
-            if dW is not None:
-                dW.addmm_(g.t(), xs)
-            if dbias is not None:
-                dbias += g.sum(0)
-            if dbigram is not None:
-                dbigram.index_add_(0, ins, g)
-        ctx.save_for_backward(dx, dW, dbias, dbigram)
-        return total / n
+        loss, grads = _loss_and_grads(x, W, bias, bigram, inp, tgt, ctx.needs_input_grad[:4])
+        ctx.save_for_backward(*grads)
+        return loss
 
     @staticmethod
     def backward(ctx, grad):
-        dx, dW, dbias, dbigram = ctx.saved_tensors
-        scaled = [None if t is None else t * grad for t in (dx, dW, dbias, dbigram)]
+        scaled = [None if t is None else t * grad for t in ctx.saved_tensors]
         return (*scaled, None, None)
 
 
@@ -78,7 +82,7 @@ def next_token_loss(
     """Mean next-token cross-entropy of the final residual `x` [batch, pos, d_model] under
     unembedding `W_U` [vocab, d_model], an optional logit bias and bigram table."""
     d = x.shape[-1]
-    return _NextTokenLoss.apply(
+    args = (
         x[:, :-1].reshape(-1, d),
         W_U,
         bias,
@@ -86,6 +90,10 @@ def next_token_loss(
         tokens[:, :-1].reshape(-1),
         tokens[:, 1:].reshape(-1),
     )
+    grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:4])
+    if grads:
+        return _NextTokenLoss.apply(*args)
+    return _loss_and_grads(*args, need=(False,) * 4)[0]  # evaluation: no gradients to make
 
 
 @contextlib.contextmanager
