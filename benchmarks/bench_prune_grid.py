@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
+from pathlib import Path
 
 from sparsecircuits.prune import TargetUnreachable, prune
 from sparsecircuits.prune_methods import PruneConfig
 from sparsecircuits.study import model_dir, model_specs, study_config
 from sparsecircuits.study.config import model_configs
 from sparsecircuits.train import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results import save_results  # noqa: E402
 
 SWEEP_LRS = [0.01, 0.05, 0.2, 0.5]
 SWEEP_KS = [1e-4, 1e-3, 1e-2, 3e-2]
@@ -48,6 +53,13 @@ def main() -> None:
     base = {s.id: s for s in model_specs(study) if s.seed == 0 and s.d_model == study.base_width}
     picks = [s for s in base.values() if s.kind == "dense"][:1]
     picks += [s for s in base.values() if s.density == min(study.densities)][:1]
+    lines: list[str] = []
+    results: list[dict] = []
+
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     for spec in picks:
         mdir = model_dir(study, spec)
         if not (mdir / "done.json").exists():
@@ -69,18 +81,29 @@ def main() -> None:
             raw_first = _size(mdir, task, dataclasses.replace(cfg, calibrate_in_bisection=False))
             valid = [x for x in sweep if x[2] is not None]
             best = min(valid, key=lambda x: x[2]) if valid else None
-            print(f"{spec.label}, {task} (target {cfg.target_loss}):")
-            print(f"  default (mask_lr {cfg.mask_lr}, k_coef {cfg.k_coef}): {_fmt(*default[:2])}")
-            print(f"  study grid {study.k_coefs}: {_fmt(*grid[:2])} at k_coef {grid[2]}")
+            emit(f"{spec.label}, {task} (target {cfg.target_loss}):")
+            emit(f"  default (mask_lr {cfg.mask_lr}, k_coef {cfg.k_coef}): {_fmt(*default[:2])}")
+            emit(f"  study grid {study.k_coefs}: {_fmt(*grid[:2])} at k_coef {grid[2]}")
             if best:
-                print(f"  sweep best of 16: {best[2]} edges (mask_lr {best[0]}, k_coef {best[1]})")
+                emit(f"  sweep best of 16: {best[2]} edges (mask_lr {best[0]}, k_coef {best[1]})")
                 if grid[0]:
-                    print(f"  grid / sweep best: {grid[0] / best[2]:.2f}x (target <= 1.5)")
+                    emit(f"  grid / sweep best: {grid[0] / best[2]:.2f}x (target <= 1.5)")
             else:
-                print("  sweep: no setting validated")
-            print(f"  collapsed in the sweep: {sum(x[3] == 'collapsed' for x in sweep)} of 16")
-            print(f"  calibrated only after a raw-loss bisection: {_fmt(*raw_first[:2])}")
-            print(f"  ({time.perf_counter() - t0:.0f} s)")
+                emit("  sweep: no setting validated")
+            emit(f"  collapsed in the sweep: {sum(x[3] == 'collapsed' for x in sweep)} of 16")
+            emit(f"  calibrated only after a raw-loss bisection: {_fmt(*raw_first[:2])}")
+            emit(f"  ({time.perf_counter() - t0:.0f} s)")
+            results.append(
+                dict(
+                    model=spec.label,
+                    task=task,
+                    default=default,
+                    grid=grid,
+                    sweep=sweep,
+                    raw_first=raw_first,
+                )
+            )
+    save_results("bench_prune_grid", lines, {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

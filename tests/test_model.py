@@ -363,3 +363,7 @@ def test_fast_loss_without_gradients_equals_plain():
             plain = model(x, return_type="loss")
     assert fast.requires_grad is False
     assert torch.allclose(fast, plain, atol=1e-5)
+
+
+def test_an_empty_batch_gives_empty_logits():
+    assert small()(torch.zeros(0, 5, dtype=torch.long)).shape == (0, 5, 61)

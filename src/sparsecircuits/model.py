@@ -130,7 +130,7 @@ class Attention(nn.Module):
         visible = (torch.arange(T, device=x.device) <= query_pos[..., None])[:, None]
         if fused.ENABLED and not self._pattern_hooked():
             z = self.hook_z(self._sdpa(q, k, v, visible))
-            return self.sparse_out(self.o_proj(z.reshape(B, Q, -1)))
+            return self.sparse_out(self.o_proj(z.reshape(B, Q, self.n_head * self.d_head)))
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
         scores = self.hook_attn_scores(scores.masked_fill(~visible, float("-inf")))
         if self.sink_logit is not None:
@@ -143,7 +143,7 @@ class Attention(nn.Module):
         self.hook_sink(sink_share)
         pattern = self.hook_pattern(pattern)
         z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
-        return self.sparse_out(self.o_proj(z.reshape(B, Q, -1)))
+        return self.sparse_out(self.o_proj(z.reshape(B, Q, self.n_head * self.d_head)))
 
     def _pattern_hooked(self) -> bool:
         return any(
