@@ -442,10 +442,16 @@ def test_task_naming_a_folder(tmp_path, run, capsys):
         (["eval", "{run}", "--batches", "0"], "--batches"),
         (["eval", "{run}", "--device", "tpu"], "--device 'tpu'"),
         (["sample", "{run}", "--device", "cuda:x"], "--device"),
+        (["activations", "{run}", "--out", "{run}-act", "--device", "tpu"], "--device 'tpu'"),
     ],
 )
 def test_bad_options(run, capsys, argv, words):
     fails(capsys, [a.format(run=run) for a in argv], words)
+
+
+def test_a_study_on_a_bad_device_leaves_no_folder(tmp_path, capsys):
+    fails(capsys, ["study", "--out", str(tmp_path / "s"), "--device", "tpu"], "--device 'tpu'")
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

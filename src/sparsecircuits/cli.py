@@ -204,7 +204,12 @@ def _cmd_study(args) -> None:
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
     cfg = study_config(args.preset, tasks, args.seeds)
     results = run_study(
-        cfg, args.out, resume=args.resume, force=args.force, progress=not args.quiet
+        cfg,
+        args.out,
+        resume=args.resume,
+        force=args.force,
+        progress=not args.quiet,
+        device=args.device,
     )
     out = Path(args.out)
     if not args.no_legibility:
@@ -241,13 +246,13 @@ def _cmd_activations(args) -> None:
         if args.model_dirs:
             raise UserError("give either model folders or --study DIR, not both")
         out = Path(args.out) if args.out else Path(args.study) / "activations"
-        _, report = run_study_activations(args.study, out, cfg)
+        _, report = run_study_activations(args.study, out, cfg, args.device)
         print(f"report:  {report}")
     else:
         if not args.model_dirs or not args.out:
             raise UserError("activations needs MODEL_DIR ... --out DIR, or --study DIR")
         out = Path(args.out)
-        run_activations(args.model_dirs, out, cfg)
+        run_activations(args.model_dirs, out, cfg, args.device)
     print(f"written: {out / FILES['json']} and plots in {out}")
 
 
@@ -417,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip explaining every circuit's nodes (legibility in results.json and the report)",
     )
+    st.add_argument(
+        "--device", default="cpu", help="cpu | auto | cuda | cuda:N (training and pruning)"
+    )
     st.add_argument("--quiet", action="store_true")
     st.set_defaults(fn=_cmd_study)
 
@@ -435,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--no-difficulty", action="store_true", help="skip the difficulty tasks")
     ac.add_argument("--no-training", action="store_true", help="skip training snapshots")
     ac.add_argument("--seed", type=int, default=0)
+    ac.add_argument("--device", default="cpu", help="cpu | auto | cuda | cuda:N (the models)")
     ac.set_defaults(fn=_cmd_activations)
 
     mo = sub.add_parser(
