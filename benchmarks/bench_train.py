@@ -28,11 +28,13 @@ from pathlib import Path
 import torch
 
 import sparsecircuits.model as model_module
+import sparsecircuits.sparsity as sparsity_module
+import sparsecircuits.train as train_module
 from sparsecircuits import fused, threads
 from sparsecircuits.config import resolve
 from sparsecircuits.model import SparseGPT
 from sparsecircuits.sparsity import WeightSparsifier
-from sparsecircuits.train import make_optimizer, train_step
+from sparsecircuits.train import train_step
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import cpu_name, save_results  # noqa: E402
@@ -47,16 +49,46 @@ def _abs_topk_scatter(x: torch.Tensor, frac: float) -> torch.Tensor:
     return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
 
 
+def _topk_mask_indices(w: torch.Tensor, density: float, min_per_neuron: int = 0):
+    """The weight projection as it was: top-k indices per row, then over the whole matrix."""
+    n = w.numel()
+    k = max(1, round(density * n))
+    if k >= n:
+        return None
+    a = w.detach().abs()
+    keep = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+    if w.dim() == 2 and min_per_neuron > 0:
+        m = min(min_per_neuron, w.shape[1])
+        keep.scatter_(1, a.topk(m, dim=1, sorted=False).indices, True)
+        a = a.masked_fill(keep, -1.0)
+        k -= m * w.shape[0]
+    if k > 0:
+        keep.view(-1)[a.view(-1).topk(k, sorted=False).indices] = True
+    return keep
+
+
+NEW_OPTIMIZER = train_module.make_optimizer
+
+
+def _unfused_optimizer(model, cfg):
+    """AdamW as it was: the per-parameter-group foreach implementation, not the fused one."""
+    opt = NEW_OPTIMIZER(model, cfg)
+    return torch.optim.AdamW(opt.param_groups, **{**opt.defaults, "fused": None})
+
+
 @contextlib.contextmanager
 def todays_step():
-    """The baseline: explicit attention, full logits tensor, scatter/gather AbsTopK."""
-    saved = model_module.abs_topk
+    """The baseline: explicit attention, full logits tensor, scatter/gather AbsTopK, top-k
+    index weight projection, unfused AdamW."""
+    saved = model_module.abs_topk, sparsity_module.topk_mask, train_module.make_optimizer
     model_module.abs_topk = _abs_topk_scatter
+    sparsity_module.topk_mask = _topk_mask_indices
+    train_module.make_optimizer = _unfused_optimizer
     try:
         with fused.plain():
             yield
     finally:
-        model_module.abs_topk = saved
+        model_module.abs_topk, sparsity_module.topk_mask, train_module.make_optimizer = saved
 
 
 def step_context(variant: str):
@@ -70,7 +102,8 @@ class Runner:
         self.mcfg, self.tcfg = resolve(preset, None, overrides)
         torch.manual_seed(0)
         self.model = SparseGPT(self.mcfg)
-        self.opt = make_optimizer(self.model, self.tcfg)
+        self.opts = {"new": NEW_OPTIMIZER(self.model, self.tcfg)}
+        self.opts["today"] = _unfused_optimizer(self.model, self.tcfg)
         self.sparsifier = WeightSparsifier(self.model, self.tcfg)
         self.batch = torch.randint(
             0, self.mcfg.vocab_size, (self.tcfg.batch_size, self.mcfg.n_ctx + 1)
@@ -82,7 +115,7 @@ class Runner:
             t = time.perf_counter()
             for _ in range(n):
                 threads.adapt()
-                train_step(self.model, self.opt, self.sparsifier, self.batch, self.step)
+                train_step(self.model, self.opts[variant], self.sparsifier, self.batch, self.step)
             return (time.perf_counter() - t) / n
 
     @property
@@ -141,6 +174,9 @@ def throughput(presets: list[str], steps: int, rounds: int) -> list[dict]:
                 times[v].append(r.time_steps(steps, v))
         mm_s, flops = matmul_seconds(r)
         med = {v: statistics.median(ts) for v, ts in times.items()}
+        bf16 = Runner(preset, precision="bf16")
+        bf16.time_steps(2)
+        bf16_s = statistics.median(bf16.time_steps(steps) for _ in range(rounds))
         dense = Runner(preset, density=1.0)
         dense.time_steps(2)
         dense_s = statistics.median(dense.time_steps(steps) for _ in range(rounds))
@@ -152,6 +188,7 @@ def throughput(presets: list[str], steps: int, rounds: int) -> list[dict]:
                 matmul_fraction={v: mm_s / s for v, s in med.items()},
                 matmul_gflops=flops / mm_s / 1e9,
                 sparsity_tax=med["new"] / dense_s,
+                bf16_speedup=med["today"] / bf16_s,
             )
         )
     return rows
@@ -264,12 +301,15 @@ def heldout_after(steps: int) -> dict:
     from sparsecircuits.train import train
 
     out = {}
-    for label, variant, seed in (
-        ("today", "today", 0),
-        ("new", "new", 0),
-        ("new, seed 1", "new", 1),
-    ):
-        mcfg, tcfg = resolve("quick", None, dict(steps=steps, eval_every=steps, seed=seed))
+    runs = (
+        ("today", "today", 0, "fp32"),
+        ("new", "new", 0, "fp32"),
+        ("new, seed 1", "new", 1, "fp32"),
+        ("new, bf16", "new", 0, "bf16"),
+    )
+    for label, variant, seed, precision in runs:
+        overrides = dict(steps=steps, eval_every=steps, seed=seed, precision=precision)
+        mcfg, tcfg = resolve("quick", None, overrides)
         with tempfile.TemporaryDirectory() as d, step_context(variant):
             t = time.perf_counter()
             train(mcfg, tcfg, Path(d) / "run", progress=False)
@@ -323,6 +363,9 @@ def main() -> None:
             f"today {frac['today']:.2f}, new {frac['new']:.2f}"
         )
         emit(f"         new step, sparse / dense (same AbsTopK): {row['sparsity_tax']:.2f}")
+        emit(
+            f"         new step with precision=bf16 (autocast): speed-up {row['bf16_speedup']:.2f}x"
+        )
 
     if not args.skip_load:
         kinds = ["train"]

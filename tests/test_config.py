@@ -36,6 +36,7 @@ def test_set_overrides_both_sections_and_parses_values():
         (["density=0"], "density must be in (0, 1]"),
         (["density=1.5"], "density must be in (0, 1]"),
         (["norm=batch"], "norm must be one of"),
+        (["precision=fp16"], "precision must be one of fp32, bf16"),
         (["afrac_sites=attn_x"], "afrac_sites entry"),
         (["d_model"], "expected key=value"),
     ],

@@ -32,6 +32,28 @@ def test_topk_mask_reserves_min_per_neuron():
     assert keep[5].sum() == 4
 
 
+def _topk_by_indices(w, density, m):
+    """The selection written the plain way (top-k indices), to compare the threshold with."""
+    k = max(1, round(density * w.numel()))
+    a = w.abs()
+    keep = torch.zeros(w.shape, dtype=torch.bool)
+    keep.scatter_(1, a.topk(m, dim=1).indices, True)
+    a = a.masked_fill(keep, -1.0)
+    if k > m * w.shape[0]:
+        keep.view(-1)[a.view(-1).topk(k - m * w.shape[0]).indices] = True
+    return keep
+
+
+def test_topk_mask_projects_like_top_k_indices_even_with_exact_zeros():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 64, generator=g)
+    w[w.abs() < 0.8] = 0.0  # a sparse matrix after projection, where most entries are 0
+    w[7] = 0.0  # a dead row: it has nothing to reserve
+    for density in (1 / 64, 1 / 8, 0.5):
+        projected = w * topk_mask(w, density, min_per_neuron=4)
+        assert torch.equal(projected, w * _topk_by_indices(w, density, 4)), density
+
+
 def test_topk_mask_dense_is_noop():
     assert topk_mask(torch.randn(4, 4), 1.0) is None
 

@@ -46,6 +46,24 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path, corpus_dir):
     assert not torch.equal(a["blocks.0.attn.q_proj.weight"], c["blocks.0.attn.q_proj.weight"])
 
 
+def test_bf16_precision_is_deterministic_and_close_to_fp32(tmp_path, corpus_dir):
+    m, t = tiny_configs(corpus_dir, precision="bf16")
+    a = load_tensors(train(m, t, tmp_path / "a", progress=False) / "model.safetensors")
+    b = load_tensors(train(m, t, tmp_path / "b", progress=False) / "model.safetensors")
+    m32, t32 = tiny_configs(corpus_dir)
+    c = load_tensors(train(m32, t32, tmp_path / "c", progress=False) / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype == torch.float32 for v in a.values())  # master weights stay fp32
+    w = "blocks.0.attn.q_proj.weight"
+    assert not torch.equal(a[w], c[w])  # autocast really ran
+    losses = [
+        json.loads(line)["train_loss"]
+        for d in ("a", "c")
+        for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()[-1:]
+    ]
+    assert abs(losses[0] - losses[1]) < 0.05 * losses[1]
+
+
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
     m, t = tiny_configs(corpus_dir, steps=12, checkpoint_every=4)
     full = train(m, t, tmp_path / "full", progress=False)

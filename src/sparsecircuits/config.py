@@ -101,6 +101,10 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 0.1
     grad_clip_rms: float = 1.0
+    # "bf16": the forward pass under bfloat16 autocast (weights, gradients and Adam stay
+    # fp32). Pays where matmuls dominate: a GPU, or a CPU with native bf16 at d_model >= 256
+    # (benchmarks/bench_train.py); on the quick shape it gains nothing.
+    precision: str = "fp32"
     eval_every: int = 100
     eval_batches: int = 8
     checkpoint_every: int = 200  # resumable checkpoint (only the newest is kept)
@@ -117,6 +121,7 @@ class TrainConfig:
         if isinstance(self.data_ext, str):
             self.data_ext = [e for e in self.data_ext.split(",") if e]
         _check_fields(self)
+        _check_choice("precision", self.precision, ("fp32", "bf16"))
 
     @property
     def embed_density_target(self) -> float:
@@ -275,6 +280,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             lr=1.28e-2,
             density=1 / 64,
             anneal_frac=0.5,
+            precision="bf16",
             eval_every=1000,
             checkpoint_every=1000,
             save_every=10_000,

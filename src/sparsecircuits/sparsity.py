@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .fused import kth_largest
 
 
 def param_kind(name: str) -> str:
@@ -42,21 +43,24 @@ def topk_mask(w: torch.Tensor, density: float, min_per_neuron: int = 0) -> torch
 
     For a matrix [out, in], each output neuron (row) first reserves its `min_per_neuron`
     largest entries, so no neuron dies; the remaining budget goes to the largest of the rest.
-    Selection (topk), not a full sort. None means "keep everything".
+    Selection (the k-th largest as a threshold), not a sort; entries tied with the threshold
+    are all kept, and an exact zero is never "kept" (it stays zero either way).
+    None means "keep everything".
     """
     n = w.numel()
     k = max(1, round(density * n))
     if k >= n:
         return None
     a = w.detach().abs()
+    tiny = torch.finfo(a.dtype).tiny
     keep = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
     if w.dim() == 2 and min_per_neuron > 0:
         m = min(min_per_neuron, w.shape[1])
-        keep.scatter_(1, a.topk(m, dim=1, sorted=False).indices, True)
+        keep = a >= kth_largest(a, m).clamp_min(tiny)
         a = a.masked_fill(keep, -1.0)  # reserved entries must not be picked twice
         k -= m * w.shape[0]
     if k > 0:
-        keep.view(-1)[a.view(-1).topk(k, sorted=False).indices] = True
+        keep |= a >= kth_largest(a.view(1, -1), k).clamp_min(tiny).view(())
     return keep
 
 
