@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import statistics
@@ -29,12 +30,16 @@ import torch
 
 import sparsecircuits.model as model_module
 import sparsecircuits.sparsity as sparsity_module
-import sparsecircuits.train as train_module
 from sparsecircuits import fused, threads
 from sparsecircuits.config import resolve
 from sparsecircuits.model import SparseGPT
+from sparsecircuits.nodes import ablation_hooks
+from sparsecircuits.prune_methods import Problem
 from sparsecircuits.sparsity import WeightSparsifier
 from sparsecircuits.train import train_step
+
+# the module, not the `train` function the package exports under the same name
+train_module = importlib.import_module("sparsecircuits.train")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import cpu_name, save_results  # noqa: E402
@@ -72,23 +77,44 @@ NEW_OPTIMIZER = train_module.make_optimizer
 
 def _unfused_optimizer(model, cfg):
     """AdamW as it was: the per-parameter-group foreach implementation, not the fused one."""
-    opt = NEW_OPTIMIZER(model, cfg)
-    return torch.optim.AdamW(opt.param_groups, **{**opt.defaults, "fused": None})
+    groups = [
+        {"params": g["params"], "weight_decay": g["weight_decay"]}
+        for g in NEW_OPTIMIZER(model, cfg).param_groups
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def _full_logits(self, masks, batch=None):
+    """Problem.logits as it was: every position of every prompt through every block."""
+    batch = batch if batch is not None else self.batch
+    hooks = ablation_hooks(self.sites, self.means, masks)
+    return self.model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
 
 
 @contextlib.contextmanager
 def todays_step():
     """The baseline: explicit attention, full logits tensor, scatter/gather AbsTopK, top-k
-    index weight projection, unfused AdamW."""
-    saved = model_module.abs_topk, sparsity_module.topk_mask, train_module.make_optimizer
+    index weight projection, unfused AdamW; task passes through every position."""
+    saved = (
+        model_module.abs_topk,
+        sparsity_module.topk_mask,
+        train_module.make_optimizer,
+        Problem.logits,
+    )
     model_module.abs_topk = _abs_topk_scatter
     sparsity_module.topk_mask = _topk_mask_indices
     train_module.make_optimizer = _unfused_optimizer
+    Problem.logits = _full_logits
     try:
         with fused.plain():
             yield
     finally:
-        model_module.abs_topk, sparsity_module.topk_mask, train_module.make_optimizer = saved
+        (
+            model_module.abs_topk,
+            sparsity_module.topk_mask,
+            train_module.make_optimizer,
+            Problem.logits,
+        ) = saved
 
 
 def step_context(variant: str):

@@ -1,9 +1,11 @@
 """Paste benchmarks/results/NAME.md into README.md between `<!-- begin: NAME -->` and
 `<!-- end: NAME -->`, for every such marker pair (see results.py).
 
-    python benchmarks/update_readme.py [--check]
+    python benchmarks/update_readme.py [--check] [--take NAME=FILE ...]
 
 --check exits 1 when README differs from what the results files say (nothing written).
+--take study_quick=runs/demo/summary.md first copies a file a command wrote (a study's
+summary.md) into results/study_quick.md, so README quotes it as it is.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ def regenerate(readme: str, results: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--take", nargs="+", default=[], metavar="NAME=FILE")
     args = ap.parse_args()
+    for item in args.take:
+        name, _, source = item.partition("=")
+        text = Path(source).read_text()
+        (ROOT / "benchmarks" / "results" / f"{name}.md").write_text(
+            f"From `{source}` (copied by `python benchmarks/update_readme.py --take {item}`):\n\n"
+            + text
+        )
     path = ROOT / "README.md"
     old = path.read_text()
     new = regenerate(old, ROOT / "benchmarks" / "results")
