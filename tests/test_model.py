@@ -256,6 +256,15 @@ def _loss_and_grads(model, x):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+def _assert_fast_equals_plain(model, x):
+    fast_loss, fast = _loss_and_grads(model, x)
+    with fused.plain():
+        plain_loss, ref = _loss_and_grads(model, x)
+    assert torch.allclose(fast_loss, plain_loss, atol=1e-5)
+    for name in ref:
+        assert torch.allclose(fast[name], ref[name], atol=1e-5, rtol=1e-4), name
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -267,12 +276,7 @@ def _loss_and_grads(model, x):
 def test_fast_path_matches_plain_loss_and_every_gradient(kw):
     model = small(**kw).train()
     x = tokens(n=3, t=12)
-    fast_loss, fast = _loss_and_grads(model, x)
-    with fused.plain():
-        plain_loss, ref = _loss_and_grads(model, x)
-    assert torch.allclose(fast_loss, plain_loss, atol=1e-5)
-    for name in ref:
-        assert torch.allclose(fast[name], ref[name], atol=1e-5, rtol=1e-4), name
+    _assert_fast_equals_plain(model, x)
     # the logits path agrees too (fused attention, no fused head)
     with fused.plain():
         ref_logits = model(x)
@@ -281,14 +285,7 @@ def test_fast_path_matches_plain_loss_and_every_gradient(kw):
 
 def test_fast_loss_matches_chunked_over_many_rows(monkeypatch):
     monkeypatch.setattr(fused, "CHUNK", 7)  # several chunks and a ragged last one
-    model = small().train()
-    x = tokens(n=3, t=12)
-    fast_loss, fast = _loss_and_grads(model, x)
-    with fused.plain():
-        plain_loss, ref = _loss_and_grads(model, x)
-    assert torch.allclose(fast_loss, plain_loss, atol=1e-5)
-    for name in ref:
-        assert torch.allclose(fast[name], ref[name], atol=1e-5, rtol=1e-4), name
+    _assert_fast_equals_plain(small().train(), tokens(n=3, t=12))
 
 
 def test_a_hook_on_the_pattern_takes_the_explicit_path_and_is_honoured():
