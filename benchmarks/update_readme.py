@@ -36,7 +36,11 @@ def main() -> None:
     args = ap.parse_args()
     for item in args.take:
         name, _, source = item.partition("=")
-        text = Path(source).read_text()
+        # its headings sit two levels below the README section that quotes it
+        text = "".join(
+            "##" + line if line.startswith("#") else line
+            for line in Path(source).read_text().splitlines(keepends=True)
+        )
         (ROOT / "benchmarks" / "results" / f"{name}.md").write_text(
             f"From `{source}` (copied by `python benchmarks/update_readme.py --take {item}`):\n\n"
             + text
