@@ -60,9 +60,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import checkpoint_corpus, load
+from .circuit import Circuit
 from .errors import UserError
 from .io import read_json, write_json_atomic
-from .nodes import NodeSite, _weights_digest, channels, node_sites, parse_node
+from .nodes import NodeSite, _weights_digest, channels, heldout_windows, node_sites, parse_node
+from .tasks import get_task
 
 LEGIBLE_AUC = 0.9
 LEGIBLE_PR = 0.9  # precision and recall at the best-F1 threshold
@@ -634,8 +637,6 @@ def checkpoint_contexts(
     model_dir, model, tokenizer, task: str | None, settings: Settings, prune_cfg: dict | None = None
 ) -> tuple[list[Context], list[str]]:
     """(contexts, token text): the node means' held-out windows, then the task's test prompts."""
-    from .checkpoint import checkpoint_corpus
-    from .nodes import heldout_windows
 
     text = vocab_text(tokenizer, model.cfg.vocab_size)
     corpus = checkpoint_corpus(model_dir, model, tokenizer)
@@ -645,8 +646,6 @@ def checkpoint_contexts(
         for row in w
     ]
     if task:
-        from .tasks import get_task
-
         p = prune_cfg or {}
         t = get_task(task, p.get("n_train", 128), p.get("n_test", 128), p.get("seed", 0))
         batch = t.encode(tokenizer, "test", model.cfg.n_ctx)
@@ -673,7 +672,6 @@ def explain_checkpoint(
     """Explanations of nodes of a checkpoint, on its held-out windows plus `task`'s prompts;
     cached beside the checkpoint (the default library only: custom features use
     `explain_nodes`)."""
-    from .checkpoint import load
 
     model_dir = Path(model_dir)
     settings = settings or Settings()
@@ -705,7 +703,6 @@ def explain_checkpoint(
 def explain_circuit(path_or_circuit, model_dir=None, settings: Settings | None = None, save=True):
     """Explain every node of a circuit and store the explanations in it (and in its
     circuit.json when given a path and `save`)."""
-    from .circuit import Circuit
 
     path = None
     circuit = path_or_circuit
@@ -758,7 +755,6 @@ def legibility(circuit) -> dict:
 def circuit_legibility(path_or_circuit, model_dir=None) -> dict:
     """Legibility of a circuit (object or circuit.json path), explaining its nodes first if
     they are not yet (a path's circuit.json then keeps the explanations)."""
-    from .circuit import Circuit
 
     circuit = path_or_circuit
     if not isinstance(circuit, Circuit):

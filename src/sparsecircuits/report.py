@@ -38,8 +38,8 @@ from .study_results import StudyResults
 
 REPORT_FILE = "report.html"
 SECTION_FILE = "section.json"
-# Node sites of one layer in forward order (the same as nodes.SITE_KINDS, which a test checks;
-# not imported because sparsecircuits.nodes imports torch, too slow for `view`).
+# Node sites of one layer in forward order (the same as nodes.SITE_KINDS, which a test checks),
+# kept here so the report's page data is defined next to the page that reads it.
 SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
 # When one feature explains a node (explain.is_explained; a test checks they agree): the
 # viewer labels such nodes with their feature.
