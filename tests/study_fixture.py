@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 from sparsecircuits.nodes import SITE_KINDS, NodeSite
+from sparsecircuits.study import StudyConfig
 
 TASKS = ["single_double_quote", "bracket_closing"]
 SMALL = ("w64_d0.25_s0", "single_double_quote")  # a small circuit the browser test inspects
@@ -283,3 +284,37 @@ def _write_sections(root: Path) -> None:
     bad = root / "modularity"
     bad.mkdir()
     (bad / "section.json").write_text('{"title": ')
+
+
+def tiny_study_config(corpus_dir, task, steps: int = 8, every: int = 4, **changes) -> StudyConfig:
+    """A study of smoke-sized models trained `steps` steps on the test corpus, pruning one
+    task file. A tiny model is at chance: a target above chance and no accuracy bar let
+    every step of the pipeline run (the rules themselves are tested on synthetic rows).
+    `every`: steps between evaluations and checkpoints."""
+    fields = dict(
+        preset="test",
+        base_preset="smoke",
+        train_overrides=dict(
+            data=[str(corpus_dir)],
+            vocab_size=300,
+            n_ctx=16,
+            n_layer=1,
+            steps=steps,
+            batch_size=4,
+            eval_every=every,
+            eval_batches=2,
+            checkpoint_every=every,
+        ),
+        base_width=32,
+        densities=[0.5, 0.25],
+        fixed_l0_density=0.25,
+        l0_widths=[32, 64],
+        dense_widths=[32],
+        tasks=[str(task)],
+        seeds=1,
+        target_loss=10.0,
+        min_accuracy=0.0,
+        k_coefs=[1e-3, 1e-2],
+        prune=dict(steps=5, n_train=4, n_test=4, random_draws=2, effect_pairs=2, example_pairs=1),
+    )
+    return StudyConfig(**{**fields, **changes})

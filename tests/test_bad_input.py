@@ -30,7 +30,7 @@ from sparsecircuits.study import run as study_run
 from sparsecircuits.tasks import get_task
 from sparsecircuits.tasks.compound import COMPOUND_TASKS, get_compound_task
 from sparsecircuits.train import train
-from study_fixture import write_fake_study
+from study_fixture import tiny_study_config, write_fake_study
 from test_report import Server
 
 TASK = "enumerate_range"  # a built-in task with prompts of 21 to 72 tokens here
@@ -127,28 +127,14 @@ def test_a_failed_start_leaves_no_folder_that_blocks_the_retry(tmp_path, corpus_
 
 def test_study_resume_reprunes_after_the_task_file_changes(tmp_path, corpus_dir, monkeypatch):
     task = Path(write_quote_task(tmp_path / "quotes.jsonl"))
-    cfg = StudyConfig(
-        preset="test",
-        base_preset="smoke",
-        train_overrides=dict(
-            data=[str(corpus_dir)],
-            vocab_size=300,
-            n_ctx=16,
-            n_layer=1,
-            steps=2,
-            batch_size=4,
-            eval_every=2,
-            eval_batches=2,
-            checkpoint_every=2,
-        ),
-        base_width=32,
+    cfg = tiny_study_config(
+        corpus_dir,
+        task,
+        steps=2,
+        every=2,
         densities=[0.5],
         fixed_l0_density=0.5,
         l0_widths=[32],
-        dense_widths=[32],
-        tasks=[str(task)],
-        target_loss=10.0,
-        min_accuracy=0.0,
         k_coefs=[1e-2],
         controls=False,
         prune=dict(steps=2, n_train=4, n_test=4, random_draws=1, effect_pairs=1, example_pairs=1),

@@ -18,39 +18,12 @@ from sparsecircuits.study import (
 from sparsecircuits.study import run as study_run
 from sparsecircuits.study_results import StudyResults
 from sparsecircuits.tasks import get_task
+from study_fixture import tiny_study_config
 
 
 @pytest.fixture()
 def tiny_study(tmp_path, corpus_dir):
-    task = write_quote_task(tmp_path / "quotes.jsonl")
-    return StudyConfig(
-        preset="test",
-        base_preset="smoke",
-        train_overrides=dict(
-            data=[str(corpus_dir)],
-            vocab_size=300,
-            n_ctx=16,
-            n_layer=1,
-            steps=8,
-            batch_size=4,
-            eval_every=4,
-            eval_batches=2,
-            checkpoint_every=4,
-        ),
-        base_width=32,
-        densities=[0.5, 0.25],
-        fixed_l0_density=0.25,
-        l0_widths=[32, 64],
-        dense_widths=[32],
-        tasks=[str(task)],
-        seeds=1,
-        # A tiny model is at chance: a target above chance and no accuracy bar let every
-        # step of the pipeline run; the rules themselves are tested on synthetic rows below.
-        target_loss=10.0,
-        min_accuracy=0.0,
-        k_coefs=[1e-3, 1e-2],
-        prune=dict(steps=5, n_train=4, n_test=4, random_draws=2, effect_pairs=2, example_pairs=1),
-    )
+    return tiny_study_config(corpus_dir, write_quote_task(tmp_path / "quotes.jsonl"))
 
 
 def test_family_shapes():
