@@ -118,15 +118,16 @@ class Attention(nn.Module):
         """x [batch, pos, d_model]; with `positions` [batch], only those queries are
         computed (keys and values still come from every position): [batch, 1, d_model]."""
         B, T, _ = x.shape
-        query_pos = torch.arange(T, device=x.device).expand(B, T)
-        if positions is not None:
-            query_pos = positions[:, None]
+        # [1, T] (every row alike) or [batch, 1]: the position of each query
+        query_pos = (
+            torch.arange(T, device=x.device)[None] if positions is None else positions[:, None]
+        )
         Q = query_pos.shape[1]
         q_in = x if positions is None else take_positions(x, positions)
         q = self.hook_q(self.sparse_q(self.q_proj(q_in)).view(B, Q, self.n_head, self.d_head))
         k = self.hook_k(self.sparse_k(self.k_proj(x)).view(B, T, self.n_head, self.d_head))
         v = self.hook_v(self.sparse_v(self.v_proj(x)).view(B, T, self.n_head, self.d_head))
-        # [batch, 1, query, key]: a query sees its own position and the ones before
+        # [1 or batch, 1, query, key]: a query sees its own position and the ones before
         visible = (torch.arange(T, device=x.device) <= query_pos[..., None])[:, None]
         if fused.ENABLED and not self._pattern_hooked():
             z = self.hook_z(self._sdpa(q, k, v, visible))
@@ -169,8 +170,6 @@ class Attention(nn.Module):
         q = F.pad(q, (0, 1), value=1.0)
         k = torch.cat([F.pad(k, (0, 1)), sink_key.to(k.dtype)], dim=2)
         v = F.pad(v, (0, 1, 0, 1))  # the kernel wants equal head dims; the sink's value is 0
-        if causal:  # one [query, key] mask for the whole batch is cheaper than one per row
-            visible = visible[:1]
         visible = F.pad(visible, (0, 1), value=True)  # the sink is always visible
         z = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale)
         return z[..., :D].transpose(1, 2)
