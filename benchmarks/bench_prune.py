@@ -35,7 +35,7 @@ def main() -> None:
     prune(
         model,
         args.task,
-        PruneConfig(method="random", target_loss=10, random_draws=0),
+        PruneConfig(method="random", target_loss=10, random_draws=0, refuse_trivial=False),
         progress=False,
     )  # warm the mean cache
     print(f"model {model}, task {args.task}, target loss {args.target}")

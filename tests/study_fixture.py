@@ -315,6 +315,15 @@ def tiny_study_config(corpus_dir, task, steps: int = 8, every: int = 4, **change
         target_loss=10.0,
         min_accuracy=0.0,
         k_coefs=[1e-3, 1e-2],
-        prune=dict(steps=5, n_train=4, n_test=4, random_draws=2, effect_pairs=2, example_pairs=1),
+        # at chance, the empty circuit "does" any task at a target above chance
+        prune=dict(
+            steps=5,
+            n_train=4,
+            n_test=4,
+            random_draws=2,
+            effect_pairs=2,
+            example_pairs=1,
+            refuse_trivial=False,
+        ),
     )
     return StudyConfig(**{**fields, **changes})

@@ -137,7 +137,15 @@ def test_study_resume_reprunes_after_the_task_file_changes(tmp_path, corpus_dir,
         l0_widths=[32],
         k_coefs=[1e-2],
         controls=False,
-        prune=dict(steps=2, n_train=4, n_test=4, random_draws=1, effect_pairs=1, example_pairs=1),
+        prune=dict(
+            steps=2,
+            n_train=4,
+            n_test=4,
+            random_draws=1,
+            effect_pairs=1,
+            example_pairs=1,
+            refuse_trivial=False,
+        ),
     )
     out = tmp_path / "study"
     study_run.run_study(cfg, out, progress=False)
@@ -205,7 +213,17 @@ def test_full_disk_prune(disk, run, capsys):
     (disk / "c" / "circuit.json").write_text("old")
     fill(disk)
     args = ["prune", str(run), "--task", TASK, "--steps", "2", "--quiet"]
-    args += ["--n-train", "4", "--n-test", "4", "--out", str(disk / "c"), "--target-loss", "10"]
+    args += [
+        "--n-train",
+        "4",
+        "--n-test",
+        "4",
+        "--out",
+        str(disk / "c"),
+        "--target-loss",
+        "10",
+        "--allow-trivial",
+    ]
     fails(capsys, args, str(disk / "c" / "circuit.json"), "No space left")
     assert (disk / "c" / "circuit.json").read_text() == "old" and no_temporaries(disk)
 
@@ -489,7 +507,16 @@ def test_unpaired_rows_stay_unpaired_in_the_nonsense_control(tmp_path):
 
 def test_builtin_task_on_a_short_context_keeps_the_prompts_that_fit(tmp_path, run, capsys):
     args = ["prune", str(run), "--task", TASK, "--steps", "2", "--n-train", "8"]
-    args += ["--n-test", "8", "--out", str(tmp_path / "c"), "--quiet", "--target-loss", "10"]
+    args += [
+        "--n-test",
+        "8",
+        "--out",
+        str(tmp_path / "c"),
+        "--quiet",
+        "--target-loss",
+        "10",
+        "--allow-trivial",
+    ]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "longer than n_ctx=48 and were left out" in err

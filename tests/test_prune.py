@@ -13,7 +13,7 @@ from sparsecircuits.config import ModelConfig
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import SparseGPT
 from sparsecircuits.nodes import MEANS_FILE, ablation_hooks, node_sites, parse_node
-from sparsecircuits.prune import Evaluator, TargetUnreachable, calibrate, prune
+from sparsecircuits.prune import Evaluator, TargetUnreachable, TaskTrivial, calibrate, prune
 from sparsecircuits.prune_methods import Problem, PruneConfig
 from sparsecircuits.tasks import TaskBatch, get_task
 
@@ -103,7 +103,7 @@ def test_node_means_are_cached_and_follow_the_weights(trained, quote_task, monke
     prune(
         trained,
         quote_task,
-        PruneConfig(method="random", target_loss=5, random_draws=0),
+        PruneConfig(method="random", target_loss=5, random_draws=0, refuse_trivial=False),
         progress=False,
     )
 
@@ -114,7 +114,7 @@ def test_node_means_are_cached_and_follow_the_weights(trained, quote_task, monke
     prune(
         trained,
         quote_task,
-        PruneConfig(method="random", target_loss=5, random_draws=0),
+        PruneConfig(method="random", target_loss=5, random_draws=0, refuse_trivial=False),
         progress=False,
     )
     (trained / MEANS_FILE).write_bytes(b"garbage")
@@ -122,7 +122,7 @@ def test_node_means_are_cached_and_follow_the_weights(trained, quote_task, monke
         prune(
             trained,
             quote_task,
-            PruneConfig(method="random", target_loss=5, random_draws=0),
+            PruneConfig(method="random", target_loss=5, random_draws=0, refuse_trivial=False),
             progress=False,
         )
 
@@ -145,6 +145,17 @@ def test_unreachable_target_says_so(trained, quote_task, capsys, tmp_path):
     err = capsys.readouterr().err
     assert rc == 2 and "above the target" in err and err.count("\n") == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_a_task_the_empty_circuit_does_is_refused(trained, quote_task):
+    # every node ablated still scores near chance (2 ln 2), so a target above chance is met
+    # without any node: there is no circuit to find
+    cfg = PruneConfig(target_loss=1.5, steps=5, random_draws=0, effect_nodes=0)
+    with pytest.raises(TaskTrivial, match="needs no circuit: with every node mean-ablated"):
+        prune(trained, quote_task, cfg, progress=False)
+    # the check can be switched off, and then the search runs and records the empty circuit
+    c = prune(trained, quote_task, dataclasses.replace(cfg, refuse_trivial=False), progress=False)
+    assert c.metrics["empty"]["train_loss_calibrated"] <= 1.5
 
 
 def test_bad_method_and_task(trained):
@@ -183,6 +194,7 @@ def test_cli_prune_prints_the_table(trained, quote_task, tmp_path, capsys):
         "full model",
         "circuit alone",
         "circuit ablated",
+        "empty circuit",
         "random circuits",
     ):
         assert words in out

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -7,6 +8,7 @@ from conftest import write_quote_task
 from sparsecircuits.cli import main
 from sparsecircuits.errors import UserError
 from sparsecircuits.study import (
+    STUDY_PRESETS,
     StudyConfig,
     analyse,
     measures,
@@ -27,7 +29,7 @@ def tiny_study(tmp_path, corpus_dir):
 
 
 def test_family_shapes():
-    for name in ("quick", "small", "paper"):
+    for name in STUDY_PRESETS:
         cfg = study_config(name)
         specs = model_specs(cfg)
         assert len({s.id for s in specs}) == len(specs)  # each model once
@@ -45,6 +47,9 @@ def test_family_shapes():
         assert all(0 < cfg.target(t) < 2 * math.log(2) for t in cfg.tasks)
     assert study_config("paper").target("for_while") == 0.15
     assert study_config("small").seeds >= 2
+    # the standard preset: >= 3 pretraining seeds and >= 4 tasks (issue 10, item 7)
+    standard = study_config("standard")
+    assert standard.seeds >= 3 and len(standard.tasks) >= 4
 
 
 def test_unknown_preset_and_task():
@@ -277,6 +282,8 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     for m in saved["models"]:
         assert m["heldout_loss_se"] is not None and m["heldout_loss_batches"] == 2
     assert len(saved["eligibility"]) == 4 and all(r["reaches"] for r in saved["eligibility"])
+    # the empty circuit is measured beside every full model (not refused here: see below)
+    assert all(r["empty_loss_calibrated"] > 0 and not r["trivial"] for r in saved["eligibility"])
     for c in saved["circuits"]:
         assert c["status"] in ("ok", "failed_validation", "collapsed", "unreachable")
         if c["n_edges"] is None:
@@ -310,6 +317,15 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     other = StudyConfig(**{**tiny_study.__dict__, "seeds": 2})
     with pytest.raises(UserError, match="holds a different study"):
         run_study(other, out, resume=True, progress=False)
+
+    # Models at chance meet a target above chance with every node ablated: refused, no task
+    # has a circuit to size (the models are cached, nothing trains again).
+    monkeypatch.undo()
+    strict = dataclasses.replace(tiny_study, prune={**tiny_study.prune, "refuse_trivial": True})
+    res = run_study(strict, out, force=True, progress=False)
+    assert all(r["trivial"] for r in res.eligibility) and not res.study["frontier_tasks"]
+    assert {c["status"] for c in res.circuits} == {"trivial"}
+    assert "the empty circuit (every node mean-ablated) reaches" in res.circuits[0]["message"]
 
 
 def test_a_killed_prune_leaves_nothing_half_reused(tmp_path, tiny_study, monkeypatch):

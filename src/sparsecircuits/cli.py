@@ -14,7 +14,7 @@ import torch
 
 from . import threads
 from .checkpoint import checkpoint_corpus, load, load_config
-from .config import resolve
+from .config import PRESETS, resolve
 from .errors import UserError
 from .explain import CRITERION, explain_checkpoint, explain_circuit, explanation_table, legibility
 from .generate import generate
@@ -133,6 +133,7 @@ def _cmd_prune(args) -> None:
         seed=args.seed,
         n_train=args.n_train,
         n_test=args.n_test,
+        refuse_trivial=not args.allow_trivial,
     )
     out = out_folder(args.out)
     circuit = prune(
@@ -154,6 +155,11 @@ def _cmd_prune(args) -> None:
             m["circuit"]["accuracy_calibrated"],
         ),
         ("full model, circuit ablated", m["ablated"]["loss"], m["ablated"]["accuracy"]),
+        (
+            "empty circuit (calibrated)",
+            m["empty"]["loss_calibrated"],
+            m["empty"]["accuracy_calibrated"],
+        ),
         (
             f"random circuits, same size (x{m['random']['draws']})",
             m["random"]["loss_mean"],
@@ -331,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a dense or weight-sparse model")
-    t.add_argument("--preset", choices=None, help="smoke | quick | small | paper (default quick)")
+    t.add_argument("--preset", help=" | ".join(PRESETS) + " (default quick)")
     t.add_argument("--config", help="JSON file of config keys (a run's config.json works too)")
     t.add_argument(
         "--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override config keys"
@@ -393,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="folder for circuit.json")
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--data", nargs="+", help="text for node means (default: the run's corpus)")
+    pr.add_argument(
+        "--allow-trivial",
+        action="store_true",
+        help="search even when the empty circuit (every node mean-ablated) reaches the target",
+    )
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(fn=_cmd_prune)
 
@@ -408,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser(
         "study", help="train a model family, prune every task, measure the frontier"
     )
-    st.add_argument("--preset", default="quick", help="quick | small | paper")
+    st.add_argument(
+        "--preset", default="quick", help="quick (make demo) | standard (~2 h) | small | paper"
+    )
     st.add_argument("--tasks", help="comma list of tasks (default: the preset's)")
     st.add_argument("--seeds", type=int, help="seeds per model (default: the preset's)")
     st.add_argument("--out", required=True)

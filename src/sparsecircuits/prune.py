@@ -8,6 +8,10 @@ validate it.
               full model, circuit alone (sufficiency), full model with only the circuit
               ablated (necessity), and random circuits of the same size (the control)
 
+A task the empty circuit already does (every node mean-ablated: what is left is the token
+embedding -> unembedding path and the bigram table, which every circuit keeps) has no
+circuit to find; it is refused (TaskTrivial) rather than reported as a circuit of one node.
+
 Every method goes through the same bisection and validation, so their sizes compare.
 Calibration (a positive logit scale and a shift) is fitted on train pairs only and applied
 unchanged to test pairs, so it can sharpen or soften an answer but never invert it.
@@ -38,6 +42,10 @@ class TargetUnreachable(UserError):
     def __init__(self, message: str, full_loss: float):
         super().__init__(message)
         self.full_loss = full_loss
+
+
+class TaskTrivial(UserError):
+    """The empty circuit reaches the target: the task needs no node."""
 
 
 def _orientation(batch: TaskBatch) -> torch.Tensor:
@@ -131,6 +139,19 @@ class Evaluator:
 
     def metrics(self, masks, calibration: tuple[float, float] | None = None) -> dict:
         return diff_metrics(self.diff(masks), self.batch, calibration)
+
+
+def empty_circuit_metrics(model, train_b, test_b, means, calib_steps: int) -> dict:
+    """The empty circuit (every node mean-ablated) on a task: calibration fitted on the
+    train pairs, test metrics on the test pairs, as full_model_metrics."""
+    device = next(model.parameters()).device
+    means = {h: m.to(device) for h, m in means.items()}
+    problem = Problem(model, node_sites(model.cfg), means, train_b)
+    empty = problem.full_masks(0.0)
+    loss, scale, shift = calibrate(Evaluator(problem, train_b).diff(empty), train_b, calib_steps)
+    return Evaluator(problem, test_b).metrics(empty, (scale, shift)) | {
+        "train_loss_calibrated": loss
+    }
 
 
 def top_k_masks(
@@ -264,6 +285,18 @@ def find_circuit(
             "(train longer, or pass a higher --target-loss)",
             full_loss,
         )
+    empty = empty_circuit_metrics(model, train_b, test_b, means, cfg.calib_steps)
+    if (
+        require_full_model
+        and cfg.refuse_trivial
+        and empty["train_loss_calibrated"] <= cfg.target_loss
+    ):
+        raise TaskTrivial(
+            f"{where}: {task_name} needs no circuit: with every node mean-ablated the task loss "
+            f"is {empty['train_loss_calibrated']:.4f} (calibrated, train pairs), within the "
+            f"target {cfg.target_loss}; the embedding -> unembedding path and the bigram table "
+            "do it alone"
+        )
 
     tries = [
         _search(problem, train_eval, test_eval, dataclasses.replace(cfg, k_coef=c), progress)
@@ -302,6 +335,7 @@ def find_circuit(
         "full": test_eval.metrics(full, (full_scale, full_shift)),
         "circuit": best["test"],
         "ablated": test_eval.metrics(removed),
+        "empty": empty,
         "random": {
             "draws": len(random_runs),
             "loss_mean": float(rl.mean()) if len(rl) else None,

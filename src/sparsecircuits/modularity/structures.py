@@ -16,7 +16,7 @@ from ..checkpoint import load_config
 from ..config import model_name
 from ..fer import fer_measures
 from ..nodes import ablation_hooks, compute_node_means, node_sites, parse_node
-from ..prune import TargetUnreachable, find_circuit
+from ..prune import TargetUnreachable, TaskTrivial, find_circuit
 from ..prune_methods import PruneConfig
 from ..tasks import Task, TaskBatch, prompt_windows, task_accuracy
 from ..tasks.compound import FACTORS, CompoundTask, compound_accuracy
@@ -132,6 +132,9 @@ def node_structures(model, subs, node_means, cfg: ModularityConfig):
                 )
             except TargetUnreachable as e:
                 runs.append({"mask_seed": ms, "status": "unreachable", "full_loss": e.full_loss})
+                continue
+            except TaskTrivial:  # no node needed: as collapsed as a mask keeping none
+                runs.append({"mask_seed": ms, "status": "empty", "nodes": 0})
                 continue
             masks = _node_masks(model, circuit)
             removed = {h: 1 - m for h, m in masks.items()}

@@ -36,6 +36,10 @@ class PruneConfig:
     # found circuit after (the paper's order; never smaller, as calibration only lowers loss).
     calibrate_in_bisection: bool = True
     collapse_frac: float = 0.5  # a circuit keeping this share of all nodes is no circuit
+    # Refuse a task the empty circuit already does (its loss within the target): every
+    # circuit keeps the embedding -> unembedding path and the bigram table, so such a task
+    # measures no node. Off only where a test needs the pipeline to run on a model at chance.
+    refuse_trivial: bool = True
     # For the viewer: per-node ablation effects and example activations (bounded cost).
     effect_nodes: int = 300
     effect_pairs: int = 32

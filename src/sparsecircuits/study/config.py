@@ -29,6 +29,7 @@ class StudyConfig:
     # in `l0_widths` is trained at the density that keeps that number of nonzeros.
     fixed_l0_density: float = 0.125
     l0_widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    l0_seeds: int | None = None  # pretraining seeds of the width axis (None: all `seeds`)
     dense_widths: list[int] = field(default_factory=lambda: [32, 64])
     tasks: list[str] = field(
         default_factory=lambda: ["single_double_quote", "lambda_func", "for_while"]
@@ -69,6 +70,32 @@ STUDY_PRESETS: dict[str, dict] = {
         target_loss=0.8,
         k_coefs=[1e-3, 1e-2, 3e-2],
         prune=dict(steps=150, n_train=64, n_test=64, effect_nodes=100, random_draws=5),
+    ),
+    # Models strong enough to prune, in about 2 hours on 2 cores: 3 pretraining seeds of every
+    # model, widths 64-128 (d_model 32 stays at chance on every task at this budget), and the
+    # tasks a d_model 64 model reaches by 1200 steps (benchmarks/tasks_vs_training.py).
+    # Per-step times at these shapes (2 idle cores, n_ctx 64, batch 32): 70-170 ms.
+    "standard": dict(
+        base_preset="quick",
+        train_overrides=dict(n_ctx=64, steps=1200, lr=5e-3, eval_every=300, checkpoint_every=300),
+        base_width=64,
+        densities=[0.5, 0.25, 0.125, 0.0625],
+        fixed_l0_density=0.125,
+        l0_widths=[64, 96, 128],
+        l0_seeds=1,  # the width axis is not the dense/sparse comparison: one seed, to fit
+        dense_widths=[64, 96, 128],
+        tasks=[
+            "single_double_quote",
+            "lambda_func",
+            "if_equals",
+            "while_return_true",
+            "else_elif",
+            "with_as",
+        ],
+        seeds=3,
+        target_loss=0.5,
+        k_coefs=[1e-3, 1e-2, 3e-2],
+        prune=dict(steps=150, n_train=64, n_test=128, effect_nodes=100, random_draws=5),
     ),
     # The reference CPU run: a few hours, 2 seeds, 6 tasks.
     "small": dict(
@@ -159,6 +186,8 @@ def model_specs(cfg: StudyConfig) -> list[ModelSpec]:
             add("dense", w, 1.0, seed, "dense")
         for d in cfg.densities:
             add("sparse", cfg.base_width, d, seed, "density")
+        if cfg.l0_seeds is not None and seed >= cfg.l0_seeds:
+            continue
         # Same nonzeros per (square) matrix: density scales with 1 / width^2.
         for w in cfg.l0_widths:
             d = min(1.0, cfg.fixed_l0_density * (cfg.base_width / w) ** 2)

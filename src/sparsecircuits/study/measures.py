@@ -106,8 +106,13 @@ def reaches(full: dict, target: float, min_accuracy: float) -> bool:
 
 
 def frontier_tasks(cfg: StudyConfig, eligibility: list[dict]) -> list[str]:
-    """Tasks that every full model reaches (target and accuracy, on test pairs)."""
-    return [t for t in cfg.tasks if all(r["reaches"] for r in eligibility if r["task"] == t)]
+    """Tasks that every full model reaches (target and accuracy, on test pairs) and that no
+    model's empty circuit reaches (a task done without any node has no circuit to size)."""
+    return [
+        t
+        for t in cfg.tasks
+        if all(r["reaches"] and not r.get("trivial") for r in eligibility if r["task"] == t)
+    ]
 
 
 def frontier_rows(models: list[dict], circuits: list[dict], tasks: list[str]) -> list[dict]:

@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..io import claim_run_dir, read_json, read_jsonl, staged_dir, write_json_atomic
 from ..model import SparseGPT
 from ..nodes import cached_node_means
-from ..prune import TargetUnreachable, find_circuit, full_model_metrics
+from ..prune import TargetUnreachable, empty_circuit_metrics, find_circuit, full_model_metrics
 from ..prune_methods import PruneConfig
 from ..report import SECTION_FILE
 from ..sparsity import WeightSparsifier
@@ -37,7 +37,7 @@ from ..study_results import StudyResults
 from ..tasks import Pair, Task, get_task
 from ..train import train
 from .config import ModelSpec, StudyConfig, model_configs, model_dir, model_specs, task_label
-from .measures import analyse, reaches
+from .measures import analyse, frontier_tasks, reaches
 from .summary import plot_frontier, write_summary
 
 PRUNE_UNITS = 200  # a circuit search weighs about as much as this many training steps
@@ -103,7 +103,7 @@ def run_study(
 
     t1 = time.perf_counter()
     eligibility = [row for spec in specs for row in _full_model_rows(cfg, spec, device)]
-    eligible = {t: all(r["reaches"] for r in eligibility if r["task"] == t) for t in cfg.tasks}
+    eligible = {t: t in frontier_tasks(cfg, eligibility) for t in cfg.tasks}
     circuits = []
     for spec in specs:
         for task in cfg.tasks:
@@ -170,20 +170,29 @@ def _encode(task: Task, tok, n_ctx: int, device):
 
 def _full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
     """Per task, the full model on held-out test pairs (calibrated on train pairs) against
-    the task's target and the accuracy bar: which tasks this model lets into the frontier."""
-    model, tok = load(model_dir(cfg, spec), device=device)
+    the task's target and the accuracy bar, and the empty circuit (every node mean-ablated)
+    against the target: which tasks this model lets into the frontier. A task the empty
+    circuit does (`trivial`) has no circuit to measure."""
+    mdir = model_dir(cfg, spec)
+    model, tok = load(mdir, device=device)
+    means = cached_node_means(mdir, model, tok, progress=False)
     rows = []
     for name in cfg.tasks:
         pcfg = _prune_config(cfg, name, spec.seed)
         task = get_task(name, pcfg.n_train, pcfg.n_test, spec.seed)
-        m = full_model_metrics(
-            model, *_encode(task, tok, model.cfg.n_ctx, device), pcfg.calib_steps
-        )
+        pairs = _encode(task, tok, model.cfg.n_ctx, device)
+        m = full_model_metrics(model, *pairs, pcfg.calib_steps)
+        empty = empty_circuit_metrics(model, *pairs, means, pcfg.calib_steps)
         target = cfg.target(name)
         rows.append(
             {"model": spec.id, "task": name, "target_loss": target}
             | m
-            | {"reaches": reaches(m, target, cfg.min_accuracy)}
+            | {
+                "reaches": reaches(m, target, cfg.min_accuracy),
+                "empty_loss_calibrated": empty["loss_calibrated"],
+                "empty_train_loss_calibrated": empty["train_loss_calibrated"],
+                "trivial": pcfg.refuse_trivial and empty["train_loss_calibrated"] <= target,
+            }
         )
     return rows
 
@@ -290,15 +299,24 @@ def _circuit(
         controls=None,
     )
     if not eligible:
+        rows = [r for r in eligibility if r["task"] == task_name]
         missed = [
             f"{r['model']} (test loss {r['loss_calibrated']:.3f}, accuracy {r['accuracy_calibrated']:.2f})"
-            for r in eligibility
-            if r["task"] == task_name and not r["reaches"]
+            for r in rows
+            if not r["reaches"]
+        ]
+        trivial = [
+            f"{r['model']} (train loss {r['empty_train_loss_calibrated']:.3f})"
+            for r in rows
+            if r.get("trivial")
         ]
         row.update(
-            status="not_eligible",
+            status="not_eligible" if missed else "trivial",
             message=f"not every full model reaches target {target} with test accuracy >= "
-            f"{cfg.min_accuracy}: {', '.join(missed)}",
+            f"{cfg.min_accuracy}: {', '.join(missed)}"
+            if missed
+            else f"the empty circuit (every node mean-ablated) reaches target {target}: "
+            f"{', '.join(trivial)}; the task needs no node",
         )
         return row
     cdir = out / "circuits" / spec.id / task_label(task_name)

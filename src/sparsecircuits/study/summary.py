@@ -33,6 +33,14 @@ def _control_cell(x: dict | None) -> str:
     return f"{x['n_edges']} ({x['status']})" if x.get("n_edges") is not None else x["status"]
 
 
+def _empty(row: dict) -> str:
+    """The empty circuit's test loss; results written before the check have none."""
+    if "empty_loss_calibrated" not in row:
+        return "-"
+    loss = _num(row["empty_loss_calibrated"])
+    return f"{loss} (needs no node)" if row["trivial"] else loss
+
+
 def summary_markdown(results: StudyResults) -> str:
     a, s, ms = results.answer, results.study, results.measures
     lines = [
@@ -58,7 +66,17 @@ def summary_markdown(results: StudyResults) -> str:
         "## Full models on test pairs (calibrated on train pairs)",
         "",
         *_table(
-            ["model", "task", "target", "loss", "accuracy", "raw loss", "raw accuracy", "reaches"],
+            [
+                "model",
+                "task",
+                "target",
+                "loss",
+                "accuracy",
+                "raw loss",
+                "raw accuracy",
+                "reaches",
+                "empty circuit loss",
+            ],
             [
                 [
                     r["model"],
@@ -69,6 +87,8 @@ def summary_markdown(results: StudyResults) -> str:
                     r["loss"],
                     r["accuracy"],
                     "yes" if r["reaches"] else "no",
+                    # calibrated, test pairs; "needs no node" when it reaches the target
+                    _empty(r),
                 ]
                 for r in results.eligibility
             ],
