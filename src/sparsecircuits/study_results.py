@@ -6,8 +6,10 @@ package so that the report (`view`) reads it without importing the study's modul
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
+from .errors import UserError
 from .record import JsonRecord
 
 
@@ -25,3 +27,16 @@ class StudyResults(JsonRecord):
     measures: dict = field(default_factory=dict)  # each named measure (study/measures.py)
     timing: dict = field(default_factory=dict)  # this run's wall time (set by run_study)
     schema_version: int = field(default=SCHEMA_VERSION)
+
+    @classmethod
+    def of_study(cls, study_dir: str | Path) -> StudyResults:
+        """A study folder's results (a clear error where there are none yet)."""
+        path = Path(study_dir) / "results.json"
+        if not path.is_file():
+            raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
+        return cls.load(path)
+
+    @staticmethod
+    def model_path(study_dir: str | Path, model: dict) -> Path:
+        """A model row's folder; a relative one is relative to the study (folders move)."""
+        return Path(study_dir) / model["dir"]

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from ..checkpoint import checkpoint_corpus, load, load_config, pick_device
 from ..config import model_name, seedless_key
 from ..errors import UserError
-from ..io import claim_run_dir, read_json
+from ..io import claim_run_dir
 from ..report import build_report
+from ..study_results import StudyResults
 from ..tasks import task_logit_diff
 from . import metrics
 from .conditions import CONDITIONS, Inputs, condition_windows, difficulty_levels, fitting_batch
@@ -435,10 +436,10 @@ def run_study_activations(
     """The analysis on a study's models (every kind and seed), into DIR/activations by
     default, then the study report rebuilt with its section."""
     study_dir = Path(study_dir)
-    rows = read_json(study_dir / "results.json").get("models")
-    if not isinstance(rows, list) or not rows:
+    rows = StudyResults.of_study(study_dir).models
+    if not rows:
         raise UserError(f"{study_dir / 'results.json'}: lists no models")
-    dirs = [Path(r["dir"]) if Path(r["dir"]).is_absolute() else study_dir / r["dir"] for r in rows]
+    dirs = [StudyResults.model_path(study_dir, r) for r in rows]
     results = run_activations(dirs, Path(out) if out else study_dir / "activations", cfg, device)
     return results, build_report(study_dir)
 

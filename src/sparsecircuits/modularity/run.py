@@ -14,8 +14,9 @@ from ..checkpoint import load_config
 from ..config import seedless_key
 from ..errors import UserError
 from ..fer import validate_on_planted
-from ..io import claim_run_dir, read_json, read_jsonl, write_jsonl_atomic
+from ..io import claim_run_dir, read_jsonl, write_jsonl_atomic
 from ..report import SECTION_FILE
+from ..study_results import StudyResults
 from ..tasks.compound import get_compound_task, load_compound_task
 from .config import JOB_FIELDS, PER_CHECKPOINT, RESULTS_FILE, ModularityConfig
 from .results import ModularityResults
@@ -27,19 +28,17 @@ from .summary import consistency, findings, forced_vs_emergent, summarise
 def study_models(study_dir: str | Path) -> list[str]:
     """The study's dense and sparsest models at its smallest width, every seed of each: the
     emergent and the forced case at the same shape, with independent pretraining seeds."""
-    path = Path(study_dir) / "results.json"
-    if not path.is_file():
-        raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
-    models = read_json(path).get("models") or []
+    models = StudyResults.of_study(study_dir).models
     width = min((m["d_model"] for m in models), default=0)
     base = [m for m in models if m["d_model"] == width]
     densities = {m["density"] for m in base}
     if 1.0 not in densities or min(densities, default=1.0) >= 1.0:
-        raise UserError(f"{path}: needs a dense and a sparse model of the same width")
+        raise UserError(
+            f"{Path(study_dir) / 'results.json'}: needs a dense and a sparse model of the same width"
+        )
     chosen = [m for m in base if m["density"] in (1.0, min(densities))]
     chosen.sort(key=lambda m: (-m["density"], m["seed"]))
-    # study folders may be moved: a relative model dir is relative to the study
-    return [str(Path(study_dir) / m["dir"]) for m in chosen]
+    return [str(StudyResults.model_path(study_dir, m)) for m in chosen]
 
 
 def run_modularity(
