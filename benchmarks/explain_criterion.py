@@ -1,7 +1,10 @@
 """Is AUC alone a strict enough test of "one feature explains this node"? On the planted
 model (known features) and its rotated twins (the same outputs with mixed bases), the share
 of the seven planted nodes explained by AUC >= 0.9 alone and by the legibility criterion
-(AUC plus precision and recall at the best threshold), per rotation seed.
+(AUC plus precision and recall at the best threshold), per rotation seed; and how many keep
+their *known* feature under the criterion, apart for the nodes the rotation mixes only with
+dead channels (the planted head's q, k, v) and the nodes it mixes with live residual
+channels (the ground truth: the former keep it, the latter lose it).
 
     python benchmarks/explain_criterion.py [--seeds 5]
 
@@ -22,7 +25,7 @@ from results import save_results  # noqa: E402
 from sparsecircuits.explain import CRITERION, LEGIBLE_AUC, is_explained  # noqa: E402
 from sparsecircuits.fer import rotate_hidden  # noqa: E402
 from sparsecircuits.planted import planted_model  # noqa: E402
-from test_explain import _explain  # noqa: E402
+from test_explain import KNOWN, _explain  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +34,8 @@ def main() -> None:
     args = ap.parse_args()
     lines = [
         f"criterion: {CRITERION}",
-        f"  {'model':<16} {'AUC alone':>10} {'criterion':>10}  failing the criterion only",
+        f"  {'model':<16} {'AUC alone':>10} {'criterion':>10} {'known: q/k/v':>13} "
+        f"{'known: mixed':>13}  failing the criterion only",
     ]
     data: dict = {"criterion": CRITERION, "models": {}}
     models = [("planted", planted_model())]
@@ -46,10 +50,19 @@ def main() -> None:
             for n in by_auc
             if n not in both
         )
+        known = [n for n in both if e[n]["feature"] in KNOWN[n]]
+        single = [n for n in e if ".attn.hook_" in n]  # mixed with dead channels only
+        ks, km = sum(n in known for n in single), sum(n not in single for n in known)
         lines.append(
-            f"  {name:<16} {len(by_auc)}/{len(e):<8} {len(both)}/{len(e):<8}  {extra or '-'}"
+            f"  {name:<16} {len(by_auc)}/{len(e):<8} {len(both)}/{len(e):<8} "
+            f"{ks}/{len(single):<11} {km}/{len(e) - len(single):<11}  {extra or '-'}"
         )
-        data["models"][name] = {"nodes": len(e), "auc_alone": by_auc, "criterion": both}
+        data["models"][name] = {
+            "nodes": len(e),
+            "auc_alone": by_auc,
+            "criterion": both,
+            "known_feature": known,
+        }
     print("\n".join(lines))
     save_results("explain_criterion", lines, data)
 

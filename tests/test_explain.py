@@ -25,6 +25,7 @@ from sparsecircuits.explain import (
     is_explained,
     legibility,
     make_context,
+    node_activations,
 )
 from sparsecircuits.fer import rotate_hidden
 from sparsecircuits.nodes import node_sites
@@ -77,13 +78,31 @@ def test_planted_nodes_get_their_known_features():
         assert e["precision"] == e["recall"] == 1.0
 
 
-def test_rotated_twin_mixes_the_residual_reads():
-    # The residual reads of the key and query markers become mixtures: no longer their known
-    # feature, and the query marker's channel no longer explained by any one feature.
-    e = _explain(rotate_hidden(planted_model(), 0))
-    for node in ("blocks.0.ln1.hook_normalized[2]", "blocks.0.ln1.hook_normalized[3]"):
-        assert e[node]["feature"] not in KNOWN[node], (node, e[node])
-    assert e["blocks.0.ln1.hook_normalized[3]"]["auc"] < 0.9
+def test_rotated_twin_ground_truth_follows_what_the_rotation_mixes():
+    """The ground truth on the rotated twin is what each rotation mixes into a node. The
+    planted head's q, k and v have one live channel each (the head's second channel has
+    zero weights), so each rotated node is the planted one times a constant: it must keep
+    its known feature. The residual reads and the attention output mix all ten residual
+    channels, most of them live: they must lose it (kept in 2 of 16 over four rotations; a
+    node can still be explained by another feature, since every residual channel here is a
+    function of 12 tokens, and one token often sits alone at its extreme)."""
+    planted = planted_model()
+    acts, _ = node_activations(
+        planted,
+        [make_context(r.tolist(), NAMES, True) for r in planted_batch(32, 5).tokens],
+        ["blocks.0.attn.hook_q[1]", "blocks.0.attn.hook_k[1]", "blocks.0.attn.hook_v[1]"],
+    )
+    assert float(np.abs(acts).max()) == 0.0  # the partners q, k, v are mixed with: dead
+    single = [n for n in KNOWN if ".attn.hook_" in n]
+    mixed = [n for n in KNOWN if n not in single]
+    kept = {True: 0, False: 0}
+    for seed in range(4):
+        e = _explain(rotate_hidden(planted, seed))
+        for node in single:
+            assert e[node]["feature"] in KNOWN[node] and is_explained(e[node]), (seed, node)
+        for node in mixed:
+            kept[e[node]["feature"] in KNOWN[node] and is_explained(e[node])] += 1
+    assert kept[True] <= 4 and kept[False] >= 12, kept
 
 
 def test_precision_and_recall_make_the_criterion_stricter_on_the_rotated_twin():
