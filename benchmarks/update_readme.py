@@ -5,7 +5,8 @@
 
 --check exits 1 when README differs from what the results files say (nothing written).
 --take study_quick=runs/demo/summary.md first copies a file a command wrote (a study's
-summary.md) into results/study_quick.md, so README quotes it as it is.
+summary.md) into results/study_quick.md, so README quotes it as it is; an analysis's
+section.json (modularity, activations) is written out as markdown first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import re
 import sys
 from pathlib import Path
+
+from sparsecircuits.markdown import section_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- begin: ([\w.-]+) -->\n)(.*?)(<!-- end: \2 -->)", re.S)
@@ -37,9 +40,9 @@ def main() -> None:
     for item in args.take:
         name, _, source = item.partition("=")
         # its headings sit two levels below the README section that quotes it
+        raw = section_markdown(source) if source.endswith(".json") else Path(source).read_text()
         text = "".join(
-            "##" + line if line.startswith("#") else line
-            for line in Path(source).read_text().splitlines(keepends=True)
+            "##" + line if line.startswith("#") else line for line in raw.splitlines(keepends=True)
         )
         (ROOT / "benchmarks" / "results" / f"{name}.md").write_text(
             f"From `{source}` (copied by `python benchmarks/update_readme.py --take {item}`):\n\n"

@@ -311,3 +311,38 @@ def test_report_in_browser_from_file(browser, study):
 def test_report_in_browser_over_http(browser, study):
     with Server(study) as base:
         check_report_page(browser, base + "report.html", study)
+
+
+def test_a_section_reads_as_markdown_for_readme(tmp_path):
+    from sparsecircuits.markdown import section_markdown
+
+    path = report.write_section(
+        tmp_path,
+        "Modularity",
+        ["Effects are <b>found</b> in 3 of 4 units."],
+        [
+            {
+                "caption": "per unit",
+                "columns": ["task", "metric"],
+                "rows": [["a", 0.123456], ["b", None]],
+            }
+        ],
+        [{"file": "m.png", "caption": "matrix"}],
+    )
+    assert section_markdown(path).splitlines() == [
+        "# Modularity",
+        "",
+        "Effects are <b>found</b> in 3 of 4 units.",
+        "",
+        "**per unit**",
+        "",
+        "| task | metric |",
+        "|---|---|",
+        "| a | 0.123 |",
+        "| b | n/a |",
+        "",
+        "(image: `m.png`, matrix)",
+    ]
+    (tmp_path / "section.json").write_text('{"paragraphs": []}')
+    with pytest.raises(UserError, match="needs a 'title'"):
+        section_markdown(path)

@@ -10,21 +10,11 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend is chosen on i
 
 from ..errors import UserError
 from ..io import save_figure_atomic, write_text_atomic
+from ..markdown import num as _num
+from ..markdown import table as _table
 from ..study_results import StudyResults
 
 SUMMARY_FILE = "summary.md"
-
-
-def _num(x, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
-
-
-def _table(columns: list[str], rows: list[list]) -> list[str]:
-    return [
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-        *("| " + " | ".join(_num(v) for v in row) + " |" for row in rows),
-    ]
 
 
 def _control_cell(x: dict | None) -> str:
