@@ -1,7 +1,9 @@
-"""A real `sparsecircuits explain` example for README: a few nodes of a trained model, the
-table the command prints, and one node's quantile contexts.
+"""A real `sparsecircuits explain` example for README: a few nodes of a trained model (or
+the nodes of a study's circuit, those with the largest ablation effect first), the table
+the command prints, and one node's quantile contexts.
 
     python benchmarks/explain_example.py [--model runs/quick] [--node NAME ...]
+    python benchmarks/explain_example.py --circuit runs/standard/circuits/M/T/circuit.json [--top 10]
 
 Writes benchmarks/results/explain_example.{md,json} (README quotes the .md). Uses (and
 fills) the model's explanation cache.
@@ -17,7 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results import save_results  # noqa: E402
-from sparsecircuits.explain import explain_checkpoint, explanation_table  # noqa: E402
+from sparsecircuits.explain import (  # noqa: E402
+    CRITERION,
+    explain_checkpoint,
+    explain_circuit,
+    explanation_table,
+    legibility,
+)
 
 NODES = [
     "blocks.0.attn.hook_q[5]",
@@ -31,14 +39,33 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="runs/quick")
     ap.add_argument("--node", nargs="+", default=NODES)
+    ap.add_argument("--circuit", help="a circuit.json: explain its nodes instead")
+    ap.add_argument("--top", type=int, default=10, help="with --circuit: nodes shown")
     args = ap.parse_args()
-    expl = explain_checkpoint(args.model, args.node)
-    lines = [
-        f"as printed by: sparsecircuits explain {args.model} --node "
-        + " ".join(map(shlex.quote, args.node))
-    ]
-    lines += explanation_table(expl)
-    first = args.node[0]
+    if args.circuit:
+        circuit = explain_circuit(args.circuit)
+        effect = circuit.node_effects
+        order = sorted(circuit.explanations, key=lambda n: -effect.get(n, float("-inf")))
+        expl = {n: circuit.explanations[n] for n in order[: args.top]}
+        leg = legibility(circuit)
+        lines = [
+            f"as printed by: sparsecircuits explain {args.circuit} (the {len(expl)} of "
+            f"{len(order)} nodes with the largest ablation effect)"
+        ]
+        lines += explanation_table(expl)
+        share = leg["effect_fraction"]
+        lines.append(
+            f"explained ({CRITERION}): {leg['explained_nodes']} of {leg['nodes']} nodes"
+            + ("" if share is None else f", {share:.1%} of the ablation effect")
+        )
+    else:
+        expl = explain_checkpoint(args.model, args.node)
+        lines = [
+            f"as printed by: sparsecircuits explain {args.model} --node "
+            + " ".join(map(shlex.quote, args.node))
+        ]
+        lines += explanation_table(expl)
+    first = next(iter(expl))
     lines += ["", f"{first}: contexts at activation quantiles (the node's token in [brackets])"]
     for x in expl[first]["examples"]:
         text = "".join(f"[{t}]" if i == x["at"] else t for i, t in enumerate(x["tokens"])).replace(
