@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results import save_results  # noqa: E402
 from sparsecircuits.explain import (  # noqa: E402
-    CRITERION,
     explain_checkpoint,
     explain_circuit,
     explanation_table,
     legibility,
+    legibility_line,
 )
 
 NODES = [
@@ -47,17 +47,12 @@ def main() -> None:
         effect = circuit.node_effects
         order = sorted(circuit.explanations, key=lambda n: -effect.get(n, float("-inf")))
         expl = {n: circuit.explanations[n] for n in order[: args.top]}
-        leg = legibility(circuit)
         lines = [
             f"as printed by: sparsecircuits explain {args.circuit} (the {len(expl)} of "
             f"{len(order)} nodes with the largest ablation effect)"
         ]
         lines += explanation_table(expl)
-        share = leg["effect_fraction"]
-        lines.append(
-            f"explained ({CRITERION}): {leg['explained_nodes']} of {leg['nodes']} nodes"
-            + ("" if share is None else f", {share:.1%} of the ablation effect")
-        )
+        lines.append(legibility_line(legibility(circuit)))
     else:
         expl = explain_checkpoint(args.model, args.node)
         lines = [

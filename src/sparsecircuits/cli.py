@@ -16,7 +16,13 @@ from . import threads
 from .checkpoint import checkpoint_corpus, load, load_config
 from .config import PRESETS, resolve
 from .errors import UserError
-from .explain import CRITERION, explain_checkpoint, explain_circuit, explanation_table, legibility
+from .explain import (
+    explain_checkpoint,
+    explain_circuit,
+    explanation_table,
+    legibility,
+    legibility_line,
+)
 from .generate import generate
 from .importer import import_openai
 from .io import out_folder
@@ -316,12 +322,7 @@ def _cmd_explain(args) -> None:
     for line in explanation_table(explanations):
         print(line)
     if target.is_file():
-        leg = legibility(circuit)
-        effect = leg["effect_fraction"]
-        print(
-            f"explained ({CRITERION}): {leg['explained_nodes']} of {leg['nodes']} nodes"
-            + ("" if effect is None else f", {effect:.1%} of the ablation effect")
-        )
+        print(legibility_line(legibility(circuit)))
         print(f"written: {target} (explanations)")
 
 

@@ -752,6 +752,14 @@ def legibility(circuit) -> dict:
     }
 
 
+def legibility_line(leg: dict) -> str:
+    """One line: how many of a circuit's nodes are explained, and their share of its effect."""
+    share = leg["effect_fraction"]
+    return f"explained ({CRITERION}): {leg['explained_nodes']} of {leg['nodes']} nodes" + (
+        "" if share is None else f", {share:.1%} of the ablation effect"
+    )
+
+
 def circuit_legibility(path_or_circuit, model_dir=None) -> dict:
     """Legibility of a circuit (object or circuit.json path), explaining its nodes first if
     they are not yet (a path's circuit.json then keeps the explanations)."""
