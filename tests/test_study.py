@@ -328,6 +328,27 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     assert "the empty circuit (every node mean-ablated) reaches" in res.circuits[0]["message"]
 
 
+def test_parallel_jobs_fill_the_caches_the_serial_study_reads(tmp_path, tiny_study, monkeypatch):
+    monkeypatch.setenv("SPARSECIRCUITS_CACHE", str(tmp_path / "cache"))  # nothing trained yet
+    out = tmp_path / "study"
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        run_study(tiny_study, out, progress=False, jobs=0)
+    res = run_study(tiny_study, out, progress=False, force=True, jobs=2)
+    assert len(res.models) == 4 and all(m["heldout_loss"] is not None for m in res.models)
+    assert [(c["model"], c["task"]) for c in res.circuits] == [
+        (m["id"], t) for m in res.models for t in tiny_study.tasks
+    ]
+    assert all(c["n_edges"] is not None for c in res.circuits)
+
+    def boom(*a, **k):
+        raise AssertionError("should have been cached")
+
+    monkeypatch.setattr(study_run, "train", boom)
+    monkeypatch.setattr(study_run, "find_circuit", boom)
+    again = run_study(tiny_study, out, resume=True, progress=False)
+    assert again.circuits == res.circuits and again.models == res.models
+
+
 def test_a_killed_prune_leaves_nothing_half_reused(tmp_path, tiny_study, monkeypatch):
     tiny_study.controls = False
     out = tmp_path / "s"

@@ -222,6 +222,7 @@ def _cmd_study(args) -> None:
         force=args.force,
         progress=not args.quiet,
         device=args.device,
+        jobs=args.jobs,
     )
     out = Path(args.out)
     if not args.no_legibility:
@@ -438,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument(
         "--device", default="cpu", help="cpu | auto | cuda | cuda:N (training and pruning)"
+    )
+    st.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="models trained (then circuits searched) at a time, one thread each (default 1)",
     )
     st.add_argument("--quiet", action="store_true")
     st.set_defaults(fn=_cmd_study)
