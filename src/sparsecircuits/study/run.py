@@ -77,9 +77,9 @@ def run_study(
     `device` (cpu, cuda, auto) is where models train and circuits are searched; results do
     not depend on it beyond floating-point noise, so it is not part of any cache key.
     `jobs` > 1 trains that many models (and then searches that many circuits) at a time,
-    each in its own process on one thread: the study's models are small enough that one
-    thread does nearly what two do (README, "Speed"), so two jobs on two cores finish the
-    family in about half the time."""
+    each in its own process on one thread: the study's models are small enough that two
+    one-thread jobs get more done than one two-thread job (benchmarks/bench_train.py times
+    two training jobs together against one after the other)."""
     out = Path(out)
     device = pick_device(device)
     if jobs < 1:
