@@ -19,7 +19,7 @@ import multiprocessing
 import random
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -100,7 +100,7 @@ def run_study(
             _train_model(cfg, spec, device, lambda d, start=start: bar.update(start + d - bar.n))
             bar.update(start + steps[spec.id] - bar.n)
     else:
-        for spec in _in_processes(jobs, _train_model, [(cfg, s, device) for s in todo]):
+        for _, spec in _in_processes(jobs, _train_model, [(cfg, s, device) for s in todo]):
             bar.set_postfix_str(f"trained {spec.id}")
             bar.update(steps[spec.id])
     models = [_model_row(spec, model_dir(cfg, spec), device) for spec in specs]
@@ -120,11 +120,12 @@ def run_study(
             circuits.append(_circuit(*args))
             bar.update(PRUNE_UNITS)
     else:
-        circuits = []
-        for row in _in_processes(jobs, _circuit, work):
+        rows = {}
+        for i, row in _in_processes(jobs, _circuit, work):
             bar.set_postfix_str(f"pruned {row['model']} {row['task']}")
-            circuits.append(row)
+            rows[i] = row
             bar.update(PRUNE_UNITS)
+        circuits = [rows[i] for i in range(len(work))]
     bar.close()
     results = analyse(cfg, models, circuits, eligibility)
     # this run's wall time: cached models and circuits cost (almost) nothing
@@ -152,13 +153,15 @@ def _one_thread_worker() -> None:
 
 
 def _in_processes(jobs: int, fn, arglists: list[tuple]):
-    """Yield fn(*args) for every args, in the order given, computed `jobs` at a time in
-    fresh processes of one thread each. A worker's error (a UserError too) is raised here."""
+    """Yield (index, fn(*args)) for every args as each finishes, computed `jobs` at a time
+    in fresh processes of one thread each. A worker's error (a UserError too) is raised here."""
     if not arglists:
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_one_thread_worker) as pool:
-        yield from pool.map(fn, *zip(*arglists, strict=True))
+        futures = {pool.submit(fn, *args): i for i, args in enumerate(arglists)}
+        for done in as_completed(futures):
+            yield futures[done], done.result()
 
 
 @torch.no_grad()
