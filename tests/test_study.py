@@ -223,6 +223,12 @@ def test_target_rule_and_validation_decide_what_counts():
     assert front["s25_s0"]["geomean_edges"] == pytest.approx(100)
     assert res.study["frontier_tasks"] == ["t1"]
     assert all(x["task"] == "t1" for x in res.measures["dense_sparse"]["readings"])
+    n = len(models)
+    reach = f"full models reaching each task: t1 {n} of {n}; t2 {n - 1} of {n}"
+    assert reach in res.answer["details"]
+    # a task the empty circuit does is counted apart
+    elig[0]["trivial"] = True
+    assert measures.reach_counts(cfg, elig).startswith(f"t1 {n} of {n}, 1 of them with the empty")
 
 
 def test_controls_that_come_close_are_named_in_the_answer():

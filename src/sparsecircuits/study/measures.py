@@ -115,6 +115,17 @@ def frontier_tasks(cfg: StudyConfig, eligibility: list[dict]) -> list[str]:
     ]
 
 
+def reach_counts(cfg: StudyConfig, eligibility: list[dict]) -> str:
+    """Per task, how many full models reach it, and whether the empty circuit does too."""
+    parts = []
+    for t in cfg.tasks:
+        rows = [r for r in eligibility if r["task"] == t]
+        trivial = sum(bool(r.get("trivial")) for r in rows)
+        note = f", {trivial} of them with the empty circuit" if trivial else ""
+        parts.append(f"{task_label(t)} {sum(r['reaches'] for r in rows)} of {len(rows)}{note}")
+    return "; ".join(parts)
+
+
 def frontier_rows(models: list[dict], circuits: list[dict], tasks: list[str]) -> list[dict]:
     ok = ok_edges(circuits)
     rows = []
@@ -444,6 +455,7 @@ def analyse(
             "details": [
                 f"tasks in the frontier: {', '.join(tasks) or 'none'} (of {', '.join(cfg.tasks)})",
                 "target loss per task: " + ", ".join(f"{t}: {cfg.target(t)}" for t in cfg.tasks),
+                "full models reaching each task: " + reach_counts(cfg, eligibility),
                 "circuits by status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())),
             ],
         },
