@@ -320,6 +320,8 @@ def test_study_legibility_reaches_results_summary_and_report(tmp_path):
     assert results["answer"]["legibility"].startswith("Legibility (AUC >= 0.9")
     text = "\n".join(legibility_markdown(leg, results["circuits"]))
     assert "| nodes |" in text and "not valid JSON" in text
+    nothing = legibility_markdown(leg | {"n_circuits": 0, "criterion": None}, [])
+    assert "No validated circuit" in "\n".join(nothing) and "None" not in "\n".join(nothing)
     data = report._page_data(study)
     assert data["legibility"] == leg and data["legible"]["auc"] == LEGIBLE_AUC
     view = next(c["view"] for c in data["circuits"] if c["view"])

@@ -157,6 +157,8 @@ def _interval_cell(iv: dict | None) -> str:
 
 def legibility_markdown(leg: dict, circuits: list[dict]) -> list[str]:
     """Dense vs sparse legibility (95% intervals over tasks and seeds), then per circuit."""
+    if not leg["n_circuits"]:
+        return ["## Legibility", "", "No validated circuit, so no node was explained.", ""]
     return [
         "## Legibility",
         "",
