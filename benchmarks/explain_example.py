@@ -3,7 +3,7 @@ the nodes of a study's circuit, those with the largest ablation effect first), t
 the command prints, and one node's quantile contexts.
 
     python benchmarks/explain_example.py [--model runs/quick] [--node NAME ...]
-    python benchmarks/explain_example.py --circuit runs/standard/circuits/M/T/circuit.json [--top 10]
+    python benchmarks/explain_example.py --circuit CIRCUIT.json [MORE.json ...] [--top 10]
 
 Writes benchmarks/results/explain_example.{md,json} (README quotes the .md). Uses (and
 fills) the model's explanation cache.
@@ -39,20 +39,29 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="runs/quick")
     ap.add_argument("--node", nargs="+", default=NODES)
-    ap.add_argument("--circuit", help="a circuit.json: explain its nodes instead")
+    ap.add_argument(
+        "--circuit",
+        nargs="+",
+        help="circuit.json files: the first one's nodes instead, and every one's legibility",
+    )
     ap.add_argument("--top", type=int, default=10, help="with --circuit: nodes shown")
     args = ap.parse_args()
     if args.circuit:
-        circuit = explain_circuit(args.circuit)
+        first_path = args.circuit[0]
+        circuit = explain_circuit(first_path)
         effect = circuit.node_effects
         order = sorted(circuit.explanations, key=lambda n: -effect.get(n, float("-inf")))
         expl = {n: circuit.explanations[n] for n in order[: args.top]}
         lines = [
-            f"as printed by: sparsecircuits explain {args.circuit} (the {len(expl)} of "
+            f"as printed by: sparsecircuits explain {first_path} (the {len(expl)} of "
             f"{len(order)} nodes with the largest ablation effect)"
         ]
         lines += explanation_table(expl)
         lines.append(legibility_line(legibility(circuit)))
+        for other in args.circuit[1:]:
+            c = explain_circuit(other)
+            lines.append(f"{other} ({c.n_nodes} nodes, {c.n_edges} edges):")
+            lines.append("  " + legibility_line(legibility(c)))
     else:
         expl = explain_checkpoint(args.model, args.node)
         lines = [
