@@ -176,6 +176,22 @@ def test_density_and_width_axes():
     assert w["eval_noise"] == pytest.approx(0.002) and w["loss_verdict"] == "found"
 
 
+def test_loss_changes_get_a_t_interval_across_seeds():
+    # three seeds whose density slopes disagree in sign: the t-interval (df 2) includes 0
+    units = {("loss", 0): 0.05, ("loss", 1): -0.01, ("loss", 2): 0.03}
+    iv = measures.seed_interval(units)
+    mean = sum(units.values()) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in units.values()) / 2)
+    assert iv["value"] == pytest.approx(mean) and iv["n_seeds"] == 3
+    assert iv["high"] - iv["value"] == pytest.approx(4.303 * sd / math.sqrt(3))
+    assert measures._loss_verdict(iv, 0.001) == "not found"
+    assert measures._loss_verdict(iv, 0.5) == "within eval noise"
+    one = measures.seed_interval({("loss", 0): 0.05})
+    assert measures._loss_verdict(one, 0.001) == "above eval noise, one seed (no interval)"
+    assert "95% t-interval" in measures._fmt_interval(iv, " nats", 3)
+    assert "n=3: 3 seeds" in measures._fmt_interval(iv, " nats", 3)
+
+
 def test_a_loss_change_within_eval_noise_is_not_a_finding():
     fam = [
         ("a", ["l0"], 32, 0.5, 3.900, [10]),

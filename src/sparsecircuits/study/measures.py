@@ -10,8 +10,9 @@
                     one simple feature explains (explain.py), added by study/legibility.py
     sentence        the answer, stated from the numbers above
 
-Intervals are 95% bootstrap intervals over tasks and pretraining seeds (both resampled);
-an effect is "not found" when its interval includes no change (a ratio of 1).
+Intervals on circuit sizes are 95% bootstrap intervals over tasks and pretraining seeds
+(both resampled); held-out loss changes, one value per seed, get a 95% t-interval across
+seeds. An effect is "not found" when its interval includes no change.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import math
 import random
 import statistics
 
+from ..stats import t_interval
 from ..study_results import StudyResults
 from .config import StudyConfig, task_label
 
@@ -82,6 +84,27 @@ def bootstrap_interval(
     draws.sort()
     out["low"] = draws[int(0.025 * len(draws))]
     out["high"] = draws[min(len(draws) - 1, int(0.975 * len(draws)))]
+    return out
+
+
+def seed_interval(units: dict[tuple[str, int], float]) -> dict | None:
+    """Mean of one value per pretraining seed with a 95% t-interval across the seeds (the
+    independent units; a bootstrap over three values would claim more than it knows).
+    None without values; no interval from a single seed."""
+    if not units:
+        return None
+    xs = list(units.values())
+    out = {
+        "value": statistics.fmean(xs),
+        "low": None,
+        "high": None,
+        "n": len(xs),
+        "n_tasks": len({t for t, _ in units}),
+        "n_seeds": len({s for _, s in units}),
+        "method": "t across seeds",
+    }
+    if len(xs) >= 2:
+        _, out["low"], out["high"] = t_interval(xs)
     return out
 
 
@@ -246,7 +269,7 @@ def _axis(models, circuits, tasks, role: str, x_of, per: float) -> dict:
         for x, p in sorted(points.items())
     ]
     edges = bootstrap_interval(units)
-    loss = bootstrap_interval(loss_units, stat=statistics.fmean)
+    loss = seed_interval(loss_units)
     noise = max((r["eval_se"] for r in table), default=0.0)
     return {
         "edges_factor": edges,
@@ -254,13 +277,21 @@ def _axis(models, circuits, tasks, role: str, x_of, per: float) -> dict:
         "loss_change": loss,
         # two standard errors of a held-out loss: smaller changes are eval noise
         "eval_noise": 2 * noise,
-        "loss_verdict": "not measured"
-        if loss is None
-        else "within eval noise"
-        if abs(loss["value"]) <= 2 * noise
-        else "found",
+        "loss_verdict": _loss_verdict(loss, 2 * noise),
         "points": table,
     }
+
+
+def _loss_verdict(loss: dict | None, noise: float) -> str:
+    """A held-out loss change is found when it exceeds the eval noise and its interval
+    across seeds excludes no change; one seed gives no interval, and says so."""
+    if loss is None:
+        return "not measured"
+    if abs(loss["value"]) <= noise:
+        return "within eval noise"
+    if loss["low"] is None:
+        return "above eval noise, one seed (no interval)"
+    return verdict(loss, null=0.0)
 
 
 def density_trend(models, circuits, tasks) -> dict:
@@ -357,7 +388,13 @@ def _fmt_interval(iv: dict | None, unit: str = "x", digits: int = 2) -> str:
     core = f"{iv['value']:.{digits}f}{unit}"
     if iv["low"] is None:
         return f"{core} (n={iv['n']}, too few for an interval)"
-    return f"{core} (95% interval {iv['low']:.{digits}f}-{iv['high']:.{digits}f}{unit}, n={iv['n']}: {iv['n_tasks']} tasks x {iv['n_seeds']} seeds)"
+    units = (
+        f"{iv['n_seeds']} seeds"
+        if iv.get("method") == "t across seeds"
+        else f"{iv['n_tasks']} tasks x {iv['n_seeds']} seeds"
+    )
+    kind = "t-interval" if iv.get("method") == "t across seeds" else "interval"
+    return f"{core} (95% {kind} {iv['low']:.{digits}f}-{iv['high']:.{digits}f}{unit}, n={iv['n']}: {units})"
 
 
 def sentence(cfg: StudyConfig, tasks, ratio: dict, density: dict, width: dict, ctl: dict) -> dict:
