@@ -402,3 +402,26 @@ def test_study_option_adds_a_report_section(tmp_path, runs):
     assert (study / "activations" / "activations.json").exists()
     page = (study / "report.html").read_text()
     assert "Activation sparsity" in page and "data:image/png;base64," in page
+
+
+def test_robustness_compares_each_sparse_group_with_the_dense_group_of_its_width():
+    from sparsecircuits.activations.analysis import robustness
+
+    def group(kind, width, degradation):
+        iv = {"mean": degradation, "low": degradation - 0.1, "high": degradation + 0.1}
+        return {
+            "label": f"{kind} {width}",
+            "kind": kind,
+            "d_model": width,
+            "headline": {"hook": "h", "metric": "m"},
+            "loss": {"degradation": {"random_tokens": iv}},
+            "effects": {"random_tokens": {"h": {"m": {"last": iv}}}},
+        }
+
+    # the wider dense group comes first, as the label sort puts "d_model 128" before "64"
+    groups = [group("dense", 128, 5.0), group("dense", 64, 7.0)]
+    groups += [group("sparse", 64, 6.0), group("sparse", 96, 6.0)]
+    rows = {r["group"]: r for r in robustness(groups)}
+    assert rows["sparse 64"]["minus_dense"]["mean"] == pytest.approx(-1.0)  # vs dense 64
+    assert "minus_dense" not in rows["sparse 96"]  # no dense model of that width
+    assert "minus_dense" not in rows["dense 64"]

@@ -180,6 +180,7 @@ def analyse_checkpoint(model_dir, cfg: ActivationsConfig | None = None, device="
         "model_dir": str(model_dir),
         "kind": kind,
         "label": label,
+        "d_model": model.cfg.d_model,
         "seed": train_cfg.seed if train_cfg else None,
         "n_inputs": cfg.n,
         "hooks": hooks,
@@ -312,6 +313,7 @@ def group_results(models: list[dict], keys: list[str], cfg: ActivationsConfig) -
             {
                 "label": members[0]["label"],
                 "kind": members[0]["kind"],
+                "d_model": members[0].get("d_model"),
                 "model_dirs": [m["model_dir"] for m in members],
                 "seeds": [m["seed"] for m in members],
                 "headline": {"hook": hook, "metric": cfg.metric, "position": "last"},
@@ -374,10 +376,14 @@ def _sum_intervals(a: dict, b: dict, sign: int) -> dict:
 def robustness(groups: list[dict]) -> list[dict]:
     """Per unfamiliar condition and group: held-out loss degradation (condition - training
     code) beside the activation effect on the same inputs, and each sparse group minus the
-    first dense group: does the weight-sparse model degrade less?"""
+    dense group of its width (none at a width without one): does the weight-sparse model
+    degrade less than a dense model of the same shape?"""
     rows = []
-    dense = next((g for g in groups if g["kind"] == "dense"), None)
     for g in groups:
+        dense = next(
+            (d for d in groups if d["kind"] == "dense" and d.get("d_model") == g.get("d_model")),
+            None,
+        )
         hook, metric = g["headline"]["hook"], g["headline"]["metric"]
         for c, deg in g["loss"]["degradation"].items():
             row = {

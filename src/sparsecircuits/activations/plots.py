@@ -111,8 +111,9 @@ def write_activation_section(results: ActivationResults, out: Path, images: list
     paras.append(
         "Robustness (the claim that sparsification under unfamiliar input stabilises "
         "performance): held-out next-token loss on each condition minus on training code, per "
-        "model, beside the activation effect on the same inputs; 'sparse - dense' < 0 means the "
-        "weight-sparse model degrades less (normal-approximation interval). The JSON "
+        "model, beside the activation effect on the same inputs; 'sparse - dense' (against the "
+        "dense model of the same width, where there is one) < 0 means the weight-sparse model "
+        "degrades less (normal-approximation interval). The JSON "
         "(activations.json) holds every metric, hook and position."
     )
     tables = [
