@@ -6,13 +6,15 @@ regimes, quote_bracket. About 4 minutes on 2 cores.
     python benchmarks/mask_l1.py [--out /tmp/mask_l1]
 
 One checkpoint per config (no pretraining-seed interval): a measurement of the setting's
-effect at this scale, not a result about the models.
+effect at this scale, not a result about the models. Writes
+benchmarks/results/mask_l1.{md,json} (README quotes the .md).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 from pathlib import Path
 
 from sparsecircuits.config import resolve
@@ -20,6 +22,9 @@ from sparsecircuits.modularity import ModularityConfig, run_modularity
 from sparsecircuits.tasks.compound import COMPOUND_TASKS, get_compound_task
 from sparsecircuits.train import train
 from sparsecircuits.weightmask import MaskConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results import save_results  # noqa: E402
 
 
 def pretrained(root: Path) -> list[Path]:
@@ -48,7 +53,15 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/mask_l1")
     root = Path(ap.parse_args().out)
     dirs = pretrained(root)
-    print("l1 model regime factor: kept_frac kept subnetwork ablation_zero ablation_mean usable")
+    cols = ("kept_frac", "kept", "subnetwork", "ablation_zero", "ablation_mean")
+    lines = [
+        "weight masks, quote_bracket; means over fine-tuning orders (pretrained) or inits "
+        "(random) x mask seeds",
+        f"  {'l1':<6} {'model':<18} {'regime':<10} {'factor':<6} "
+        + " ".join(f"{c:>13}" for c in cols)
+        + "  usable",
+    ]
+    rows = []
     for l1 in (1e-4, 1e-8):
         cfg = ModularityConfig(
             tasks=["quote_bracket"],
@@ -66,11 +79,16 @@ def main() -> None:
         res = run_modularity(dirs, root / f"out_{l1}", cfg, progress=False)
         for r in res.summary:
             if r["structure"] == "weights":
-                cells = [
-                    r[k]["mean"] if r[k] else None
-                    for k in ("kept_frac", "kept", "subnetwork", "ablation_zero", "ablation_mean")
-                ]
-                print(l1, r["kind"], r["regime"], r["factor"], *cells, r["usable"])
+                cells = [r[k]["mean"] if r[k] else None for k in cols]
+                text = " ".join("n/a".rjust(13) if c is None else f"{c:>+13.3g}" for c in cells)
+                lines.append(
+                    f"  {l1:<6g} {r['kind']:<18} {r['regime']:<10} {r['factor']:<6} {text}"
+                    f"  {r['usable']}"
+                )
+                rows.append({"l1": l1, **{k: r[k] for k in ("kind", "regime", "factor")}})
+                rows[-1] |= dict(zip(cols, cells, strict=True)) | {"usable": r["usable"]}
+    print("\n".join(lines))
+    save_results("mask_l1", lines, {"rows": rows})
 
 
 if __name__ == "__main__":
