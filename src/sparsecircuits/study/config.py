@@ -73,8 +73,8 @@ STUDY_PRESETS: dict[str, dict] = {
     ),
     # Models strong enough to prune, in about 2 hours on 2 cores: 3 pretraining seeds of every
     # model, widths 64-128 (d_model 32 stays at chance on every task at this budget), and the
-    # tasks a d_model 64 model reaches by 1200 steps (benchmarks/tasks_vs_training.py).
-    # Per-step times at these shapes (2 idle cores, n_ctx 64, batch 32): 70-170 ms.
+    # tasks a d_model 64 model reaches by 1200 steps (benchmarks/tasks_vs_training.py), two
+    # of which need no node (the empty-circuit rule keeps them out of the frontier).
     "standard": dict(
         base_preset="quick",
         train_overrides=dict(n_ctx=64, steps=1200, lr=5e-3, eval_every=300, checkpoint_every=300),
