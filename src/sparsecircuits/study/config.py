@@ -71,8 +71,8 @@ STUDY_PRESETS: dict[str, dict] = {
         k_coefs=[1e-3, 1e-2, 3e-2],
         prune=dict(steps=150, n_train=64, n_test=64, effect_nodes=100, random_draws=5),
     ),
-    # Models strong enough to prune, in about 2 hours on 2 cores: 3 pretraining seeds of every
-    # model, widths 64-128 (d_model 32 stays at chance on every task at this budget), and the
+    # The 2-hour budget on 2 cores (with --jobs 2 it took well under it): 3 pretraining seeds
+    # of every model, widths 64-128 (d_model 32 stays at chance on every task at this budget), and the
     # tasks a d_model 64 model reaches by 1200 steps (benchmarks/tasks_vs_training.py), two
     # of which need no node (the empty-circuit rule keeps them out of the frontier).
     "standard": dict(
