@@ -147,11 +147,13 @@ def empty_circuit_metrics(model, train_b, test_b, means, calib_steps: int) -> di
     device = next(model.parameters()).device
     means = {h: m.to(device) for h, m in means.items()}
     problem = Problem(model, node_sites(model.cfg), means, train_b)
-    empty = problem.full_masks(0.0)
-    loss, scale, shift = calibrate(Evaluator(problem, train_b).diff(empty), train_b, calib_steps)
-    return Evaluator(problem, test_b).metrics(empty, (scale, shift)) | {
-        "train_loss_calibrated": loss
-    }
+    return _empty_metrics(Evaluator(problem, train_b), Evaluator(problem, test_b), calib_steps)
+
+
+def _empty_metrics(train_eval: Evaluator, test_eval: Evaluator, calib_steps: int) -> dict:
+    empty = train_eval.problem.full_masks(0.0)
+    loss, scale, shift = calibrate(train_eval.diff(empty), train_eval.batch, calib_steps)
+    return test_eval.metrics(empty, (scale, shift)) | {"train_loss_calibrated": loss}
 
 
 def top_k_masks(
@@ -285,7 +287,7 @@ def find_circuit(
             "(train longer, or pass a higher --target-loss)",
             full_loss,
         )
-    empty = empty_circuit_metrics(model, train_b, test_b, means, cfg.calib_steps)
+    empty = _empty_metrics(train_eval, test_eval, cfg.calib_steps)
     if (
         require_full_model
         and cfg.refuse_trivial

@@ -107,9 +107,9 @@ def run_study(
 
     t1 = time.perf_counter()
     eligibility = [row for spec in specs for row in _full_model_rows(cfg, spec, device)]
-    eligible = {t: t in frontier_tasks(cfg, eligibility) for t in cfg.tasks}
+    frontier = set(frontier_tasks(cfg, eligibility))
     work = [
-        (cfg, spec, task, eligible[task], eligibility, out, device)
+        (cfg, spec, task, task in frontier, eligibility, out, device)
         for spec in specs
         for task in cfg.tasks
     ]
