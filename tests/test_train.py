@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import pytest
@@ -10,6 +11,8 @@ from sparsecircuits.cli import main
 from sparsecircuits.errors import UserError
 from sparsecircuits.sparsity import density_report
 from sparsecircuits.train import lr_at, train
+
+train_module = importlib.import_module("sparsecircuits.train")  # the package exports a train()
 
 
 def metrics(run):
@@ -46,7 +49,8 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path, corpus_dir):
     assert not torch.equal(a["blocks.0.attn.q_proj.weight"], c["blocks.0.attn.q_proj.weight"])
 
 
-def test_bf16_precision_is_deterministic_and_close_to_fp32(tmp_path, corpus_dir):
+def test_bf16_precision_is_deterministic_and_close_to_fp32(tmp_path, corpus_dir, monkeypatch):
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)  # any CPU runs it
     m, t = tiny_configs(corpus_dir, precision="bf16")
     a = load_tensors(train(m, t, tmp_path / "a", progress=False) / "model.safetensors")
     b = load_tensors(train(m, t, tmp_path / "b", progress=False) / "model.safetensors")
@@ -62,6 +66,19 @@ def test_bf16_precision_is_deterministic_and_close_to_fp32(tmp_path, corpus_dir)
         for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()[-1:]
     ]
     assert abs(losses[0] - losses[1]) < 0.05 * losses[1]
+
+
+def test_bf16_without_native_support_trains_in_fp32_and_records_it(
+    tmp_path, corpus_dir, monkeypatch, capsys
+):
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
+    m, t = tiny_configs(corpus_dir, precision="bf16")
+    a = load_tensors(train(m, t, tmp_path / "a", progress=False) / "model.safetensors")
+    assert "training in fp32" in capsys.readouterr().err
+    m32, t32 = tiny_configs(corpus_dir)
+    c = load_tensors(train(m32, t32, tmp_path / "c", progress=False) / "model.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["precision"] == "fp32"
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):

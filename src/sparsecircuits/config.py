@@ -103,7 +103,8 @@ class TrainConfig:
     grad_clip_rms: float = 1.0
     # "bf16": the forward pass under bfloat16 autocast (weights, gradients and Adam stay
     # fp32). Pays where matmuls dominate: a GPU, or a CPU with native bf16 at d_model >= 256
-    # (benchmarks/bench_train.py); on the quick shape it gains nothing.
+    # (benchmarks/bench_train.py); on the quick shape it gains nothing. Where bf16 is only
+    # emulated (an AVX2 CPU) training falls back to fp32 and says so.
     precision: str = "fp32"
     eval_every: int = 100
     eval_batches: int = 8

@@ -13,9 +13,11 @@ Layout of a run folder:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -56,6 +58,18 @@ def lr_at(step: int, cfg: TrainConfig, density: float) -> float:
         t = (step - warmup) / max(1, cfg.steps - 1 - warmup)
         frac = 1.0 - (1.0 - cfg.lr_final_frac) * t
     return cfg.lr * frac / math.sqrt(density)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls are fast here: on CUDA where the GPU supports them, on a CPU
+    where oneDNN has a bf16 kernel (AVX-512 or AMX). On an AVX2-only CPU they are emulated
+    and ran ~25x slower than fp32 (small preset, measured by benchmarks/bench_train.py)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 def make_optimizer(model: SparseGPT, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -212,6 +226,14 @@ def train(
     if world > 1 and torch.cuda.is_available() and device in (None, "auto"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = pick_device(device)
+    if train_cfg.precision == "bf16" and not native_bf16(device):
+        # Recorded in config.json as fp32: the checkpoint says what actually ran.
+        print(
+            f"precision=bf16: no native bfloat16 matmul on this {device.type} "
+            "(emulated, it is many times slower than fp32); training in fp32",
+            file=sys.stderr,
+        )
+        train_cfg = dataclasses.replace(train_cfg, precision="fp32")
     cfg_dict = config_to_dict(model_cfg, train_cfg)
     if train_cfg.batch_size % world:
         raise UserError(f"batch_size={train_cfg.batch_size} is not divisible by {world} processes")
