@@ -328,6 +328,30 @@ def test_study_legibility_reaches_results_summary_and_report(tmp_path):
     assert len(view["explanations"]) == len(view["nodes"]["name"])
 
 
+def test_study_legibility_keeps_circuits_outside_the_frontier_apart(tmp_path):
+    from sparsecircuits.study import add_legibility
+    from sparsecircuits.study.summary import legibility_markdown
+    from study_fixture import TASKS, write_fake_study
+
+    study = write_fake_study(tmp_path / "study")
+    path = study / "results.json"
+    results = json.loads(path.read_text())
+    outside_task = TASKS[-1]
+    for row in results["circuits"]:
+        row["in_frontier"] = row["task"] != outside_task
+    path.write_text(json.dumps(results))
+    add_legibility(study, progress=False)
+    results = json.loads(path.read_text())
+    explained = [c for c in results["circuits"] if "nodes" in c.get("legibility", {})]
+    outside = [c for c in explained if c["task"] == outside_task]
+    assert 0 < len(outside) < len(explained)
+    assert results["measures"]["legibility"]["n_circuits"] == len(explained) - len(outside)
+    assert results["measures"]["legibility_outside"]["n_circuits"] == len(outside)
+    assert results["answer"]["legibility_outside"].startswith("Outside the frontier")
+    text = legibility_markdown(results["measures"]["legibility_outside"], outside, "Outside")
+    assert text[0] == "## Outside" and sum(c["task"] in row for row in text for c in outside)
+
+
 def test_report_and_explain_use_one_criterion():
     from sparsecircuits import report
 

@@ -270,6 +270,28 @@ def test_controls_that_come_close_are_named_in_the_answer():
     assert "interval" in res.answer["sentence"]
 
 
+def test_circuits_outside_the_frontier_enter_no_comparison():
+    cfg = StudyConfig(tasks=["t1", "t2"], seeds=1)
+    models, circuits = _rows(FAMILY, ["t1", "t2"])
+    elig = _eligibility(models, ["t1", "t2"], miss={("s25_s0", "t2")})
+    for c in circuits:
+        c["in_frontier"] = c["task"] == "t1"
+        close = {"status": "ok", "n_edges": 1}  # a control that would be named if counted
+        c["controls"] = {"nonsense": close if c["task"] == "t2" else {"status": "unreachable"}}
+        if (c["model"], c["task"]) == ("s25_s0", "t2"):
+            c.update(status="not_eligible", n_edges=None)
+    res = analyse(cfg, models, circuits, elig)
+    assert res.study["frontier_tasks"] == ["t1"]
+    assert {r["task"] for r in res.measures["dense_sparse"]["readings"]} == {"t1"}
+    assert res.measures["controls"]["n_checked"] == len(models)  # t1's circuits only
+    assert "nonsense" not in res.answer["sentence"]
+    n = len(models)
+    assert (
+        f"circuits outside the frontier (a model that reaches a task not every model reaches; "
+        f"in no comparison): {n - 1} validated of {n - 1} searched"
+    ) in res.answer["details"]
+
+
 def test_no_frontier_says_why():
     cfg = StudyConfig(tasks=["t1"], seeds=1)
     models, circuits = _rows(FAMILY, ["t1", "t2"])
@@ -348,6 +370,37 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     assert all(r["trivial"] for r in res.eligibility) and not res.study["frontier_tasks"]
     assert {c["status"] for c in res.circuits} == {"trivial"}
     assert "the empty circuit (every node mean-ablated) reaches" in res.circuits[0]["message"]
+
+
+def test_models_that_reach_a_task_outside_the_frontier_get_their_circuits(
+    tmp_path, tiny_study, monkeypatch
+):
+    """One model misses the task: it leaves the frontier, yet the models that reach it
+    still get a circuit (with controls), flagged outside the frontier; the one that misses
+    gets none. Off (`outside_frontier=False`), none is searched."""
+    real_rows = study_run._full_model_rows
+    miss = "w32_d0.25_s0"
+
+    def one_misses(cfg, spec, device):
+        rows = real_rows(cfg, spec, device)
+        return [r | {"reaches": False} if spec.id == miss else r for r in rows]
+
+    monkeypatch.setattr(study_run, "_full_model_rows", one_misses)
+    res = run_study(tiny_study, tmp_path / "on", progress=False)
+    assert not res.study["frontier_tasks"]
+    by_model = {c["model"]: c for c in res.circuits}
+    assert by_model[miss]["status"] == "not_eligible" and by_model[miss]["in_frontier"] is False
+    searched = [c for m, c in by_model.items() if m != miss]
+    assert searched and all(c["in_frontier"] is False for c in searched)
+    assert all(c["status"] != "not_eligible" and c["metrics"] for c in searched)
+    assert all(set(c["controls"]) >= {"nonsense", "random_circuits"} for c in searched)
+    assert res.measures["controls"]["n_checked"] == 0  # controls of the frontier only
+    assert not res.measures["dense_sparse"]["readings"]
+    assert "| no |" in (tmp_path / "on" / "summary.md").read_text()
+
+    off = dataclasses.replace(tiny_study, outside_frontier=False)
+    res = run_study(off, tmp_path / "off", progress=False)
+    assert {c["status"] for c in res.circuits} == {"not_eligible"}
 
 
 def test_parallel_jobs_fill_the_caches_the_serial_study_reads(tmp_path, tiny_study, monkeypatch):

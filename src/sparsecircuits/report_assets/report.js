@@ -86,6 +86,7 @@
     if (a.controls) lines.push(`Controls: ${a.controls}`);
     if (a.seeds) lines.push(a.seeds);
     if (a.legibility) lines.push(a.legibility);
+    if (a.legibility_outside) lines.push(a.legibility_outside);
     for (const d of a.details || []) lines.push(d);
     const ul = document.getElementById("answer-details");
     for (const line of lines) ul.appendChild(el("li", {}, line));
@@ -254,7 +255,10 @@
   function renderCircuitsTable() {
     const rows = DATA.circuits.map((c, i) => {
       const tr = el("tr");
-      tr.append(cell(modelLabel(c.model)), cell(c.task), cell(c.status, `status-${c.status}`));
+      // A circuit outside the frontier (a task not every model reaches) is in no comparison.
+      const status = c.in_frontier === false && c.status !== "not_eligible" && c.status !== "trivial"
+        ? `${c.status}, outside the frontier` : c.status;
+      tr.append(cell(modelLabel(c.model)), cell(c.task), cell(status, `status-${c.status}`));
       if (c.status !== "ok" || c.view_error) {
         // Message instead of numbers: why there is no circuit, or why it cannot be shown.
         const msg = c.status === "ok" ? `circuit file: ${c.view_error}` : c.message || "";
@@ -391,7 +395,8 @@
     let any = false;
     DATA.circuits.forEach((c, i) => {
       if (c.status !== "ok") return;
-      const suffix = c.view_error ? " (file error)" : "";
+      const suffix = (c.in_frontier === false ? " (outside the frontier)" : "") +
+        (c.view_error ? " (file error)" : "");
       select.appendChild(el("option", { value: String(i) }, `${modelLabel(c.model)} — ${c.task}${suffix}`));
       any = true;
     });

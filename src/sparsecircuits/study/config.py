@@ -44,6 +44,10 @@ class StudyConfig:
     # Pruning settings searched per (model, task); the smallest circuit that validates wins.
     k_coefs: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 3e-2])
     controls: bool = True  # nonsense task, random-init model (seed 0), random circuits
+    # Also search a circuit for each model that reaches a task outside the frontier (one not
+    # every model reaches): shown apart, in no comparison, so a family with no frontier task
+    # still shows what its capable models' circuits look like.
+    outside_frontier: bool = True
     prune: dict = field(default_factory=dict)  # PruneConfig overrides
 
     def target(self, task: str) -> float:

@@ -1,7 +1,8 @@
 """Legibility of a finished study's circuits: every validated circuit's nodes explained
 (explain.py; the explanations are stored in its circuit.json, and cached per model), its
 legibility added to its row of results.json, and the dense vs sparse comparison added to
-results.json's measures and answer (`measures.legibility`).
+results.json's measures and answer (`measures.legibility`), for frontier tasks and,
+apart, for circuits outside the frontier.
 
 A step after `run_study` rather than inside it, so a study's circuits can be explained
 again (a new criterion, a moved model folder) without pruning anything.
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..explain import circuit_legibility
 from ..study_results import StudyResults
-from .measures import legibility, legibility_sentence
+from .measures import in_frontier, legibility, legibility_sentence
 
 
 def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults:
@@ -34,8 +35,16 @@ def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults
             row["legibility"] = circuit_legibility(study_dir / row["path"])
         except UserError as e:
             row["legibility"] = {"error": str(e)}
-    leg = legibility(results.models, results.circuits)
+    # The comparison is over frontier tasks; circuits outside the frontier are summed up apart.
+    leg = legibility(results.models, [c for c in results.circuits if in_frontier(c)])
     results.measures["legibility"] = leg
     results.answer["legibility"] = legibility_sentence(leg)
+    outside = [c for c in results.circuits if not in_frontier(c)]
+    if any(c["status"] == "ok" for c in outside):
+        leg = legibility(results.models, outside)
+        results.measures["legibility_outside"] = leg
+        results.answer["legibility_outside"] = legibility_sentence(
+            leg, "Outside the frontier (in no comparison), legibility"
+        )
     results.save(path)
     return results

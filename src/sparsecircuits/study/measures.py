@@ -117,6 +117,25 @@ def verdict(interval: dict | None, null: float = 1.0) -> str:
     return "not found" if interval["low"] <= null <= interval["high"] else "found"
 
 
+def in_frontier(c: dict) -> bool:
+    """A circuit row of a frontier task (rows written before circuits outside the frontier
+    were searched have no flag: they were all frontier rows)."""
+    return c.get("in_frontier", True)
+
+
+def outside_line(circuits: list[dict]) -> str | None:
+    """How many circuits were searched outside the frontier and how many validated."""
+    skipped = ("not_eligible", "trivial")
+    rows = [c for c in circuits if not in_frontier(c) and c["status"] not in skipped]
+    if not rows:
+        return None
+    ok = sum(c["status"] == "ok" for c in rows)
+    return (
+        f"circuits outside the frontier (a model that reaches a task not every model reaches; "
+        f"in no comparison): {ok} validated of {len(rows)} searched"
+    )
+
+
 def ok_edges(circuits: list[dict]) -> dict[tuple[str, str], int]:
     """(model, task) -> edges of every circuit that validated."""
     return {(c["model"], c["task"]): max(c["n_edges"], 1) for c in circuits if c["status"] == "ok"}
@@ -367,10 +386,10 @@ def legibility(models: list[dict], circuits: list[dict]) -> dict:
     return out
 
 
-def legibility_sentence(leg: dict) -> str:
+def legibility_sentence(leg: dict, prefix: str = "Legibility") -> str:
     """The legibility comparison in words, every number from `legibility`."""
     if not leg["n_circuits"]:
-        return "Legibility: no validated circuit was explained"
+        return f"{prefix}: no validated circuit was explained"
     parts = []
     for field, what in (("node_fraction", "nodes"), ("effect_fraction", "ablation effect")):
         x = leg[field]
@@ -379,7 +398,7 @@ def legibility_sentence(leg: dict) -> str:
             f"{_fmt_interval(x['sparse'], '', 2)}, sparse - dense "
             f"{_fmt_interval(x['sparse_minus_dense'], '', 2)} ({x['verdict']})"
         )
-    return f"Legibility ({leg['criterion']}; {leg['n_circuits']} circuits): " + "; ".join(parts)
+    return f"{prefix} ({leg['criterion']}; {leg['n_circuits']} circuits): " + "; ".join(parts)
 
 
 def _fmt_interval(iv: dict | None, unit: str = "x", digits: int = 2) -> str:
@@ -466,7 +485,7 @@ def analyse(
     ratio = dense_sparse(models, circuits, tasks)
     density = density_trend(models, circuits, tasks)
     width = width_effect(models, circuits, tasks)
-    ctl = controls(circuits)
+    ctl = controls([c for c in circuits if in_frontier(c)])
     words = sentence(cfg, tasks, ratio, density, width, ctl)
     statuses = {}
     for c in circuits:
@@ -494,6 +513,7 @@ def analyse(
                 "target loss per task: " + ", ".join(f"{t}: {cfg.target(t)}" for t in cfg.tasks),
                 "full models reaching each task: " + reach_counts(cfg, eligibility),
                 "circuits by status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())),
+                *filter(None, [outside_line(circuits)]),
             ],
         },
     )

@@ -326,9 +326,11 @@ def _circuit(
     device,
 ) -> dict:
     target = cfg.target(task_name)
+    own = next(r for r in eligibility if r["model"] == spec.id and r["task"] == task_name)
     row = dict(
         model=spec.id,
         task=task_name,
+        in_frontier=eligible,
         status="ok",
         message=None,
         n_nodes=None,
@@ -339,7 +341,8 @@ def _circuit(
         k_coef=None,
         controls=None,
     )
-    if not eligible:
+    outside = cfg.outside_frontier and own["reaches"] and not own.get("trivial")
+    if not eligible and not outside:
         rows = [r for r in eligibility if r["task"] == task_name]
         missed = [
             f"{r['model']} (test loss {r['loss_calibrated']:.3f}, accuracy {r['accuracy_calibrated']:.2f})"
@@ -374,7 +377,7 @@ def _circuit(
         "controls": cfg.controls,
     }
     if (cdir / "key.json").exists() and read_json(cdir / "key.json") == key:
-        return read_json(cdir / "row.json")
+        return read_json(cdir / "row.json") | {"in_frontier": eligible}  # the family decides
     task = get_task(task_name, pcfg.n_train, pcfg.n_test, spec.seed)
     try:
         c = _search(mdir, task, pcfg, device, examples=True, k_coefs=cfg.k_coefs)

@@ -13,6 +13,7 @@ from ..io import save_figure_atomic, write_text_atomic
 from ..markdown import num as _num
 from ..markdown import table as _table
 from ..study_results import StudyResults
+from .measures import in_frontier
 
 SUMMARY_FILE = "summary.md"
 
@@ -41,7 +42,7 @@ def summary_markdown(results: StudyResults) -> str:
         f"- {a['density_trend']}",
         f"- {a['width_effect']}",
         *(f"- {d}" for d in a["details"]),
-        *([f"- {a['legibility']}"] if a.get("legibility") else []),
+        *(f"- {a[k]}" for k in ("legibility", "legibility_outside") if a.get(k)),
         "",
         "## Models",
         "",
@@ -90,6 +91,7 @@ def summary_markdown(results: StudyResults) -> str:
             [
                 "model",
                 "task",
+                "frontier",
                 "status",
                 "edges",
                 "k_coef",
@@ -103,6 +105,7 @@ def summary_markdown(results: StudyResults) -> str:
                 [
                     c["model"],
                     c["task"],
+                    "yes" if in_frontier(c) else "no",
                     c["status"],
                     c["n_edges"],
                     c.get("k_coef"),
@@ -133,7 +136,13 @@ def summary_markdown(results: StudyResults) -> str:
             "",
         ]
     if "legibility" in ms:
-        lines += legibility_markdown(ms["legibility"], results.circuits)
+        front = [c for c in results.circuits if in_frontier(c)]
+        lines += legibility_markdown(ms["legibility"], front)
+    if "legibility_outside" in ms:
+        outside = [c for c in results.circuits if not in_frontier(c)]
+        lines += legibility_markdown(
+            ms["legibility_outside"], outside, "Legibility outside the frontier (in no comparison)"
+        )
     ds = ms["dense_sparse"]
     lines += [
         f"Dense/sparse readings: {ds['n_interpolated']} interpolated, {ds['n_extrapolated']} extrapolated.",
@@ -155,12 +164,12 @@ def _interval_cell(iv: dict | None) -> str:
     return f"{iv['value']:.2f} [{iv['low']:.2f}, {iv['high']:.2f}] (n={iv['n']})"
 
 
-def legibility_markdown(leg: dict, circuits: list[dict]) -> list[str]:
+def legibility_markdown(leg: dict, circuits: list[dict], title: str = "Legibility") -> list[str]:
     """Dense vs sparse legibility (95% intervals over tasks and seeds), then per circuit."""
     if not leg["n_circuits"]:
-        return ["## Legibility", "", "No validated circuit, so no node was explained.", ""]
+        return [f"## {title}", "", "No validated circuit, so no node was explained.", ""]
     return [
-        "## Legibility",
+        f"## {title}",
         "",
         f"A node is explained when one feature does it: {leg['criterion']}. "
         "Intervals: 95% bootstrap over tasks and seeds.",
