@@ -12,8 +12,6 @@ against the plain path.
 from __future__ import annotations
 
 import contextlib
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -116,26 +114,5 @@ def kth_largest(a: torch.Tensor, k: int) -> torch.Tensor:
         return a.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     flat = a.reshape(-1, a.shape[-1]).float().numpy()
     n = a.shape[-1] - k
-    thr = np.empty(flat.shape[0], dtype=flat.dtype)
-    parts = min(torch.get_num_threads(), max(1, flat.size // PARALLEL_MIN))
-    if parts == 1:
-        thr[:] = np.partition(flat, n, axis=-1)[:, n]
-    else:  # numpy releases the GIL while it partitions: the rows split over torch's threads
-        bounds = np.linspace(0, flat.shape[0], parts + 1).astype(int)
-
-        def part(i: int) -> None:
-            rows = slice(bounds[i], bounds[i + 1])
-            thr[rows] = np.partition(flat[rows], n, axis=-1)[:, n]
-
-        list(_pool().map(part, range(parts)))
+    thr = np.partition(flat, n, axis=-1)[:, n]
     return torch.from_numpy(thr).to(a.dtype).view(*a.shape[:-1], 1)
-
-
-PARALLEL_MIN = 1 << 15  # entries per thread below which a second thread costs more than it saves
-_POOL: list[ThreadPoolExecutor] = []
-
-
-def _pool() -> ThreadPoolExecutor:
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="kth"))
-    return _POOL[0]
