@@ -24,6 +24,9 @@ from sparsecircuits.explain import CACHE_FILE, CRITERION, explain_circuit, legib
 from sparsecircuits.prune import prune
 from sparsecircuits.prune_methods import PruneConfig
 
+sys.path.insert(0, str(Path(__file__).parent))
+from results import save_results  # noqa: E402
+
 TARGET_SECONDS = 30.0
 
 
@@ -47,12 +50,15 @@ def main() -> None:
     explain_circuit(circuit, model, save=False)
     sec = time.perf_counter() - t
     leg = legibility(circuit)
-    print(f"model {model}, task {circuit.task}: {circuit.n_nodes} nodes")
-    print(
+    lines = [
+        f"model {model}, task {circuit.task}: {circuit.n_nodes} nodes",
         f"  explained all nodes in {sec:.1f} s (torch threads {torch.get_num_threads()}, "
-        f"OMP_NUM_THREADS {threads}; target <= {TARGET_SECONDS:.0f} s on 2 cores)"
-    )
-    print(f"  {leg['explained_nodes']} of {leg['nodes']} nodes explained ({CRITERION})")
+        f"OMP_NUM_THREADS {threads}; target <= {TARGET_SECONDS:.0f} s on 2 cores)",
+        f"  {leg['explained_nodes']} of {leg['nodes']} nodes explained ({CRITERION})",
+    ]
+    print("\n".join(lines))
+    data = {"args": vars(args), "seconds": sec, "n_nodes": circuit.n_nodes, "legibility": leg}
+    save_results("bench_explain", lines, data)
 
 
 if __name__ == "__main__":

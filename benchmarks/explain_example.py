@@ -4,8 +4,9 @@ the command prints, and one node's quantile contexts.
 
     python benchmarks/explain_example.py [--model runs/quick] [--node NAME ...]
     python benchmarks/explain_example.py --circuit CIRCUIT.json [MORE.json ...] [--top 10]
+        [--name explain_example]
 
-Writes benchmarks/results/explain_example.{md,json} (README quotes the .md). Uses (and
+Writes benchmarks/results/NAME.{md,json} (README quotes the .md). Uses (and
 fills) the model's explanation cache.
 """
 
@@ -45,6 +46,7 @@ def main() -> None:
         help="circuit.json files: the first one's nodes instead, and every one's legibility",
     )
     ap.add_argument("--top", type=int, default=10, help="with --circuit: nodes shown")
+    ap.add_argument("--name", default="explain_example", help="results file (README block)")
     args = ap.parse_args()
     if args.circuit:
         first_path = args.circuit[0]
@@ -77,7 +79,7 @@ def main() -> None:
         )
         lines.append(f"  {x['label']:<9} {x['value'] + 0.0:>9.4g}  {text}")  # no -0
     print("\n".join(lines))
-    save_results("explain_example", lines, expl)
+    save_results(args.name, lines, expl)
 
 
 if __name__ == "__main__":
