@@ -10,12 +10,14 @@ from sparsecircuits.errors import UserError
 from sparsecircuits.study import (
     STUDY_PRESETS,
     StudyConfig,
+    add_legibility,
     analyse,
     measures,
     model_specs,
     nonsense_task,
     run_study,
     study_config,
+    write_summary,
 )
 from sparsecircuits.study import run as study_run
 from sparsecircuits.study_results import StudyResults
@@ -397,6 +399,11 @@ def test_models_that_reach_a_task_outside_the_frontier_get_their_circuits(
     assert res.measures["controls"]["n_checked"] == 0  # controls of the frontier only
     assert not res.measures["dense_sparse"]["readings"]
     assert "| no |" in (tmp_path / "on" / "summary.md").read_text()
+    add_legibility(tmp_path / "on", progress=False)
+    write_summary(tmp_path / "on")
+    text = (tmp_path / "on" / "summary.md").read_text()
+    assert "## Legibility outside the frontier (in no comparison)" in text
+    assert "Outside the frontier (in no comparison), legibility" in text
 
     off = dataclasses.replace(tiny_study, outside_frontier=False)
     res = run_study(off, tmp_path / "off", progress=False)
