@@ -17,9 +17,11 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def cpu_name() -> str:
-    """The CPU's name and the vector units torch uses on it: machines sold under one name
-    (e.g. "AMD EPYC") differ by 2-3x in matmul rate between AVX2 and AVX-512 with bf16."""
+    """The CPU's name and the vector units torch uses on it: two machines of this project
+    both named "AMD EPYC" (one AVX2, one AVX-512 with native bf16) gave different speed-ups."""
     import torch
+
+    from sparsecircuits.train import native_bf16
 
     name = platform.processor() or platform.machine()
     try:
@@ -29,7 +31,7 @@ def cpu_name() -> str:
                 break
     except OSError:
         pass
-    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16 = native_bf16(torch.device("cpu"))
     return f"{name}, {torch.backends.cpu.get_cpu_capability()}{', bf16' if bf16 else ''}"
 
 

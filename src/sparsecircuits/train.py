@@ -62,8 +62,9 @@ def lr_at(step: int, cfg: TrainConfig, density: float) -> float:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bfloat16 matmuls are fast here: on CUDA where the GPU supports them, on a CPU
-    where oneDNN has a bf16 kernel (AVX-512 or AMX). On an AVX2-only CPU they are emulated
-    and ran ~25x slower than fp32 (small preset, measured by benchmarks/bench_train.py)."""
+    where oneDNN has a bf16 kernel (AVX-512 or AMX). On an AVX2-only CPU they are emulated:
+    a small-preset step under bf16 autocast ran 27x slower than in fp32 there (bench_train's
+    Runner, once, quiet machine; bench_train now skips bf16 where this is False)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     try:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..explain import circuit_legibility
 from ..study_results import StudyResults
-from .measures import in_frontier, legibility, legibility_sentence
+from .measures import legibility, legibility_sentence, split_frontier
 
 
 def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults:
@@ -36,10 +36,10 @@ def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults
         except UserError as e:
             row["legibility"] = {"error": str(e)}
     # The comparison is over frontier tasks; circuits outside the frontier are summed up apart.
-    leg = legibility(results.models, [c for c in results.circuits if in_frontier(c)])
+    frontier, outside = split_frontier(results.circuits)
+    leg = legibility(results.models, frontier)
     results.measures["legibility"] = leg
     results.answer["legibility"] = legibility_sentence(leg)
-    outside = [c for c in results.circuits if not in_frontier(c)]
     if any(c["status"] == "ok" for c in outside):
         leg = legibility(results.models, outside)
         results.measures["legibility_outside"] = leg

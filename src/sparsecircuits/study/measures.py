@@ -123,6 +123,11 @@ def in_frontier(c: dict) -> bool:
     return c.get("in_frontier", True)
 
 
+def split_frontier(circuits: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(circuit rows of frontier tasks, rows outside the frontier)."""
+    return [c for c in circuits if in_frontier(c)], [c for c in circuits if not in_frontier(c)]
+
+
 def outside_line(circuits: list[dict]) -> str | None:
     """How many circuits were searched outside the frontier and how many validated."""
     skipped = ("not_eligible", "trivial")
@@ -485,7 +490,7 @@ def analyse(
     ratio = dense_sparse(models, circuits, tasks)
     density = density_trend(models, circuits, tasks)
     width = width_effect(models, circuits, tasks)
-    ctl = controls([c for c in circuits if in_frontier(c)])
+    ctl = controls(split_frontier(circuits)[0])
     words = sentence(cfg, tasks, ratio, density, width, ctl)
     statuses = {}
     for c in circuits:

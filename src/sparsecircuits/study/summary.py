@@ -13,7 +13,7 @@ from ..io import save_figure_atomic, write_text_atomic
 from ..markdown import num as _num
 from ..markdown import table as _table
 from ..study_results import StudyResults
-from .measures import in_frontier
+from .measures import in_frontier, split_frontier
 
 SUMMARY_FILE = "summary.md"
 
@@ -135,11 +135,10 @@ def summary_markdown(results: StudyResults) -> str:
             ),
             "",
         ]
+    frontier, outside = split_frontier(results.circuits)
     if "legibility" in ms:
-        front = [c for c in results.circuits if in_frontier(c)]
-        lines += legibility_markdown(ms["legibility"], front)
+        lines += legibility_markdown(ms["legibility"], frontier)
     if "legibility_outside" in ms:
-        outside = [c for c in results.circuits if not in_frontier(c)]
         lines += legibility_markdown(
             ms["legibility_outside"], outside, "Legibility outside the frontier (in no comparison)"
         )
