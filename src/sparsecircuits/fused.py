@@ -32,20 +32,25 @@ def _loss_and_grads(x, W, bias, bigram, inp, tgt, need):
     dbigram = torch.zeros_like(bigram) if need[3] else None
     for s in range(0, n, CHUNK):
         xs, ins, ts = x[s : s + CHUNK], inp[s : s + CHUNK], tgt[s : s + CHUNK]
-        logits = xs @ W.t()
+        if bigram is not None:  # the matmul accumulates onto the bigram rows: no extra pass
+            logits = torch.addmm(bigram.index_select(0, ins), xs, W.t())
+        else:
+            logits = xs @ W.t()
         if bias is not None:
             logits += bias
-        if bigram is not None:
-            logits += bigram.index_select(0, ins)
         logits = logits.float()
-        lse = torch.logsumexp(logits, dim=-1)
-        total += (lse - logits.gather(1, ts[:, None]).squeeze(1)).sum()
+        picked = logits.gather(1, ts[:, None]).squeeze(1)
+        # one exp serves the log-sum-exp and the softmax of the gradient
+        top = logits.amax(-1, keepdim=True)
+        e = logits.sub_(top).exp_()
+        z = e.sum(-1)
+        total += (top.squeeze(1) + z.log() - picked).sum()
         if not any(need):
             continue
         # d(CE)/d(logits) = softmax - onehot(target), scaled by 1/n for the mean
-        g = logits.sub_(lse[:, None]).exp_()
-        g[torch.arange(len(ts), device=g.device), ts] -= 1.0
-        g = g.div_(n).to(x.dtype)
+        g = e.mul_((1.0 / (z * n))[:, None])
+        g[torch.arange(len(ts), device=g.device), ts] -= 1.0 / n
+        g = g.to(x.dtype)
         if dx is not None:
             dx[s : s + CHUNK] = g @ W
         if dW is not None:
