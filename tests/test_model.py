@@ -271,6 +271,7 @@ def _assert_fast_equals_plain(model, x):
         dict(),
         dict(sink=False, bigram_table=False),
         dict(afrac=0.25, tied_unembed=True),
+        dict(final_bias=True),  # bias and bigram rows both added to the unembedding
     ],
 )
 def test_fast_path_matches_plain_loss_and_every_gradient(kw):
