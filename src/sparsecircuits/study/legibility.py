@@ -35,7 +35,14 @@ def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults
             row["legibility"] = circuit_legibility(study_dir / row["path"])
         except UserError as e:
             row["legibility"] = {"error": str(e)}
-    # The comparison is over frontier tasks; circuits outside the frontier are summed up apart.
+    legibility_measures(results)
+    results.save(path)
+    return results
+
+
+def legibility_measures(results: StudyResults) -> None:
+    """The dense vs sparse legibility measure and sentence, from the legibility stored in
+    the circuit rows: over frontier tasks, and apart for circuits outside the frontier."""
     frontier, outside = split_frontier(results.circuits)
     leg = legibility(results.models, frontier)
     results.measures["legibility"] = leg
@@ -46,5 +53,3 @@ def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults
         results.answer["legibility_outside"] = legibility_sentence(
             leg, "Outside the frontier (in no comparison), legibility"
         )
-    results.save(path)
-    return results

@@ -137,7 +137,8 @@ def outside_line(circuits: list[dict]) -> str | None:
     ok = sum(c["status"] == "ok" for c in rows)
     return (
         f"circuits outside the frontier (a model that reaches a task not every model reaches; "
-        f"in no comparison): {ok} validated of {len(rows)} searched"
+        f"in no comparison): {ok} validated of {len(rows)} searched; "
+        f"{controls_text(controls(rows), 'their controls', 'no controls')}"
     )
 
 
@@ -355,6 +356,29 @@ def controls(circuits: list[dict]) -> dict:
     return {"rows": rows, "close": close, "n_checked": len(rows)}
 
 
+def controls_text(
+    ctl: dict,
+    what: str = "controls",
+    none: str = "no frontier circuit validated, so no controls in the comparison",
+) -> str:
+    """`controls` in words: which controls come close, on how many validated circuits
+    (`none` when there was no validated circuit to control)."""
+    close = [
+        f"{name.replace('_', ' ')} on {len(v)} of {ctl['n_checked']} ({', '.join(v[:3])}"
+        + (", ...)" if len(v) > 3 else ")")
+        for name, v in ctl["close"].items()
+        if v
+    ]
+    if close:
+        return (
+            f"{what} come close ({'; '.join(close)}): those circuit sizes may measure how "
+            "easily a mask fits, not a mechanism"
+        )
+    if ctl["n_checked"]:
+        return f"no control came close on {ctl['n_checked']} validated circuits"
+    return none
+
+
 def legibility(models: list[dict], circuits: list[dict]) -> dict:
     """Dense vs sparse legibility. Per kind, each (task, seed) unit is the mean over that
     kind's validated circuits of the explained-node fraction (and of the explained share of
@@ -455,19 +479,7 @@ def sentence(cfg: StudyConfig, tasks, ratio: dict, density: dict, width: dict, c
         f"{_fmt_interval(width['edges_factor'])} ({width['edges_verdict']}); held-out loss "
         f"{_fmt_interval(width['loss_change'], ' nats', 3)} ({width['loss_verdict']})"
     )
-    close = [
-        f"{name.replace('_', ' ')} on {len(v)} of {ctl['n_checked']} ({', '.join(v[:3])}"
-        + (", ...)" if len(v) > 3 else ")")
-        for name, v in ctl["close"].items()
-        if v
-    ]
-    ctl_text = (
-        f"controls come close ({'; '.join(close)}): those circuit sizes may measure how easily a mask fits, not a mechanism"
-        if close
-        else f"no control came close on {ctl['n_checked']} validated circuits"
-        if ctl["n_checked"]
-        else "no controls were run"
-    )
+    ctl_text = controls_text(ctl)
     seeds = (
         "one pretraining seed: intervals resample tasks only, so they cannot show whether the "
         "result survives retraining; it shows what these particular models do"

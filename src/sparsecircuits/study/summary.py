@@ -13,7 +13,9 @@ from ..io import save_figure_atomic, write_text_atomic
 from ..markdown import num as _num
 from ..markdown import table as _table
 from ..study_results import StudyResults
-from .measures import in_frontier, split_frontier
+from .config import StudyConfig
+from .legibility import legibility_measures
+from .measures import analyse, in_frontier, split_frontier
 
 SUMMARY_FILE = "summary.md"
 
@@ -201,16 +203,30 @@ def legibility_markdown(leg: dict, circuits: list[dict], title: str = "Legibilit
     ]
 
 
+def reanalysed(results: StudyResults) -> StudyResults:
+    """The measures and answer recomputed by today's code from the stored rows (models,
+    eligibility, circuits with their legibility), the run's wall time kept: a summary says
+    what the current analysis makes of a finished study, without training or pruning."""
+    cfg = StudyConfig(**results.study["config"])
+    fresh = analyse(cfg, results.models, results.circuits, results.eligibility)
+    fresh.timing = results.timing
+    if "legibility" in results.measures:  # the legibility step ran on this study
+        legibility_measures(fresh)
+    return fresh
+
+
 def write_summary(study_dir: str | Path) -> Path:
+    """Re-analyse DIR/results.json (written back) and write DIR/summary.md from it."""
     study_dir = Path(study_dir)
     path = study_dir / "results.json"
     if not path.is_file():
         raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
-    results = StudyResults.load(path)
     try:
+        results = reanalysed(StudyResults.load(path))
         text = summary_markdown(results)
     except (KeyError, TypeError) as e:
         raise UserError(f"{path}: not a complete study result (missing {e})") from None
+    results.save(path)
     out = study_dir / SUMMARY_FILE
     write_text_atomic(out, text)
     return out
