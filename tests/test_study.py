@@ -302,9 +302,8 @@ def test_no_frontier_says_why():
     models, circuits = _rows(FAMILY, ["t1", "t2"])
     res = analyse(cfg, models, circuits, _eligibility(models, ["t1"], miss={("d32_s0", "t1")}))
     assert "no task entered the frontier" in res.answer["sentence"]
-    assert "No frontier circuit validated, so no controls in the comparison" in (
-        res.answer["sentence"]
-    )
+    no_controls = "No frontier circuit validated, so no controls in the comparison"
+    assert no_controls in res.answer["sentence"]
     assert res.answer["ratio"] is None
 
 
