@@ -357,7 +357,7 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     assert main(["study", "--out", str(out), "--summary"]) == 0
     text = (out / "summary.md").read_text()
     assert saved["answer"]["sentence"] in text and "w64_d0.0625_s0" in text
-    assert "stale" not in text
+    assert "stale" not in text and "stale" not in (out / "report.html").read_text()
     assert json.loads((out / "results.json").read_text())["timing"] == saved["timing"]
 
     # a second run reuses every model and circuit

@@ -210,8 +210,9 @@ def _cmd_tasks(args) -> None:
 def _cmd_study(args) -> None:
     from .study import add_legibility, run_study, study_config, write_summary  # see the top
 
-    if args.summary:  # only rewrite the summary of a finished study
+    if args.summary:  # only re-analyse a finished study: its summary and report
         print(f"summary:  {write_summary(args.out)}")
+        print(f"report:   {build_report(Path(args.out))}")
         return
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
     cfg = study_config(args.preset, tasks, args.seeds)
@@ -430,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--resume", action="store_true", help="continue a study in --out")
     st.add_argument("--force", action="store_true", help="replace a different study in --out")
     st.add_argument(
-        "--summary", action="store_true", help="only rewrite --out's summary.md from results.json"
+        "--summary",
+        action="store_true",
+        help="only re-analyse --out's results.json with this version: its summary.md and report",
     )
     st.add_argument(
         "--no-legibility",
