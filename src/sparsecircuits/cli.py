@@ -211,7 +211,7 @@ def _cmd_study(args) -> None:
     from .study import add_legibility, run_study, study_config, write_summary  # see the top
 
     if args.summary:  # only re-analyse a finished study: its summary and report
-        print(f"summary:  {write_summary(args.out)}")
+        print(f"summary:  {write_summary(args.out, reanalyse=True)}")
         print(f"report:   {build_report(Path(args.out))}")
         return
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None

@@ -215,18 +215,21 @@ def reanalysed(results: StudyResults) -> StudyResults:
     return fresh
 
 
-def write_summary(study_dir: str | Path) -> Path:
-    """Re-analyse DIR/results.json (written back) and write DIR/summary.md from it."""
+def write_summary(study_dir: str | Path, reanalyse: bool = False) -> Path:
+    """Write DIR/summary.md from DIR/results.json; with `reanalyse`, the results are first
+    recomputed by this version (`reanalysed`) and written back (`study --summary`). A study
+    that has just run was analysed by this version already: no need to do it again."""
     study_dir = Path(study_dir)
     path = study_dir / "results.json"
-    if not path.is_file():
-        raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
+    results = StudyResults.of_study(study_dir)
     try:
-        results = reanalysed(StudyResults.load(path))
+        if reanalyse:
+            results = reanalysed(results)
         text = summary_markdown(results)
     except (KeyError, TypeError) as e:
         raise UserError(f"{path}: not a complete study result (missing {e})") from None
-    results.save(path)
+    if reanalyse:
+        results.save(path)
     out = study_dir / SUMMARY_FILE
     write_text_atomic(out, text)
     return out
