@@ -291,7 +291,7 @@ def test_circuits_outside_the_frontier_enter_no_comparison():
     # their controls are summed up on their own line, where the close ones are named
     line = (
         f"circuits outside the frontier (a model that reaches a task not every model reaches; "
-        f"in no comparison): {n - 1} validated of {n - 1} searched; their controls come close "
+        f"not in the circuit-size comparison): {n - 1} validated of {n - 1} searched; their controls come close "
         f"(nonsense on {n - 1} of {n - 1} ("
     )
     assert any(d.startswith(line) for d in res.answer["details"])
@@ -368,6 +368,18 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     monkeypatch.setattr(study_run, "find_circuit", boom)
     again = run_study(tiny_study, out, resume=True, progress=False)
     assert again.circuits == res.circuits
+    # a study.json written before a field existed resumes as the same study (the field
+    # takes its default), as long as the saved values match
+    marker = json.loads((out / "study.json").read_text())
+    del marker["outside_frontier"]
+    (out / "study.json").write_text(json.dumps(marker))
+    assert run_study(tiny_study, out, resume=True, progress=False).circuits == res.circuits
+    # a config key this version does not know: one line naming the file and the key
+    (out / "results.json").write_text(
+        json.dumps(dict(saved, study=dict(saved["study"], config={**marker, "foo": 1})))
+    )
+    assert main(["study", "--out", str(out), "--summary"]) == 2
+    assert "results.json: unknown study config key 'foo'" in capsys.readouterr().err
 
     # a different study in the same folder is refused, unless --force
     other = StudyConfig(**{**tiny_study.__dict__, "seeds": 2})
@@ -412,8 +424,8 @@ def test_models_that_reach_a_task_outside_the_frontier_get_their_circuits(
     add_legibility(tmp_path / "on", progress=False)
     write_summary(tmp_path / "on")
     text = (tmp_path / "on" / "summary.md").read_text()
-    assert "## Legibility outside the frontier (in no comparison)" in text
-    assert "Outside the frontier (in no comparison), legibility" in text
+    assert "## Legibility outside the frontier (not in the circuit-size comparison)" in text
+    assert "Outside the frontier (not in the circuit-size comparison), legibility" in text
 
     off = dataclasses.replace(tiny_study, outside_frontier=False)
     res = run_study(off, tmp_path / "off", progress=False)

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import UserError, write_error
@@ -121,6 +121,7 @@ def claim_run_dir(
     marker: str,
     kind: str,
     clear: tuple[str, ...] = (),
+    saved_as: Callable[[dict], dict] | None = None,
 ) -> bool:
     """Make `out` this run's folder, or refuse; return True when it continues a run there.
 
@@ -131,6 +132,7 @@ def claim_run_dir(
     is refused unless `force` (None: the command has no --force), so a user's files are
     never replaced. Starting over deletes the `clear` entries, and nothing else. A folder
     holding nothing but the marker is a start that failed, and is claimed afresh.
+    `saved_as` maps the saved settings to today's form before they are compared.
     """
     out = out_folder(out)
     path = out / marker
@@ -141,6 +143,8 @@ def claim_run_dir(
     fresh = True
     if path.exists() and others:
         saved = read_json(path) if settings is not None else None
+        if saved_as is not None and isinstance(saved, dict):
+            saved = saved_as(saved)
         if saved == settings and resume:
             fresh = False
         elif saved == settings and not force:

@@ -255,7 +255,7 @@
   function renderCircuitsTable() {
     const rows = DATA.circuits.map((c, i) => {
       const tr = el("tr");
-      // A circuit outside the frontier (a task not every model reaches) is in no comparison.
+      // A circuit outside the frontier (a task not every model reaches) is not in the size comparison.
       const status = c.in_frontier === false && c.status !== "not_eligible" && c.status !== "trivial"
         ? `${c.status}, outside the frontier` : c.status;
       tr.append(cell(modelLabel(c.model)), cell(c.task), cell(status, `status-${c.status}`));

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..config import config_to_dict, resolve
@@ -45,13 +45,33 @@ class StudyConfig:
     k_coefs: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 3e-2])
     controls: bool = True  # nonsense task, random-init model (seed 0), random circuits
     # Also search a circuit for each model that reaches a task outside the frontier (one not
-    # every model reaches): shown apart, in no comparison, so a family with no frontier task
-    # still shows what its capable models' circuits look like.
+    # every model reaches): shown apart, not in the size comparison, so a family with no
+    # frontier task still shows what its capable models' circuits look like.
     outside_frontier: bool = True
     prune: dict = field(default_factory=dict)  # PruneConfig overrides
 
     def target(self, task: str) -> float:
         return float(self.targets.get(task, self.target_loss))
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> StudyConfig:
+        """A config a study wrote (study.json, results.json). Fields added since then take
+        their defaults, as for a new study; a key this version does not know is refused."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(
+                f"{source}: unknown study config key {unknown[0]!r} (written by another version?)"
+            )
+        return cls(**d)
+
+    @classmethod
+    def completed(cls, d: dict, source: str) -> dict:
+        """`d` with the fields added since it was written filled in by their defaults, so a
+        study saved by an earlier version compares equal to the same study today."""
+        try:
+            return asdict(cls.from_dict(d, source))
+        except UserError:
+            return d  # an unknown key: the comparison shows it as a difference
 
 
 STUDY_PRESETS: dict[str, dict] = {

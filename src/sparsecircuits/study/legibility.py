@@ -51,5 +51,5 @@ def legibility_measures(results: StudyResults) -> None:
         leg = legibility(results.models, outside)
         results.measures["legibility_outside"] = leg
         results.answer["legibility_outside"] = legibility_sentence(
-            leg, "Outside the frontier (in no comparison), legibility"
+            leg, "Outside the frontier (not in the circuit-size comparison), legibility"
         )

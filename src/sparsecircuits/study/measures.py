@@ -137,7 +137,7 @@ def outside_line(circuits: list[dict]) -> str | None:
     ok = sum(c["status"] == "ok" for c in rows)
     return (
         f"circuits outside the frontier (a model that reaches a task not every model reaches; "
-        f"in no comparison): {ok} validated of {len(rows)} searched; "
+        f"not in the circuit-size comparison): {ok} validated of {len(rows)} searched; "
         f"{controls_text(controls(rows), 'their controls', 'no controls')}"
     )
 

@@ -61,6 +61,7 @@ def _claim(out: Path, cfg: StudyConfig, resume: bool, force: bool) -> None:
         marker="study.json",
         kind="study",
         clear=OUTPUTS + ("activations", "modularity") + sections,
+        saved_as=lambda saved: StudyConfig.completed(saved, str(out / "study.json")),
     )
 
 

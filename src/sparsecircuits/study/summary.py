@@ -142,7 +142,9 @@ def summary_markdown(results: StudyResults) -> str:
         lines += legibility_markdown(ms["legibility"], frontier)
     if "legibility_outside" in ms:
         lines += legibility_markdown(
-            ms["legibility_outside"], outside, "Legibility outside the frontier (in no comparison)"
+            ms["legibility_outside"],
+            outside,
+            "Legibility outside the frontier (not in the circuit-size comparison)",
         )
     ds = ms["dense_sparse"]
     lines += [
@@ -203,11 +205,11 @@ def legibility_markdown(leg: dict, circuits: list[dict], title: str = "Legibilit
     ]
 
 
-def reanalysed(results: StudyResults) -> StudyResults:
+def reanalysed(results: StudyResults, source: str = "results.json") -> StudyResults:
     """The measures and answer recomputed by today's code from the stored rows (models,
     eligibility, circuits with their legibility), the run's wall time kept: a summary says
     what the current analysis makes of a finished study, without training or pruning."""
-    cfg = StudyConfig(**results.study["config"])
+    cfg = StudyConfig.from_dict(results.study["config"], source)
     fresh = analyse(cfg, results.models, results.circuits, results.eligibility)
     fresh.timing = results.timing
     if "legibility" in results.measures:  # the legibility step ran on this study
@@ -224,7 +226,7 @@ def write_summary(study_dir: str | Path, reanalyse: bool = False) -> Path:
     results = StudyResults.of_study(study_dir)
     try:
         if reanalyse:
-            results = reanalysed(results)
+            results = reanalysed(results, str(path))
         text = summary_markdown(results)
     except (KeyError, TypeError) as e:
         raise UserError(f"{path}: not a complete study result (missing {e})") from None
