@@ -1,107 +1,163 @@
-"""How many built-in tasks do the study's models reach as they train longer? Input for a
-`standard` study preset (issue 10): one longer run per model (the quick study's shapes, dense
-and sparse at the base width), measured at its snapshots: per snapshot, the tasks whose full
-model reaches a target on held-out test pairs (calibrated on train pairs) with accuracy
->= 0.9, the study's own eligibility rule, and which of those the empty circuit (every node
-mean-ablated) also reaches: the study leaves those out (they need no node).
+"""How many built-in tasks do the study's models reach, against the tokens they train on?
+Input for the `standard` study preset (issue 10): the frontier needs every model of the
+family to reach a task, so the family's two extremes at the base width, the dense model and
+the sparsest one, bound what any budget can give. Each is trained at several token budgets
+from several pretraining seeds, and the study's own rule is applied to every built-in task:
+the full model reaches a target on held-out test pairs (calibrated on train pairs) with
+accuracy >= the preset's bar, not counting tasks the empty circuit (every node
+mean-ablated) also reaches, which need no node.
 
-    python benchmarks/tasks_vs_training.py [--steps 4800] [--every 1200] [--targets 0.8,0.5]
+    python benchmarks/tasks_vs_training.py [--preset standard] [--budgets 1,2,4]
+        [--seeds 3] [--targets 0.8,0.5] [--jobs 2]
 
-A snapshot at step s of an N-step run is not a model trained for s steps: the learning rate
-(and the density anneal) follow N. Read the curve as "where along one run", not as the
-budget of a shorter run. Each run goes to a temporary folder.
+A budget of b times the preset's tokens is the preset's batch size times b: steps, the
+learning-rate schedule and the density anneal stay as they are, so every point is the end
+of its own run (not a snapshot of a longer one) and the learning rate is not retuned for
+the larger batch. The models are trained into the study's model cache through the study's
+own code: a study with those settings reuses them (budget 1 is the preset itself).
+Training minutes are read from each run's metrics (its steps' wall time), so a cached
+model reports the minutes of the run that made it; with --jobs 2 they are minutes of
+one-thread jobs running side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from sparsecircuits.checkpoint import load
-from sparsecircuits.nodes import cached_node_means
-from sparsecircuits.prune import empty_circuit_metrics, full_model_metrics
+import torch
+
+from sparsecircuits.io import read_jsonl
 from sparsecircuits.study import model_specs, study_config
-from sparsecircuits.study.config import model_configs
+from sparsecircuits.study.config import ModelSpec, StudyConfig, model_configs, model_dir
 from sparsecircuits.study.measures import reaches
-from sparsecircuits.tasks import TASKS, get_task
-from sparsecircuits.train import train
+from sparsecircuits.study.run import full_model_rows, model_row, train_model
+from sparsecircuits.tasks import TASKS
+from sparsecircuits.threads import in_processes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import save_results  # noqa: E402
 
-
-def eligible(model_path: Path, targets: list[float], seed: int) -> dict:
-    """{target: {"reached": [tasks], "trivial": [tasks]}} for one checkpoint folder: the
-    tasks the full model reaches, and among them those the empty circuit (every node
-    mean-ablated) reaches too, which have no circuit to measure."""
-    model, tok = load(model_path)
-    means = cached_node_means(model_path, model, tok, progress=False)
-    out = {t: {"reached": [], "trivial": []} for t in targets}
-    for name in TASKS:
-        task = get_task(name, 128, 128, seed)
-        pairs = [task.encode(tok, s, model.cfg.n_ctx) for s in ("train", "test")]
-        if len(pairs[1]) == 0:
-            continue
-        m = full_model_metrics(model, *pairs, 16)
-        empty = empty_circuit_metrics(model, *pairs, means, 16)
-        for t in targets:
-            if reaches(m, t, 0.9):
-                out[t]["reached"].append(name)
-                if empty["train_loss_calibrated"] <= t:
-                    out[t]["trivial"].append(name)
-    return out
+# what each eligibility row keeps in the results file: the rule's inputs, raw and calibrated
+ROW_KEYS = (
+    "task",
+    "loss_calibrated",
+    "accuracy_calibrated",
+    "loss",
+    "accuracy",
+    "empty_train_loss_calibrated",
+)
 
 
-def _line(target: float, r: dict) -> str:
-    real = [t for t in r["reached"] if t not in r["trivial"]]
-    trivial = f"; needing no node: {', '.join(r['trivial'])}" if r["trivial"] else ""
-    return f"target {target}: {len(real)} ({', '.join(real) or 'none'}{trivial})"
+def at_budget(study: StudyConfig, budget: float) -> StudyConfig:
+    """The study with every model's batch (so its tokens) scaled by `budget`."""
+    batch = model_configs(study, model_specs(study)[0])[1].batch_size
+    over = dict(study.train_overrides, batch_size=round(batch * budget))
+    return dataclasses.replace(study, train_overrides=over)
+
+
+def measure(study: StudyConfig, spec: ModelSpec) -> dict:
+    """Train one model (unless cached) and apply the study's eligibility rule to every
+    task of `study`: {"model", "seed", "minutes", "heldout_loss", "heldout_loss_se", "rows"}."""
+    cpu = torch.device("cpu")
+    mdir = model_dir(study, spec)
+    if not (mdir / "done.json").exists():
+        train_model(study, spec, cpu)
+    m, t = model_configs(study, spec)
+    per_step = t.batch_size * m.n_ctx
+    seconds = sum(per_step / r["tokens_per_s"] for r in read_jsonl(mdir / "metrics.jsonl"))
+    row = model_row(spec, mdir, cpu)
+    return {
+        "model": spec.label.rsplit(", seed", 1)[0],
+        "seed": spec.seed,
+        "tokens": t.steps * per_step,
+        "minutes": seconds / 60,
+        "heldout_loss": row["heldout_loss"],
+        "heldout_loss_se": row["heldout_loss_se"],
+        "rows": [{k: r[k] for k in ROW_KEYS} for r in full_model_rows(study, spec, cpu)],
+    }
+
+
+def reached(result: dict, target: float, min_accuracy: float) -> tuple[list[str], list[str]]:
+    """(tasks that need a circuit and are reached, tasks reached by the empty circuit too)."""
+    hits = [r for r in result["rows"] if reaches(r, target, min_accuracy)]
+    trivial = [r["task"] for r in hits if r["empty_train_loss_calibrated"] <= target]
+    return [r["task"] for r in hits if r["task"] not in trivial], trivial
+
+
+def _tasks_text(real: list[str], trivial: list[str]) -> str:
+    extra = f"; needing no node: {', '.join(trivial)}" if trivial else ""
+    return f"{len(real)} ({', '.join(real) or 'none'}{extra})"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="quick", help="study preset whose shapes are used")
-    ap.add_argument("--steps", type=int, default=4800)
-    ap.add_argument("--every", type=int, default=1200)
+    ap.add_argument("--preset", default="standard", help="study preset whose shapes are used")
+    ap.add_argument(
+        "--budgets", default="1,2,4", help="token budgets, as multiples of the preset's"
+    )
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--targets", default="0.8,0.5")
+    ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     targets = [float(x) for x in args.targets.split(",")]
-    study = study_config(args.preset)
-    base = [s for s in model_specs(study) if s.seed == 0 and s.d_model == study.base_width]
-    picks = [s for s in base if s.kind == "dense"][:1]
-    picks += [s for s in base if s.density == min(study.densities)][:1]
-    lines, rows = [], []
+    budgets = [float(x) for x in args.budgets.split(",")]
+    base = dataclasses.replace(study_config(args.preset, seeds=args.seeds), tasks=list(TASKS))
+    specs = [s for s in model_specs(base) if s.d_model == base.base_width]
+    picks = [s for s in specs if s.kind == "dense" or s.density == min(base.densities)]
+    work = [(b, at_budget(base, b), s) for b in sorted(budgets, reverse=True) for s in picks]
+    lines, results = [], {}
 
-    def emit(line: str) -> None:
+    def emit(line: str = "") -> None:
         print(line, flush=True)
         lines.append(line)
 
+    def run_line(r: dict) -> str:
+        hits = "; ".join(
+            f"target {t}: {_tasks_text(*reached(r, t, base.min_accuracy))}" for t in targets
+        )
+        return (
+            f"  {r['model']}, seed {r['seed']}: {r['minutes']:.1f} min, held-out "
+            f"{r['heldout_loss']:.3f} (s.e. {r['heldout_loss_se']:.3f}); {hits}"
+        )
+
+    print(f"{len(work)} runs, {args.jobs} at a time", flush=True)
+    for i, r in in_processes(args.jobs, measure, [(study, s) for _, study, s in work]):
+        results[i] = r | {"budget": work[i][0]}
+        print(f"budget {work[i][0]:g}x:" + run_line(r), flush=True)
+
     emit(
-        f"{len(TASKS)} built-in tasks; reached = test loss <= target and accuracy >= 0.9, "
-        "not counting tasks the empty circuit also reaches (listed apart)"
+        f"{len(TASKS)} built-in tasks; reached = test loss <= target and accuracy >= "
+        f"{base.min_accuracy} (the study's rule), not counting tasks the empty circuit also "
+        "reaches (listed apart as needing no node)"
     )
-    for spec in picks:
-        m, t = model_configs(study, spec)
-        t = dataclasses.replace(t, steps=args.steps, save_every=args.every)
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter()
-            out = train(m, t, Path(d) / "run", progress=False)
-            minutes = (time.perf_counter() - t0) / 60
-            emit(f"{spec.label}: {args.steps} steps in {minutes:.1f} min (n_ctx {m.n_ctx})")
-            snaps = sorted(out.glob("checkpoints/step_*"), key=lambda p: int(p.name[5:]))
-            steps = [int(p.name[5:]) for p in snaps]
-            for path, step in [
-                *zip(snaps, steps, strict=True),
-                *([(out, args.steps)] * (args.steps not in steps)),
-            ]:
-                reached = eligible(path, targets, spec.seed)
-                rows.append({"model": spec.label, "step": step, "reached": reached})
-                emit(f"  step {step:>6}: " + "; ".join(_line(tg, r) for tg, r in reached.items()))
-    save_results("tasks_vs_training", lines, {"args": vars(args), "rows": rows})
+    ordered = sorted(results.values(), key=lambda r: (r["budget"], r["model"], r["seed"]))
+    minutes = {}
+    for b in sorted(budgets):
+        runs = [r for r in ordered if r["budget"] == b]
+        emit(
+            f"budget {b:g}x ({runs[0]['tokens'] / 1e6:.1f}M tokens per model, "
+            f"batch {round(model_configs(base, picks[0])[1].batch_size * b)}):"
+        )
+        for r in runs:
+            emit(run_line(r))
+            minutes.setdefault(r["model"], {}).setdefault(b, []).append(r["minutes"])
+        for t in targets:
+            every = set.intersection(*(set(reached(r, t, base.min_accuracy)[0]) for r in runs))
+            emit(
+                f"  reached by all {len(runs)} runs, target {t}: "
+                f"{len(every)} ({', '.join(sorted(every)) or 'none'})"
+            )
+    lo = min(budgets)
+    emit(f"training minutes (mean over seeds) relative to budget {lo:g}x:")
+    for model, per in minutes.items():
+        ref = statistics.mean(per[lo])
+        rel = ", ".join(f"{b:g}x {statistics.mean(m) / ref:.2f}" for b, m in sorted(per.items()))
+        emit(f"  {model}: {ref:.1f} min at {lo:g}x; {rel}")
+    save_results("tasks_vs_training", lines, {"args": vars(args), "runs": ordered})
 
 
 if __name__ == "__main__":

@@ -402,14 +402,14 @@ def test_models_that_reach_a_task_outside_the_frontier_get_their_circuits(
     """One model misses the task: it leaves the frontier, yet the models that reach it
     still get a circuit (with controls), flagged outside the frontier; the one that misses
     gets none. Off (`outside_frontier=False`), none is searched."""
-    real_rows = study_run._full_model_rows
+    real_rows = study_run.full_model_rows
     miss = "w32_d0.25_s0"
 
     def one_misses(cfg, spec, device):
         rows = real_rows(cfg, spec, device)
         return [r | {"reaches": False} if spec.id == miss else r for r in rows]
 
-    monkeypatch.setattr(study_run, "_full_model_rows", one_misses)
+    monkeypatch.setattr(study_run, "full_model_rows", one_misses)
     res = run_study(tiny_study, tmp_path / "on", progress=False)
     assert not res.study["frontier_tasks"]
     by_model = {c["model"]: c for c in res.circuits}

@@ -14,8 +14,10 @@ in the environment wins over ours.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 PERIOD = 2.0  # seconds between looks at /proc/stat
 _state: dict = {"fixed": "OMP_NUM_THREADS" in os.environ, "last": None, "max": None}
@@ -86,3 +88,20 @@ def adapt() -> None:
     n = threads_for(_state["max"], others_busy(last, sample))
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
+
+
+def _one_thread_worker() -> None:
+    set_threads(1)
+
+
+def in_processes(jobs: int, fn, arglists: list[tuple]):
+    """Yield (index, fn(*args)) for every args as each finishes, computed `jobs` at a time
+    in fresh processes of one thread each (on 2 cores, two one-thread jobs get more done
+    than one two-thread job). A worker's error (a UserError too) is raised here."""
+    if not arglists:
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_one_thread_worker) as pool:
+        futures = {pool.submit(fn, *args): i for i, args in enumerate(arglists)}
+        for done in as_completed(futures):
+            yield futures[done], done.result()

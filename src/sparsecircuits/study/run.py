@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import multiprocessing
 import random
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .. import threads
 from ..checkpoint import checkpoint_corpus, load, load_config, pick_device, save_checkpoint
 from ..corpus import EVAL_SEED
 from ..errors import UserError
@@ -38,6 +35,7 @@ from ..report import SECTION_FILE
 from ..sparsity import WeightSparsifier
 from ..study_results import StudyResults
 from ..tasks import Pair, Task, get_task
+from ..threads import in_processes
 from ..train import train
 from .config import ModelSpec, StudyConfig, model_configs, model_dir, model_specs, task_label
 from .measures import analyse, frontier_tasks, reaches
@@ -98,16 +96,16 @@ def run_study(
         for spec in todo:
             bar.set_postfix_str(f"train {spec.id}")
             start = bar.n
-            _train_model(cfg, spec, device, lambda d, start=start: bar.update(start + d - bar.n))
+            train_model(cfg, spec, device, lambda d, start=start: bar.update(start + d - bar.n))
             bar.update(start + steps[spec.id] - bar.n)
     else:
-        for _, spec in _in_processes(jobs, _train_model, [(cfg, s, device) for s in todo]):
+        for _, spec in in_processes(jobs, train_model, [(cfg, s, device) for s in todo]):
             bar.set_postfix_str(f"trained {spec.id}")
             bar.update(steps[spec.id])
-    models = [_model_row(spec, model_dir(cfg, spec), device) for spec in specs]
+    models = [model_row(spec, model_dir(cfg, spec), device) for spec in specs]
 
     t1 = time.perf_counter()
-    eligibility = [row for spec in specs for row in _full_model_rows(cfg, spec, device)]
+    eligibility = [row for spec in specs for row in full_model_rows(cfg, spec, device)]
     frontier = set(frontier_tasks(cfg, eligibility))
     work = [
         (cfg, spec, task, task in frontier, eligibility, out, device)
@@ -122,7 +120,7 @@ def run_study(
             bar.update(PRUNE_UNITS)
     else:
         rows = {}
-        for i, row in _in_processes(jobs, _circuit, work):
+        for i, row in in_processes(jobs, _circuit, work):
             bar.set_postfix_str(f"pruned {row['model']} {row['task']}")
             rows[i] = row
             bar.update(PRUNE_UNITS)
@@ -140,29 +138,13 @@ def run_study(
     return results
 
 
-def _train_model(cfg: StudyConfig, spec: ModelSpec, device, on_step=None) -> ModelSpec:
+def train_model(cfg: StudyConfig, spec: ModelSpec, device, on_step=None) -> ModelSpec:
     """Train one model of the family into its cache folder (resuming a killed run)."""
     mdir = model_dir(cfg, spec)
     m, t = model_configs(cfg, spec)
     train(m, t, mdir, resume=True, device=device, progress=False, on_step=on_step)
     write_json_atomic(mdir / "done.json", {"id": spec.id})
     return spec
-
-
-def _one_thread_worker() -> None:
-    threads.set_threads(1)
-
-
-def _in_processes(jobs: int, fn, arglists: list[tuple]):
-    """Yield (index, fn(*args)) for every args as each finishes, computed `jobs` at a time
-    in fresh processes of one thread each. A worker's error (a UserError too) is raised here."""
-    if not arglists:
-        return
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_one_thread_worker) as pool:
-        futures = {pool.submit(fn, *args): i for i, args in enumerate(arglists)}
-        for done in as_completed(futures):
-            yield futures[done], done.result()
 
 
 @torch.no_grad()
@@ -184,7 +166,7 @@ def _heldout_noise(mdir: Path, model, tok, batches: int, batch_size: int) -> dic
     }
 
 
-def _model_row(spec: ModelSpec, mdir: Path, device) -> dict:
+def model_row(spec: ModelSpec, mdir: Path, device) -> dict:
     model, tok = load(mdir, device=device)
     _, tcfg = load_config(mdir)
     metrics = read_jsonl(mdir / "metrics.jsonl")
@@ -210,7 +192,7 @@ def _encode(task: Task, tok, n_ctx: int, device):
     return tuple(task.encode(tok, split, n_ctx).to(device) for split in ("train", "test"))
 
 
-def _full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
+def full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
     """Per task, the full model on held-out test pairs (calibrated on train pairs) against
     the task's target and the accuracy bar, and the empty circuit (every node mean-ablated)
     against the target: which tasks this model lets into the frontier. A task the empty
