@@ -8,7 +8,11 @@ accuracy >= the preset's bar, not counting tasks the empty circuit (every node
 mean-ablated) also reaches, which need no node.
 
     python benchmarks/tasks_vs_training.py [--preset standard] [--budgets 1,2,4]
-        [--seeds 3] [--targets 0.8,0.5] [--jobs 2]
+        [--seeds 3] [--targets 0.8,0.5] [--jobs 2] [--set afrac=null ...]
+
+`--set KEY=VALUE` changes a model or training setting of every run (as `train --set` does),
+to ask what another recipe would give at the same budgets; its results go to a file named
+after the settings, beside the preset's own.
 
 A budget of b times the preset's tokens is the preset's batch size times b: steps, the
 learning-rate schedule and the density anneal stay as they are, so every point is the end
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from sparsecircuits.config import parse_value
 from sparsecircuits.io import read_jsonl
 from sparsecircuits.study import model_specs, study_config
 from sparsecircuits.study.config import ModelSpec, StudyConfig, model_configs, model_dir
@@ -102,10 +107,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--targets", default="0.8,0.5")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
+    sets = dict(kv.split("=", 1) for kv in args.set)
     targets = [float(x) for x in args.targets.split(",")]
     budgets = [float(x) for x in args.budgets.split(",")]
-    base = dataclasses.replace(study_config(args.preset, seeds=args.seeds), tasks=list(TASKS))
+    base = study_config(args.preset, seeds=args.seeds)
+    over = dict(base.train_overrides, **{k: parse_value(v) for k, v in sets.items()})
+    base = dataclasses.replace(base, tasks=list(TASKS), train_overrides=over)
     specs = [s for s in model_specs(base) if s.d_model == base.base_width]
     picks = [s for s in specs if s.kind == "dense" or s.density == min(base.densities)]
     work = [(b, at_budget(base, b), s) for b in sorted(budgets, reverse=True) for s in picks]
@@ -134,6 +143,12 @@ def main() -> None:
         f"{base.min_accuracy} (the study's rule), not counting tasks the empty circuit also "
         "reaches (listed apart as needing no node)"
     )
+    if sets:
+        emit(
+            "every run with "
+            + ", ".join(f"{k}={v}" for k, v in sets.items())
+            + " (not the preset's)"
+        )
     ordered = sorted(results.values(), key=lambda r: (r["budget"], r["model"], r["seed"]))
     minutes = {}
     for b in sorted(budgets):
@@ -157,7 +172,8 @@ def main() -> None:
         ref = statistics.mean(per[lo])
         rel = ", ".join(f"{b:g}x {statistics.mean(m) / ref:.2f}" for b, m in sorted(per.items()))
         emit(f"  {model}: {ref:.1f} min at {lo:g}x; {rel}")
-    save_results("tasks_vs_training", lines, {"args": vars(args), "runs": ordered})
+    name = "_".join(["tasks_vs_training", *(f"{k}-{v}" for k, v in sets.items())])
+    save_results(name, lines, {"args": vars(args), "runs": ordered})
 
 
 if __name__ == "__main__":

@@ -192,6 +192,9 @@ def test_loss_changes_get_a_t_interval_across_seeds():
     assert measures._loss_verdict(one, 0.001) == "above eval noise, one seed (no interval)"
     assert "95% t-interval" in measures._fmt_interval(iv, " nats", 3)
     assert "n=3: 3 seeds" in measures._fmt_interval(iv, " nats", 3)
+    # a bootstrap over one task and three seeds says "1 task", not "1 tasks"
+    boot = {"value": 0.5, "low": 0.4, "high": 0.6, "n": 3, "n_tasks": 1, "n_seeds": 3}
+    assert "n=3: 1 task x 3 seeds" in measures._fmt_interval(boot)
 
 
 def test_a_loss_change_within_eval_noise_is_not_a_finding():

@@ -439,7 +439,7 @@ def _fmt_interval(iv: dict | None, unit: str = "x", digits: int = 2) -> str:
     units = (
         f"{iv['n_seeds']} seeds"
         if iv.get("method") == "t across seeds"
-        else f"{iv['n_tasks']} tasks x {iv['n_seeds']} seeds"
+        else f"{iv['n_tasks']} task{'s' * (iv['n_tasks'] != 1)} x {iv['n_seeds']} seeds"
     )
     kind = "t-interval" if iv.get("method") == "t across seeds" else "interval"
     return f"{core} (95% {kind} {iv['low']:.{digits}f}-{iv['high']:.{digits}f}{unit}, n={iv['n']}: {units})"
