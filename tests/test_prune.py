@@ -400,7 +400,9 @@ def test_a_control_without_a_reachable_target_is_unreachable(trained, quote_task
     model, tok = load(trained)
     task = get_task(quote_task, 8, 4, 0)
     means = cached_node_means(trained, model, tok, progress=False)
-    cfg = PruneConfig(target_loss=1e-6, steps=5, random_draws=0, effect_nodes=0)
+    # No calibration: on a few separable train pairs a fitted scale can push any loss to ~0
+    # (seen on one machine), while the raw loss of a tiny model stays far above 1e-6.
+    cfg = PruneConfig(target_loss=1e-6, steps=5, random_draws=0, effect_nodes=0, calib_steps=0)
     with pytest.raises(TargetUnreachable, match="no node budget reaches"):
         find_circuit(
             model,

@@ -223,10 +223,18 @@ def test_bad_cli_input_exit_code_2(tmp_path, capsys):
     assert "no such checkpoint folder" in capsys.readouterr().err
 
 
-def test_same_seed_same_weights_at_a_multithreaded_size(tmp_path, corpus_dir):
+def test_same_seed_same_weights_at_a_multithreaded_size(tmp_path, corpus_dir, monkeypatch):
     """Tiny shapes run single-threaded kernels; these are large enough for the parallel,
-    order-dependent ones that deterministic mode must pin down."""
+    order-dependent ones that deterministic mode must pin down. The thread count is part of
+    the configuration: pinned at 2, so a busy machine (where the adaptive count drops to 1
+    for one run and not the other) cannot change the reduction order between the runs."""
+    from sparsecircuits import threads
+
+    monkeypatch.setitem(threads._state, "fixed", True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
     m, t = tiny_configs(corpus_dir, d_model=64, n_ctx=64, batch_size=32, steps=6, n_layer=1)
     a = load_tensors(train(m, t, tmp_path / "a", progress=False) / "model.safetensors")
     b = load_tensors(train(m, t, tmp_path / "b", progress=False) / "model.safetensors")
+    torch.set_num_threads(before)
     assert all(torch.equal(a[k], b[k]) for k in a)
