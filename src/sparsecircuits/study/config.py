@@ -96,9 +96,9 @@ STUDY_PRESETS: dict[str, dict] = {
         prune=dict(steps=150, n_train=64, n_test=64, effect_nodes=100, random_draws=5),
     ),
     # The 2-hour budget on 2 cores (with --jobs 2 it took well under it): 3 pretraining seeds
-    # of every model, widths 64-128 (d_model 32 stays at chance on every task at this
-    # budget), and the tasks a d_model 64 model reaches in some seeds (two of which need no
-    # node: the empty-circuit rule keeps them out of the frontier). 2x or 4x the tokens gave
+    # of every model of the comparison, and the tasks a d_model 64 model reaches in some
+    # seeds (two of which need no node: the empty-circuit rule keeps them out of the
+    # frontier). 2x or 4x the tokens gave
     # no task that every seed of the dense and sparsest base-width models reaches; turning
     # AbsTopK off did (while_return_true, in all six runs) and lowered held-out loss more
     # than 4x the tokens (benchmarks/tasks_vs_training.py, --set afrac=null): at d_model 64
