@@ -78,6 +78,7 @@ def measure(study: StudyConfig, spec: ModelSpec) -> dict:
     return {
         "model": spec.label.rsplit(", seed", 1)[0],
         "seed": spec.seed,
+        "batch": t.batch_size,
         "tokens": t.steps * per_step,
         "minutes": seconds / 60,
         "heldout_loss": row["heldout_loss"],
@@ -155,7 +156,7 @@ def main() -> None:
         runs = [r for r in ordered if r["budget"] == b]
         emit(
             f"budget {b:g}x ({runs[0]['tokens'] / 1e6:.1f}M tokens per model, "
-            f"batch {round(model_configs(base, picks[0])[1].batch_size * b)}):"
+            f"batch {runs[0]['batch']}):"
         )
         for r in runs:
             emit(run_line(r))

@@ -98,12 +98,12 @@ STUDY_PRESETS: dict[str, dict] = {
     # The 2-hour budget on 2 cores (with --jobs 2 it took well under it): 3 pretraining seeds
     # of every model of the comparison, and the tasks a d_model 64 model reaches in some
     # seeds (two of which need no node: the empty-circuit rule keeps them out of the
-    # frontier). 2x or 4x the tokens gave
-    # no task that every seed of the dense and sparsest base-width models reaches; turning
-    # AbsTopK off did (while_return_true, in all six runs) and lowered held-out loss more
-    # than 4x the tokens (benchmarks/tasks_vs_training.py, --set afrac=null): at d_model 64
-    # the paper's 1/4 keeps 16 channels. So standard measures weight sparsity alone, dense
-    # and sparse models alike without activation sparsity, at 1x the tokens.
+    # frontier). 2x or 4x the tokens gave no task that every seed of the dense and sparsest
+    # base-width models reaches; turning AbsTopK off did (while_return_true, in all six
+    # runs) and lowered held-out loss more than 4x the tokens did
+    # (benchmarks/tasks_vs_training.py, --set afrac=null): at d_model 64 the paper's 1/4
+    # keeps 16 channels. So standard measures weight sparsity alone, dense and sparse
+    # models alike without activation sparsity, at 1x the tokens.
     "standard": dict(
         base_preset="quick",
         train_overrides=dict(
