@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: the quick study on the embedded corpus (resumable), ending with the report;
-# two one-thread jobs at a time: 16.2 min from scratch (benchmarks/bench_study.py --jobs 2)
-# against 21.5 min serial (time make demo), on a 2-core AVX2 machine.
+# two one-thread jobs at a time: 9.4 min from scratch on a 2-core Intel Xeon with AMX
+# (benchmarks/bench_study.py --jobs 2); the AbsTopK version took 16.2 on a 2-core AVX2 one.
 demo: $(STAMP)
 	$(BIN)/sparsecircuits study --preset quick --out runs/demo --resume --jobs 2
 
