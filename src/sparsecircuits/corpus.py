@@ -39,6 +39,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparsecircuits"
 
 
+def relocate_cached(path: str | Path) -> Path:
+    """A cache entry recorded at `path` (a model folder in a study's results or a circuit),
+    or, where that is gone (the cache moved, or a timed run's temporary cache was merged
+    into this one), the entry of the same content-addressed name in this cache."""
+    path = Path(path)
+    if path.exists():
+        return path
+    here = cache_root() / path.parent.name / path.name
+    return here if here.exists() else path
+
+
 def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 

@@ -62,6 +62,7 @@ import torch
 
 from .checkpoint import checkpoint_corpus, load
 from .circuit import Circuit
+from .corpus import relocate_cached
 from .errors import UserError
 from .io import read_json, write_json_atomic
 from .nodes import NodeSite, _weights_digest, channels, heldout_windows, node_sites, parse_node
@@ -709,7 +710,7 @@ def explain_circuit(path_or_circuit, model_dir=None, settings: Settings | None =
     if not isinstance(circuit, Circuit):
         path = Path(path_or_circuit)
         circuit = Circuit.load(path)
-    model_dir = model_dir or circuit.model_dir
+    model_dir = model_dir or (circuit.model_dir and str(relocate_cached(circuit.model_dir)))
     if not model_dir or not (Path(model_dir) / "model.safetensors").is_file():
         raise UserError(
             f"{path or 'circuit'}: its model folder {model_dir!r} is not there; pass the model folder"

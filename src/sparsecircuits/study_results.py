@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from .corpus import relocate_cached
 from .errors import UserError
 from .record import JsonRecord
 
@@ -38,5 +39,6 @@ class StudyResults(JsonRecord):
 
     @staticmethod
     def model_path(study_dir: str | Path, model: dict) -> Path:
-        """A model row's folder; a relative one is relative to the study (folders move)."""
-        return Path(study_dir) / model["dir"]
+        """A model row's folder; a relative one is relative to the study (folders move), a
+        cached one is looked up in this cache where it has moved."""
+        return relocate_cached(Path(study_dir) / model["dir"])
