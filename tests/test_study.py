@@ -53,6 +53,10 @@ def test_family_shapes():
     # the standard preset: >= 3 pretraining seeds and >= 4 tasks (issue 10, item 7)
     standard = study_config("standard")
     assert standard.seeds >= 3 and len(standard.tasks) >= 4
+    # ... and the width axis on every seed, so its loss change has an interval
+    assert {s.seed for s in model_specs(standard) if "l0" in s.roles} == {0, 1, 2}
+    one = dataclasses.replace(standard, l0_seeds=1)  # a cheaper family on request
+    assert {s.seed for s in model_specs(one) if "l0" in s.roles} == {0}
 
 
 def test_unknown_preset_and_task():
