@@ -3,7 +3,7 @@
 the study's k_coef grid, and at the best of a 16-setting sweep (mask_lr x k_coef); and both
 calibration orders (calibrate at every bisection step, or bisect on raw loss first).
 
-    python benchmarks/bench_prune_grid.py [--preset quick] [--tasks single_double_quote,lambda_func]
+    python benchmarks/bench_prune_grid.py [--preset quick] [--tasks single_double_quote,while_return_true]
 
 Trains the two models into the shared model cache first if the study has not (the quick
 study reuses them). A size counts only if the circuit validates on test pairs and did not
@@ -47,7 +47,7 @@ def _fmt(size, status) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="quick")
-    ap.add_argument("--tasks", default="single_double_quote,lambda_func")
+    ap.add_argument("--tasks", default="single_double_quote,while_return_true")
     args = ap.parse_args()
     study = study_config(args.preset)
     base = {s.id: s for s in model_specs(study) if s.seed == 0 and s.d_model == study.base_width}

@@ -102,12 +102,12 @@ STUDY_PRESETS: dict[str, dict] = {
         k_coefs=[1e-3, 1e-2, 3e-2],
         prune=dict(steps=150, n_train=64, n_test=128, effect_nodes=100, random_draws=5),
     ),
-    # The 2-hour budget on 2 cores: 3 pretraining seeds of every model of the comparison at
-    # 4x the quick recipe's tokens (batch 128), without activation sparsity, and the tasks a
+    # The 2-hour budget on 2 cores: 3 pretraining seeds of every model (27) at 4x the
+    # quick recipe's tokens (batch 128), without activation sparsity, and the tasks a
     # d_model 64 model reaches in some seed. Chosen by benchmarks/tasks_vs_training.py: with
     # the paper's AbsTopK (1/4 of d_model 64 keeps 16 channels) no task was reached by every
     # seed of the dense and sparsest base-width models at 1x, 2x or 4x the tokens; without it
-    # 1x and 2x gave one such task and 4x two (3.2x the training time of 1x), the most that
+    # 1x and 2x gave one such task and 4x two (about 3x the training time of 1x), the most that
     # fits. So standard measures weight sparsity alone, dense and sparse models alike.
     "standard": dict(
         base_preset="quick",
