@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import load
 from .circuit import Circuit, Node, circuit_edges
@@ -73,10 +72,9 @@ def calibrate(diff: torch.Tensor, batch: TaskBatch, steps: int) -> tuple[float, 
     def logits():
         return params[0].exp() * diff + params[1] * sign
 
-    def smoothed_loss():
+    def smoothed_loss():  # cross-entropy against the soft target: pair_loss is linear in it
         z = logits()
-        per_prompt = hit * F.softplus(-z) + (1 - hit) * F.softplus(z)
-        return per_prompt.view(-1, 2).sum(1).mean()
+        return hit * pair_loss(z) + (1 - hit) * pair_loss(-z)
 
     opt = torch.optim.LBFGS([params], max_iter=steps, line_search_fn="strong_wolfe")
 
