@@ -1,10 +1,12 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from conftest import write_quote_task
+from sparsecircuits.checkpoint import load
 from sparsecircuits.cli import main
 from sparsecircuits.errors import UserError
 from sparsecircuits.study import (
@@ -353,8 +355,15 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     assert saved["schema_version"] == StudyResults.SCHEMA_VERSION
     ids = [m["id"] for m in saved["models"]]
     assert len(ids) == 4 and "w32_d0.25_s0" in ids  # shared by the density and l0 curves
+    batch_size = tiny_study.train_overrides["batch_size"]
     for m in saved["models"]:
-        assert m["heldout_loss_se"] is not None and m["heldout_loss_batches"] == 2
+        # the eval noise comes from every held-out window training evaluated, not 2 batch means
+        assert m["heldout_loss_windows"] == 2 * batch_size
+        model, tok = load(m["dir"])
+        windows = study_run.heldout_window_losses(Path(m["dir"]), model, tok, 2, batch_size)
+        assert float(windows.mean()) == pytest.approx(m["heldout_loss"], abs=1e-4)
+        assert m["heldout_loss_se"] == pytest.approx(float(windows.std()) / len(windows) ** 0.5)
+        assert m["heldout_loss_se"] > 0
     assert len(saved["eligibility"]) == 4 and all(r["reaches"] for r in saved["eligibility"])
     # the empty circuit is measured beside every full model (not refused here: see below)
     assert all(r["empty_loss_calibrated"] > 0 and not r["trivial"] for r in saved["eligibility"])
