@@ -36,6 +36,9 @@ REQUIRED = [
     "class_init",
     "enumerate_range",
     "lambda_func",
+    "var_if",
+    "indent_for",
+    "fstring_brace",
 ]
 
 
@@ -111,6 +114,32 @@ def test_encode_builtin_task(name, tok):
         assert batch.correct[2 * i : 2 * i + 2].tolist() == [first_a, first_b]
         assert batch.incorrect[2 * i : 2 * i + 2].tolist() == [first_b, first_a]
     assert len(task.encode(tok, "train")) == 8
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_answer_is_the_token_that_follows_the_prompt_in_code(name, tok):
+    """Scoring the answer's first token encoded alone is right only if that is the token a
+    tokenizer gives it after the prompt, with code following (" x": the next word)."""
+    for pair in get_task(name, n_train=16, n_test=0, seed=7).train:
+        for prompt, answer in ((pair.prompt_a, pair.answer_a), (pair.prompt_b, pair.answer_b)):
+            head = tok.encode(prompt).ids
+            full = tok.encode(prompt + answer + " x\n").ids
+            assert full[: len(head) + 1] == head + tok.encode(answer).ids[:1], (prompt, answer)
+
+
+def test_paper_tasks_added_later_read_as_intended():
+    vi = get_task("var_if", n_train=1, n_test=0, seed=0).train[0]
+    assert " == True" in vi.prompt_a and " = True" in vi.prompt_b and vi.answer_a == ":"
+    fs = get_task("fstring_brace", n_train=1, n_test=0, seed=0).train[0]
+    assert re.search(r"= f['\"]\{$", fs.prompt_a) and fs.answer_b == "0"
+    assert f"({fs.answer_a}" in fs.prompt_a or f" {fs.answer_a})" in fs.prompt_a  # a parameter
+    ind = get_task("indent_for", n_train=1, n_test=0, seed=0).train[0]
+    depth = [
+        len(p.rsplit("\n", 1)[1]) - len(p.rsplit("\n", 1)[1].lstrip())
+        for p in (ind.prompt_a, ind.prompt_b)
+    ]
+    # the body sits one level (4 spaces) below its `for`; the answer's last space goes to the word
+    assert [len(a) for a in (ind.answer_a, ind.answer_b)] == [d + 4 for d in depth]
 
 
 def test_encode_pads_to_the_longest_prompt(tok):

@@ -77,8 +77,9 @@ class StudyConfig:
 STUDY_PRESETS: dict[str, dict] = {
     # ~15 minutes on 2 cores: one seed, 8 small models, the standard preset's recipe (no
     # activation sparsity: at d_model 64 AbsTopK cost more held-out loss than 4x the tokens)
-    # and target, on the three tasks its seed-0 models come closest to reaching. One seed
-    # cannot say whether a result survives retraining; the summary says so.
+    # and target, on the three tasks its seed-0 models come closest to reaching
+    # (benchmarks/task_survey.py --preset quick: var_if and while_return_true by all 8, quote
+    # by 3). One seed cannot say whether a result survives retraining; the summary says so.
     "quick": dict(
         base_preset="quick",
         # snapshots every 200 steps for the activations analysis over training (cheap)
@@ -96,19 +97,23 @@ STUDY_PRESETS: dict[str, dict] = {
         fixed_l0_density=0.125,
         l0_widths=[32, 64, 128],
         dense_widths=[32, 48, 64],
-        tasks=["single_double_quote", "if_equals", "while_return_true"],
+        tasks=["single_double_quote", "while_return_true", "var_if"],
         seeds=1,
         target_loss=0.5,
         k_coefs=[1e-3, 1e-2, 3e-2],
         prune=dict(steps=150, n_train=64, n_test=128, effect_nodes=100, random_draws=5),
     ),
-    # The 2-hour budget on 2 cores: 3 pretraining seeds of every model (27) at 4x the
-    # quick recipe's tokens (batch 128), without activation sparsity, and the tasks a
-    # d_model 64 model reaches in some seed. Chosen by benchmarks/tasks_vs_training.py: with
-    # the paper's AbsTopK (1/4 of d_model 64 keeps 16 channels) no task was reached by every
-    # seed of the dense and sparsest base-width models at 1x, 2x or 4x the tokens; without it
-    # 1x and 2x gave one such task and 4x two (about 3x the training time of 1x), the most that
-    # fits. So standard measures weight sparsity alone, dense and sparse models alike.
+    # The 2-hour budget on 2 cores: 3 pretraining seeds of every model (24) at 4x the
+    # quick recipe's tokens (batch 128), without activation sparsity. Chosen by measurement:
+    # benchmarks/tasks_vs_training.py (with the paper's AbsTopK no task was reached by every
+    # seed of the dense and sparsest base-width models at 1x, 2x or 4x the tokens; without
+    # it 1x and 2x gave one such task and 4x two, the most that fits), then
+    # benchmarks/task_survey.py on that family with density 1/16 at d_model 64 too: 3 tasks
+    # every model reaches (quote, while_return_true, var_if), and if_equals by all but one
+    # seed of the 1/16 model (6144 nonzeros). So the density axis stops at 1/8; the width
+    # axis still brings 1/18 and 1/32 at d_model 96 and 128, five sparse densities in all.
+    # indent_for (24 of 27) and lambda_func (10 of 27) are kept to show what misses, and
+    # else_elif, which the empty circuit does (its last token is the keyword).
     "standard": dict(
         base_preset="quick",
         train_overrides=dict(
@@ -121,7 +126,7 @@ STUDY_PRESETS: dict[str, dict] = {
             afrac=None,
         ),
         base_width=64,
-        densities=[0.5, 0.25, 0.125, 0.0625],
+        densities=[0.5, 0.25, 0.125],
         fixed_l0_density=0.125,
         l0_widths=[64, 96, 128],  # 3 seeds too, so the width axis has loss intervals
         # dense widths in d_head steps around the sparse models' held-out losses; a sparse
@@ -131,7 +136,8 @@ STUDY_PRESETS: dict[str, dict] = {
             "single_double_quote",
             "if_equals",
             "while_return_true",
-            "for_while",
+            "var_if",
+            "indent_for",
             "lambda_func",
             "else_elif",
         ],

@@ -288,3 +288,41 @@ def final_kwarg(rng: random.Random) -> Pair:
         head = f"class {class_name(rng)}:\n{ind(1)}def {func_name(rng)}(self, {first}"
     template = f"{head}, {middle}{KEY}, {last}"
     return keyed_pair(template, f"={default}", "", "=", "):")
+
+
+@_task("`:` after `if x == True`, end of line after `x = True`", "`if` and `==` or an assignment")
+def var_if(rng: random.Random) -> Pair:
+    """Answers `:` and a newline followed by three spaces: `if x == True:` opens a block,
+    while `x = True` is a whole statement, so the next line keeps its indentation (whose
+    last space byte-level pre-tokenization gives to the next word)."""
+    x = names(rng, 1)[0]
+    body = [f"{ind(1)}{KEY} True"]
+    return keyed_pair(function(rng, body), f"if {x} ==", f"{x} =", ":", "\n" + ind(1)[:-1])
+
+
+@_task("indent a for loop's body one level below the `for`", "the `for` line's indentation")
+def indent_for(rng: random.Random) -> Pair:
+    """Answers a newline with 7 spaces and one with 11: the body of a `for` after an
+    if-block is at depth 2, of one inside the if-block at depth 3 (the last space of an
+    indent goes to the next word, as in `while_return_true`)."""
+    x, coll = names(rng, 2)
+    other = names(rng, 1, avoid=(x, coll))[0]
+    body = [
+        f"{ind(1)}if {condition(rng, other)}:",
+        *fillers(rng, 2, lo=1, hi=2, avoid=(x, coll, other)),
+        f"{KEY}for {x} in {coll}:",
+    ]
+    template = function(rng, body, params=[coll, other], avoid=(x, coll, other))
+    return keyed_pair(template, ind(1), ind(2), "\n" + ind(2)[:-1], "\n" + ind(3)[:-1])
+
+
+@_task("a name or `0` after `{` in an f-string or a format string", "the `f` prefix")
+def fstring_brace(rng: random.Random) -> Pair:
+    """Answers a parameter's name and `0`: in an f-string a brace opens an expression, in a
+    plain string a field of a later `.format(...)`, numbered. (`{}` would be the commoner
+    field, but `{}` is one punctuation run that a BPE may merge into one token.)"""
+    var, x = names(rng, 2)
+    body = [f"{ind(1)}{var} = {KEY}" + rng.choice(['"', "'"]) + "{"]
+    params = [x, *names(rng, rng.randint(0, 1), avoid=(var, x))]
+    rng.shuffle(params)
+    return keyed_pair(function(rng, body, params=params, avoid=(var, x)), "f", "", x, "0")
