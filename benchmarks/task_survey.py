@@ -25,16 +25,13 @@ import torch
 from sparsecircuits.errors import UserError
 from sparsecircuits.study import model_specs, study_config
 from sparsecircuits.study.config import model_dir
+from sparsecircuits.study.measures import frontier_tasks
 from sparsecircuits.study.run import full_model_rows
 from sparsecircuits.tasks import TASKS
 from sparsecircuits.threads import in_processes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import save_results  # noqa: E402
-
-
-def survey(cfg, spec) -> list[dict]:
-    return full_model_rows(cfg, spec, torch.device("cpu"))
 
 
 def main() -> None:
@@ -55,7 +52,8 @@ def main() -> None:
         )
     t0 = time.perf_counter()
     try:
-        per_model = dict(in_processes(args.jobs, survey, [(cfg, s) for s in specs]))
+        cpu = torch.device("cpu")
+        per_model = dict(in_processes(args.jobs, full_model_rows, [(cfg, s, cpu) for s in specs]))
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
     rows = [r for i in range(len(specs)) for r in per_model[i]]
@@ -65,6 +63,7 @@ def main() -> None:
         f"{cfg.seeds} seeds); reached = test loss <= target and accuracy >= "
         f"{cfg.min_accuracy}; trivial = the empty circuit reaches it too",
     ]
+    every = frontier_tasks(cfg, rows)  # the study's own rule
     summary = []
     for task in TASKS:
         rs = [r for r in rows if r["task"] == task]
@@ -74,7 +73,7 @@ def main() -> None:
             f"{r['model']} ({r['loss_calibrated']:.2f}, acc {r['accuracy_calibrated']:.2f})"
             for r in missed[:4]
         ) + (f" and {len(missed) - 4} more" if len(missed) > 4 else "")
-        verdict = "frontier" if not missed and trivial == 0 else "trivial" if trivial else "out"
+        verdict = "frontier" if task in every else "trivial" if trivial else "out"
         summary.append(
             {
                 "task": task,
@@ -89,7 +88,6 @@ def main() -> None:
             f"{cfg.target(task)}), {trivial} trivial -> {verdict}"
             + (f"; missed by {text}" if missed else "")
         )
-    every = [s["task"] for s in summary if s["verdict"] == "frontier"]
     lines.append(f"tasks every model reaches, not trivial: {len(every)} ({', '.join(every)})")
     lines.append(f"{time.perf_counter() - t0:.0f} s")
     print("\n".join(lines))

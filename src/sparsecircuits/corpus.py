@@ -217,6 +217,12 @@ class TokenData:
         starts = torch.randint(0, len(data) - n_ctx - 1, (batch_size,), generator=g)
         return self._windows(data, starts, n_ctx)
 
+    def eval_batches(self, batches: int, batch_size: int, n_ctx: int):
+        """The held-out windows every run evaluates (by EVAL_SEED, whatever the run's seed):
+        `batches` batches of [batch_size, n_ctx + 1]."""
+        for i in range(batches):
+            yield self.batch("heldout", batch_size, n_ctx, EVAL_SEED, i)
+
 
 def prepare(
     sources: list[str] | None,

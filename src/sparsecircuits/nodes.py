@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from .checkpoint import checkpoint_corpus, load_tensors, save_tensors
 from .config import ModelConfig
-from .corpus import EVAL_SEED
 from .errors import UserError
 
 # Per site, in forward order, its hook; sites are named as the config's AbsTopK sites.
@@ -135,8 +134,8 @@ def _weights_digest(model_dir: Path) -> str:
 def heldout_windows(corpus, n_ctx: int, batches: int, batch_size: int):
     """The held-out windows node means are taken over (the node explanations use them too):
     `batches` batches of [batch_size, n_ctx] tokens, the same for every run."""
-    for i in range(batches):
-        yield corpus.batch("heldout", batch_size, n_ctx, EVAL_SEED, i)[:, :-1]
+    for w in corpus.eval_batches(batches, batch_size, n_ctx):
+        yield w[:, :-1]
 
 
 def cached_node_means(

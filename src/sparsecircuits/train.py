@@ -34,7 +34,7 @@ from .checkpoint import (  # pick_device re-exported
     save_tensors,
 )
 from .config import ModelConfig, TrainConfig, config_to_dict
-from .corpus import EVAL_SEED, TokenData, describe, prepare  # EVAL_SEED re-exported
+from .corpus import TokenData, describe, prepare
 from .errors import UserError
 from .io import (
     claim_run_dir,
@@ -102,12 +102,8 @@ def heldout_loss(model: SparseGPT, data: TokenData, batches: int, batch_size: in
     model.eval()
     device = next(model.parameters()).device
     losses = [
-        float(
-            model(
-                data.batch("heldout", batch_size, model.cfg.n_ctx, EVAL_SEED, i).to(device), "loss"
-            )
-        )
-        for i in range(batches)
+        float(model(w.to(device), "loss"))
+        for w in data.eval_batches(batches, batch_size, model.cfg.n_ctx)
     ]
     model.train(was_training)
     return sum(losses) / len(losses)

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..checkpoint import checkpoint_corpus, load, load_config, pick_device, save_checkpoint
-from ..corpus import EVAL_SEED
 from ..errors import UserError
 from ..io import claim_run_dir, read_json, read_jsonl, staged_dir, write_json_atomic
 from ..model import SparseGPT
@@ -150,12 +149,12 @@ def train_model(cfg: StudyConfig, spec: ModelSpec, device, on_step=None) -> Mode
 @torch.no_grad()
 def heldout_window_losses(mdir: Path, model, tok, batches: int, batch_size: int) -> torch.Tensor:
     """Next-token loss of every held-out window training evaluates (the same windows for
-    every model, by EVAL_SEED), one value per window; their mean is the held-out loss."""
+    every model), one value per window; their mean is the held-out loss."""
     corpus = checkpoint_corpus(mdir, model, tok)
     device = next(model.parameters()).device
     per_window = []
-    for i in range(batches):
-        w = corpus.batch("heldout", batch_size, model.cfg.n_ctx, EVAL_SEED, i).to(device)
+    for w in corpus.eval_batches(batches, batch_size, model.cfg.n_ctx):
+        w = w.to(device)
         logits = model(w)[:, :-1]
         loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="none")
         per_window.append(loss.view(len(w), -1).mean(1).float().cpu())
