@@ -2,19 +2,25 @@
 baseline) vs the fast paths, each as a fraction of the machine's matmul rate at the model's
 shapes; quiet vs one competing busy process for training and a circuit search; two
 sparsecircuits jobs side by side vs one after the other; held-out loss after a fixed number
-of tokens, old step vs new. Variants are timed in alternation in one run, so the ratios
-hold on a noisy machine; absolute numbers are for orientation only.
+of tokens, old step vs new. Every timing runs in a child process started as the CLI starts
+(the OpenMP wait policy is fixed when torch loads), and the variants alternate round by
+round, so the ratios hold on a noisy machine; absolute numbers are for orientation only.
 
     python benchmarks/bench_train.py [--presets quick,small] [--rounds 5] [--skip-load]
-        [--loss-steps 150] [--prune-model runs/quick]
+        [--loss-steps 300] [--prune-model runs/quick]
 
-"today" in the load section is what a user got before this benchmark existed: the plain
-code paths, OpenMP's default (spinning) wait policy and a fixed 2 threads. "new" is the
-default now: fast paths, passive waits, threads adapted to the cores left free.
+"today" is what a user got before this benchmark existed: the plain code paths in fp32,
+OpenMP's spinning wait policy and a fixed 2 threads. "new" is the default now: the preset's
+precision (bf16 on the quick and small presets where the CPU has it), the fast paths, waits
+that spin briefly and then sleep, threads adapted to the cores left free.
 """
 
 from __future__ import annotations
 
+# isort: off
+import sparsecircuits  # noqa: F401  first, as in the CLI: it sets the wait policy torch reads
+
+# isort: on
 import argparse
 import contextlib
 import importlib
@@ -36,7 +42,7 @@ from sparsecircuits.model import SparseGPT
 from sparsecircuits.nodes import ablation_hooks
 from sparsecircuits.prune_methods import Problem
 from sparsecircuits.sparsity import WeightSparsifier
-from sparsecircuits.train import train_step
+from sparsecircuits.train import runnable_precision, train_step
 
 # the module, not the `train` function the package exports under the same name
 train_module = importlib.import_module("sparsecircuits.train")
@@ -123,26 +129,32 @@ def step_context(variant: str):
 
 
 class Runner:
-    """A model + optimizer ready to take steps on a fixed random batch, past the anneal."""
+    """A model + optimizer ready to take steps on a fixed random batch, past the anneal.
+    variant "today" runs today's step in fp32; "new" the default step at the preset's
+    precision (fp32 where the CPU has no native bf16, as train() does)."""
 
-    def __init__(self, preset: str, **overrides):
-        self.mcfg, self.tcfg = resolve(preset, None, overrides)
+    def __init__(self, preset: str, variant: str = "new", **overrides):
+        if variant == "today":
+            overrides = {"precision": "fp32", **overrides}
+        self.variant = variant
+        self.mcfg, tcfg = resolve(preset, None, overrides)
+        self.tcfg = runnable_precision(tcfg, torch.device("cpu"))
         torch.manual_seed(0)
         self.model = SparseGPT(self.mcfg)
-        self.opts = {"new": NEW_OPTIMIZER(self.model, self.tcfg)}
-        self.opts["today"] = _unfused_optimizer(self.model, self.tcfg)
+        make = _unfused_optimizer if variant == "today" else NEW_OPTIMIZER
+        self.opt = make(self.model, self.tcfg)
         self.sparsifier = WeightSparsifier(self.model, self.tcfg)
         self.batch = torch.randint(
             0, self.mcfg.vocab_size, (self.tcfg.batch_size, self.mcfg.n_ctx + 1)
         )
         self.step = self.tcfg.steps - 1
 
-    def time_steps(self, n: int, variant: str = "new") -> float:
-        with step_context(variant):
+    def time_steps(self, n: int) -> float:
+        with step_context(self.variant):
             t = time.perf_counter()
             for _ in range(n):
                 threads.adapt()
-                train_step(self.model, self.opts[variant], self.sparsifier, self.batch, self.step)
+                train_step(self.model, self.opt, self.sparsifier, self.batch, self.step)
             return (time.perf_counter() - t) / n
 
     @property
@@ -163,10 +175,11 @@ def _best_time(fn, reps: int = 5) -> float:
     return best
 
 
-def matmul_seconds(r: Runner) -> tuple[float, float]:
+def matmul_seconds(r: Runner, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
     """(seconds, flops) the step's matmuls take at this machine's measured rate: for every
     linear map (and the unembedding) the forward, input-gradient and weight-gradient
-    products, and per layer the six [pos x pos] attention products, each timed alone."""
+    products in `dtype`, and per layer the six [pos x pos] attention products (float32, as
+    the model computes attention on a CPU), each timed alone."""
     n = r.tokens_per_step
     cfg = r.mcfg
     shapes = [m.weight.shape for m in r.model.modules() if isinstance(m, torch.nn.Linear)]
@@ -177,7 +190,7 @@ def matmul_seconds(r: Runner) -> tuple[float, float]:
     for out_f, in_f in shapes:
         for a, b, c in ((n, in_f, out_f), (n, out_f, in_f), (out_f, n, in_f)):
             if (a, b, c) not in timed:
-                x, w = torch.randn(a, b), torch.randn(b, c)
+                x, w = torch.randn(a, b, dtype=dtype), torch.randn(b, c, dtype=dtype)
                 timed[(a, b, c)] = _best_time(lambda x=x, w=w: x @ w)
             total_s += timed[(a, b, c)]
             total_flops += 2 * a * b * c
@@ -189,35 +202,73 @@ def matmul_seconds(r: Runner) -> tuple[float, float]:
     return total_s, total_flops
 
 
+def throughput_worker(preset: str, variant: str, steps: int, reps: int) -> dict:
+    """Median seconds per step of each runner this child's environment runs: today's step,
+    or the new one with its fp32 and dense counterparts (alternated); the first new child
+    also times the matmuls at the model's shapes."""
+    if variant == "today":
+        runners = {"today": Runner(preset, "today")}
+    else:
+        runners = {
+            "new": Runner(preset),
+            "new fp32": Runner(preset, precision="fp32"),
+            "new dense": Runner(preset, density=1.0),
+        }
+    for r in runners.values():
+        r.time_steps(2)  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(reps):
+        for k, r in runners.items():
+            times[k].append(r.time_steps(steps))
+    out = {k: statistics.median(v) for k, v in times.items()}
+    r = next(iter(runners.values()))
+    out["tokens_per_step"] = r.tokens_per_step
+    if variant == "new":
+        out["precision"] = r.tcfg.precision
+        out["matmul_fp32"] = matmul_seconds(r)
+        if r.tcfg.precision == "bf16":
+            out["matmul_bf16"] = matmul_seconds(r, torch.bfloat16)
+    return out
+
+
 def throughput(presets: list[str], steps: int, rounds: int) -> list[dict]:
     rows = []
     for preset in presets:
-        r = Runner(preset)
-        for v in ("today", "new"):
-            r.time_steps(2, v)  # warm-up
-        times = {"today": [], "new": []}
+        got: dict[str, list[float]] = {}
+        extra: dict = {}
         for _ in range(rounds):
-            for v in times:
-                times[v].append(r.time_steps(steps, v))
-        mm_s, flops = matmul_seconds(r)
-        med = {v: statistics.median(ts) for v, ts in times.items()}
-        bf16_s = None
-        if NATIVE_BF16:  # emulated bf16 is many times slower: train() itself falls back to fp32
-            bf16 = Runner(preset, precision="bf16")
-            bf16.time_steps(2)
-            bf16_s = statistics.median(bf16.time_steps(steps) for _ in range(rounds))
-        dense = Runner(preset, density=1.0)
-        dense.time_steps(2)
-        dense_s = statistics.median(dense.time_steps(steps) for _ in range(rounds))
+            for variant in ("today", "new"):
+                cmd = [sys.executable, __file__, "--worker", "throughput", "--variant", variant]
+                cmd += ["--preset", preset, "--steps", str(steps)]
+                p = subprocess.Popen(
+                    cmd, env=_worker_env(variant), stdout=subprocess.PIPE, text=True
+                )
+                res = _worker_result(p)
+                for k, v in res.items():
+                    if isinstance(v, float) and k in ("today", "new", "new fp32", "new dense"):
+                        got.setdefault(k, []).append(v)
+                    else:
+                        extra.setdefault(k, v)
+        med = {k: statistics.median(v) for k, v in got.items()}
+        n = extra["tokens_per_step"]
+        fp32_s, fp32_flops = extra["matmul_fp32"]
+        mm_new = extra.get("matmul_bf16", extra["matmul_fp32"])
         rows.append(
             dict(
                 preset=preset,
-                tokens_per_s={v: r.tokens_per_step / s for v, s in med.items()},
+                precision=extra["precision"],
+                seconds_per_step=med,
+                tokens_per_s={k: n / v for k, v in med.items()},
                 speedup=med["today"] / med["new"],
-                matmul_fraction={v: mm_s / s for v, s in med.items()},
-                matmul_gflops=flops / mm_s / 1e9,
-                sparsity_tax=med["new"] / dense_s,
-                bf16_speedup=med["today"] / bf16_s if bf16_s else None,
+                speedup_fp32=med["today"] / med["new fp32"],
+                matmul_gflops=fp32_flops / fp32_s / 1e9,
+                matmul_gflops_new=mm_new[1] / mm_new[0] / 1e9,
+                matmul_fraction={
+                    "today": fp32_s / med["today"],
+                    "new fp32": fp32_s / med["new fp32"],
+                    "new": mm_new[0] / med["new"],
+                },
+                sparsity_tax=med["new fp32"] / med["new dense"],
             )
         )
     return rows
@@ -228,7 +279,7 @@ def throughput(presets: list[str], steps: int, rounds: int) -> list[dict]:
 
 def _worker_env(variant: str) -> dict:
     env = dict(os.environ)
-    for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"):
+    for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         env.pop(key, None)
     if variant == "today":
         env.update(OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="2")
@@ -251,14 +302,14 @@ def _worker_result(p: subprocess.Popen) -> dict:
 def run_worker(kind: str, variant: str, args) -> dict:
     """Warm up long enough for the thread count to settle, then measure for a fixed time."""
     if kind == "train":
-        r = Runner("quick")
-        r.time_steps(1, variant)
+        r = Runner("quick", variant)
+        r.time_steps(1)
         deadline = time.perf_counter() + threads.PERIOD * 2
         while time.perf_counter() < deadline:
-            r.time_steps(1, variant)
+            r.time_steps(1)
         t0, n = time.perf_counter(), 0
         while time.perf_counter() - t0 < args.work_seconds:
-            r.time_steps(1, variant)
+            r.time_steps(1)
             n += 1
         return {"rate": n * r.tokens_per_step / (time.perf_counter() - t0), "unit": "tokens/s"}
     with step_context(variant):
@@ -323,20 +374,21 @@ def side_by_side(args) -> dict:
 
 
 def heldout_after(steps: int) -> dict:
-    """Train the quick shape `steps` steps from the same seed with each step, plus the new
+    """Train the quick preset `steps` steps from the same seed with today's step (fp32) and
+    the new one (at the preset's precision; in fp32 too where that is bf16), plus the new
     step from a second seed (the noise to compare against); held-out loss of each."""
     import tempfile
 
     from sparsecircuits.train import train
 
     out = {}
-    runs = (
-        ("today", "today", 0, "fp32"),
-        ("new", "new", 0, "fp32"),
-        ("new, seed 1", "new", 1, "fp32"),
-    ) + ((("new, bf16", "new", 0, "bf16"),) if NATIVE_BF16 else ())
+    runs = [("today", "today", 0, "fp32"), ("new", "new", 0, None), ("new, seed 1", "new", 1, None)]
+    if NATIVE_BF16 and resolve("quick", None, {})[1].precision != "fp32":
+        runs.append(("new, fp32", "new", 0, "fp32"))
     for label, variant, seed, precision in runs:
-        overrides = dict(steps=steps, eval_every=steps, seed=seed, precision=precision)
+        overrides = dict(steps=steps, eval_every=steps, seed=seed)
+        if precision:
+            overrides["precision"] = precision
         mcfg, tcfg = resolve("quick", None, overrides)
         with tempfile.TemporaryDirectory() as d, step_context(variant):
             t = time.perf_counter()
@@ -354,12 +406,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-load", action="store_true", help="skip the competing-process runs")
-    ap.add_argument("--loss-steps", type=int, default=150, help="0 skips the loss check")
+    ap.add_argument("--loss-steps", type=int, default=300, help="0 skips the loss check")
     ap.add_argument("--prune-model", default="runs/quick")
     ap.add_argument("--work-seconds", type=float, default=12.0)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--variant", default="new", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", default="quick", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker == "throughput":
+        res = throughput_worker(args.preset, args.variant, args.steps, reps=3)
+        print(json.dumps(res))
+        return
     if args.worker == "steps":
         Runner("quick").time_steps(args.steps)
         return
@@ -383,19 +440,25 @@ def main() -> None:
         tps, frac = row["tokens_per_s"], row["matmul_fraction"]
         emit(
             f"  {row['preset']:<6} today {tps['today']:>8,.0f}  new {tps['new']:>8,.0f} tokens/s"
-            f"  speed-up {row['speedup']:.2f}x  (target >= 2)"
+            f"  speed-up {row['speedup']:.2f}x  (target >= 2; new runs in {row['precision']})"
         )
+        if row["precision"] != "fp32":
+            emit(
+                f"         new step in fp32: {tps['new fp32']:,.0f} tokens/s, speed-up "
+                f"{row['speedup_fp32']:.2f}x"
+            )
         emit(
             f"         step as a fraction of its matmuls at the measured rate "
-            f"({row['matmul_gflops']:.0f} GFLOP/s at these shapes): "
-            f"today {frac['today']:.2f}, new {frac['new']:.2f}"
+            f"(fp32 {row['matmul_gflops']:.0f} GFLOP/s at these shapes"
+            + (
+                f", {row['precision']} {row['matmul_gflops_new']:.0f}"
+                if row["precision"] != "fp32"
+                else ""
+            )
+            + f"): today {frac['today']:.2f}, new in fp32 {frac['new fp32']:.2f}"
+            + (f", new {frac['new']:.2f}" if row["precision"] != "fp32" else "")
         )
-        emit(f"         new step, sparse / dense (same AbsTopK): {row['sparsity_tax']:.2f}")
-        emit(
-            f"         new step with precision=bf16 (autocast): speed-up {row['bf16_speedup']:.2f}x"
-            if row["bf16_speedup"]
-            else "         precision=bf16 not measured: this CPU has no native bf16 (fp32 is used)"
-        )
+        emit(f"         new step in fp32, sparse / dense (same AbsTopK): {row['sparsity_tax']:.2f}")
 
     if not args.skip_load:
         kinds = ["train"]

@@ -307,6 +307,42 @@ def test_a_hook_on_the_pattern_takes_the_explicit_path_and_is_honoured():
         )
 
 
+@pytest.mark.parametrize("final_bias", [False, True])
+def test_fast_path_under_bf16_autocast_matches_plain(final_bias):
+    """Under autocast the fast loss runs its matmuls in bf16 and attention in fp32 (on the
+    CPU); the plain path runs both in bf16: the two agree to bf16 precision (without
+    AbsTopK, whose choices a rounding difference can flip)."""
+    model = small(final_bias=final_bias, afrac=None).train()
+    x = tokens(n=3, t=12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast_loss, fast = _loss_and_grads(model, x)
+        with fused.plain():
+            plain_loss, ref = _loss_and_grads(model, x)
+            ref_logits = model(x)
+        logits = model(x)
+    assert fast_loss.dtype == torch.float32
+    assert torch.allclose(fast_loss, plain_loss, atol=2e-2)
+    assert torch.allclose(logits.float(), ref_logits.float(), atol=5e-2)
+    for name in ref:
+        scale = ref[name].abs().max().item() + 1e-6
+        assert (fast[name] - ref[name]).abs().max().item() <= 0.05 * scale, name
+
+
+def test_kth_largest_on_several_threads_equals_topk(monkeypatch):
+    a = torch.randn(300, 97, generator=torch.Generator().manual_seed(5)).abs()
+    a[:, :10] = 0.0  # zeros and ties must not change the answer
+    a[7, 20:40] = 1.5
+    expected = a.topk(13, dim=-1).values[:, -1:]
+    monkeypatch.setattr(fused, "_ROWS_PER_THREAD", 1)  # split even this small input
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(fused.kth_largest(a, 13), expected)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(fused.kth_largest(a, 13), expected)
+
+
 def test_abs_topk_fast_threshold_equals_topk():
     x = torch.randn(64, 96, generator=torch.Generator().manual_seed(3))
     fast = abs_topk(x, 0.2)

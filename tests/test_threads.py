@@ -19,14 +19,22 @@ def test_others_busy_subtracts_this_process():
     assert abs(threads.others_busy((0, 0, 0.0), (3 * tick, 1 * tick, 2.0)) - 1.0) < 1e-9
 
 
-def test_wait_policy_is_passive_before_torch_and_the_environment_wins():
-    code = "import os, sparsecircuits; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "PASSIVE"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "ACTIVE"
+def test_wait_policy_is_set_before_torch_and_the_environment_wins():
+    code = (
+        "import os, sparsecircuits;"
+        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def run(**extra):
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
+        )
+        return out.stdout.strip()
+
+    assert run() == f"PASSIVE {threads.SPIN_COUNT}"
+    assert run(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE None"
+    assert run(GOMP_SPINCOUNT="0") == "None 0"
 
 
 def test_threads_option_fixes_the_count():

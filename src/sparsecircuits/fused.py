@@ -12,6 +12,7 @@ against the plain path.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import torch
@@ -23,43 +24,53 @@ CHUNK = 512  # rows of logits alive at once: 4 MB at vocab 2048, reused from the
 
 def _loss_and_grads(x, W, bias, bigram, inp, tgt, need):
     """mean_i CE(x_i @ W.T + bias + bigram[inp_i], tgt_i) and the gradients of the inputs
-    flagged in `need` (x, W, bias, bigram), None for the others."""
+    flagged in `need` (x, W, bias, bigram), None for the others, each times n (the caller
+    scales them by 1/n, on the small tensors, not on every chunk of logits). Under autocast
+    the matmuls run in its dtype, as the plain path's would; softmax, sums and the
+    accumulated gradients stay in float32."""
     n = x.shape[0]
+    dev = x.device.type
+    mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    xc, Wc = x.to(mm), W.to(mm)
+    # the bias rides on the bigram rows: one pass over [vocab, vocab], none over the logits
+    table = bigram + bias if bias is not None and bigram is not None else bigram
     total = x.new_zeros((), dtype=torch.float32)
     dx = torch.empty_like(x) if need[0] else None
     dW = torch.zeros_like(W) if need[1] else None
-    dbias = torch.zeros_like(bias) if need[2] else None
-    dbigram = torch.zeros_like(bigram) if need[3] else None
+    dtable = torch.zeros_like(table) if table is not None and (need[2] or need[3]) else None
+    dbias = torch.zeros_like(bias) if need[2] and dtable is None else None
+    rows = torch.arange(min(n, CHUNK), device=x.device)
     for s in range(0, n, CHUNK):
-        xs, ins, ts = x[s : s + CHUNK], inp[s : s + CHUNK], tgt[s : s + CHUNK]
-        if bigram is not None:  # the matmul accumulates onto the bigram rows: no extra pass
-            logits = torch.addmm(bigram.index_select(0, ins), xs, W.t())
+        xs, ins, ts = xc[s : s + CHUNK], inp[s : s + CHUNK], tgt[s : s + CHUNK]
+        if table is not None:  # the matmul accumulates onto the gathered rows: no extra pass
+            logits = _add_mm(table.index_select(0, ins), xs, Wc.t())
         else:
-            logits = xs @ W.t()
-        if bias is not None:
-            logits += bias
-        logits = logits.float()
-        picked = logits.gather(1, ts[:, None]).squeeze(1)
-        # one exp serves the log-sum-exp and the softmax of the gradient
-        top = logits.amax(-1, keepdim=True)
-        e = logits.sub_(top).exp_()
-        z = e.sum(-1)
-        total += (top.squeeze(1) + z.log() - picked).sum()
+            logits = xs @ Wc.t() if bias is None else torch.addmm(bias.to(mm), xs, Wc.t())
+        logp = torch.log_softmax(logits.float(), -1)
+        total -= logp.gather(1, ts[:, None]).sum()
         if not any(need):
             continue
-        # d(CE)/d(logits) = softmax - onehot(target), scaled by 1/n for the mean
-        g = e.mul_((1.0 / (z * n))[:, None])
-        g[torch.arange(len(ts), device=g.device), ts] -= 1.0 / n
-        g = g.to(x.dtype)
+        # n * d(mean CE)/d(logits) = softmax - onehot(target)
+        g = logp.exp_()
+        g[rows[: len(ts)], ts] -= 1.0
+        gc = g.to(mm)
         if dx is not None:
-            dx[s : s + CHUNK] = g @ W
+            dx[s : s + CHUNK] = gc @ Wc
         if dW is not None:
-            dW.addmm_(g.t(), xs)
+            _add_mm(dW, gc.t(), xs)
+        if dtable is not None:
+            dtable.index_add_(0, ins, g.to(dtable.dtype))
         if dbias is not None:
             dbias += g.sum(0)
-        if dbigram is not None:
-            dbigram.index_add_(0, ins, g)
+    if dtable is not None and need[2]:
+        dbias = dtable.sum(0)  # every logit row carries the bias once
+    dbigram = dtable if need[3] else None
     return total / n, (dx, dW, dbias, dbigram)
+
+
+def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out += a @ b, in place; in one BLAS call where the dtypes agree."""
+    return out.addmm_(a, b) if out.dtype == a.dtype else out.add_(a @ b)
 
 
 class _NextTokenLoss(torch.autograd.Function):
@@ -69,11 +80,13 @@ class _NextTokenLoss(torch.autograd.Function):
     def forward(ctx, x, W, bias, bigram, inp, tgt):
         loss, grads = _loss_and_grads(x, W, bias, bigram, inp, tgt, ctx.needs_input_grad[:4])
         ctx.save_for_backward(*grads)
+        ctx.n = x.shape[0]
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        scaled = [None if t is None else t * grad for t in ctx.saved_tensors]
+        scale = grad / ctx.n
+        scaled = [None if t is None else t * scale for t in ctx.saved_tensors]
         return (*scaled, None, None)
 
 
@@ -113,11 +126,35 @@ def plain():
 
 
 def kth_largest(a: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest entry along the last axis, shape [..., 1]. On the CPU numpy's
-    introselect is ~10x faster than torch.topk for rows of a few hundred entries."""
+    """The k-th largest entry along the last axis of `a` (non-negative: magnitudes), shape
+    [..., 1]. On the CPU numpy's introselect is ~10x faster than torch.topk for rows of a
+    few hundred entries; it runs on the float32 bit patterns as int32 (for non-negative
+    floats they order as the values do, and integer compares are ~1.5x faster) and, for
+    big inputs, on one slice of rows per torch thread (numpy releases the GIL)."""
     if not ENABLED or a.device.type != "cpu":
         return a.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    flat = a.reshape(-1, a.shape[-1]).float().numpy()
+    flat = a.reshape(-1, a.shape[-1]).float().numpy().view(np.int32)
     n = a.shape[-1] - k
-    thr = np.partition(flat, n, axis=-1)[:, n]
-    return torch.from_numpy(thr).to(a.dtype).view(*a.shape[:-1], 1)
+    parts = min(torch.get_num_threads(), flat.shape[0], max(1, flat.size // _ROWS_PER_THREAD))
+    if parts > 1:
+        slices = np.array_split(flat, parts)
+        thr = np.concatenate(list(_pool().map(lambda s: _select(s, n), slices)))
+    else:
+        thr = _select(flat, n)
+    return torch.from_numpy(thr.view(np.float32)).to(a.dtype).view(*a.shape[:-1], 1)
+
+
+_ROWS_PER_THREAD = 1 << 16  # entries below which a second thread costs more than it saves
+_POOL: list = []
+
+
+def _select(rows: np.ndarray, n: int) -> np.ndarray:
+    return np.partition(rows, n, axis=-1)[:, n]
+
+
+def _pool():
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max(2, os.cpu_count() or 2), "kth_largest"))
+    return _POOL[0]

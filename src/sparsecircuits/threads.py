@@ -1,15 +1,19 @@
 """How many threads to compute with on a machine someone else is also using.
 
-Two facts measured on a 2-core laptop-class CPU (benchmarks/bench_train.py re-measures them):
-OpenMP's default wait policy spins a thread that waits at a barrier, so a 2-thread job next
-to one other busy process runs ~3x slower than alone; with `OMP_WAIT_POLICY=PASSIVE` it
-loses little when the machine is quiet, and running one thread fewer than there are free
-cores keeps most of the throughput under load. So: the wait policy is set before torch
-starts, and `adapt()` (called once per training or pruning step) looks at how busy the
-other processes are every few seconds and uses the cores they leave free.
+Facts measured on a 2-core laptop-class CPU (benchmarks/bench_train.py re-measures them):
+OpenMP's default wait policy spins a thread that waits at a barrier for milliseconds, so a
+2-thread job next to one other busy process runs ~3x slower than alone; a thread that
+sleeps at once (`OMP_WAIT_POLICY=PASSIVE`) pays for waking at every one of the ~1000 small
+ops of a training step (the quick step ran ~25% slower than with spinning), and running
+one thread fewer than there are free cores keeps most of the throughput under load. So:
+before torch starts, waiting threads spin for ~0.1 ms and then sleep (GNU OpenMP's
+GOMP_SPINCOUNT, the runtime in PyTorch's Linux wheels; other runtimes get PASSIVE), and
+`adapt()` (called once per training or pruning step) looks at how busy the other processes
+are every few seconds and uses the cores they leave free.
 
-A user who sets `--threads` or OMP_NUM_THREADS gets exactly that number; OMP_WAIT_POLICY
-in the environment wins over ours.
+A user who sets `--threads` or OMP_NUM_THREADS gets exactly that number; an
+OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment wins over ours. A process that
+imported torch before sparsecircuits keeps the policy torch started with.
 """
 
 from __future__ import annotations
@@ -23,9 +27,15 @@ PERIOD = 2.0  # seconds between looks at /proc/stat
 _state: dict = {"fixed": "OMP_NUM_THREADS" in os.environ, "last": None, "max": None}
 
 
+SPIN_COUNT = "10000"  # ~0.1 ms of spinning (GNU OpenMP counts ~100k spins per ms)
+
+
 def configure_env() -> None:
     """Set the OpenMP wait policy; must run before torch is imported."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT  # GNU OpenMP: read before the policy, wins
 
 
 configure_env()  # on import: sparsecircuits/__init__.py imports this module before torch

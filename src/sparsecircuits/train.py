@@ -73,6 +73,18 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
+def runnable_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """`cfg`, or fp32 in its place (said on stderr) where bf16 would only be emulated."""
+    if cfg.precision != "bf16" or native_bf16(device):
+        return cfg
+    print(
+        f"precision=bf16: no native bfloat16 matmul on this {device.type} "
+        "(emulated, it is many times slower than fp32); training in fp32",
+        file=sys.stderr,
+    )
+    return dataclasses.replace(cfg, precision="fp32")
+
+
 def make_optimizer(model: SparseGPT, cfg: TrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -223,14 +235,7 @@ def train(
     if world > 1 and torch.cuda.is_available() and device in (None, "auto"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = pick_device(device)
-    if train_cfg.precision == "bf16" and not native_bf16(device):
-        # Recorded in config.json as fp32: the checkpoint says what actually ran.
-        print(
-            f"precision=bf16: no native bfloat16 matmul on this {device.type} "
-            "(emulated, it is many times slower than fp32); training in fp32",
-            file=sys.stderr,
-        )
-        train_cfg = dataclasses.replace(train_cfg, precision="fp32")
+    train_cfg = runnable_precision(train_cfg, device)  # config.json records what ran
     cfg_dict = config_to_dict(model_cfg, train_cfg)
     if train_cfg.batch_size % world:
         raise UserError(f"batch_size={train_cfg.batch_size} is not divisible by {world} processes")

@@ -91,6 +91,7 @@ STUDY_PRESETS: dict[str, dict] = {
             checkpoint_every=300,
             save_every=200,
             afrac=None,
+            precision="fp32",  # as the models behind the recorded results were trained
         ),
         base_width=64,
         densities=[0.5, 0.25, 0.125],
@@ -124,6 +125,7 @@ STUDY_PRESETS: dict[str, dict] = {
             eval_every=300,
             checkpoint_every=300,
             afrac=None,
+            precision="fp32",  # as the models behind the recorded results were trained
         ),
         base_width=64,
         densities=[0.5, 0.25, 0.125],
