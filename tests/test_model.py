@@ -333,7 +333,7 @@ def test_kth_largest_on_several_threads_equals_topk(monkeypatch):
     a[:, :10] = 0.0  # zeros and ties must not change the answer
     a[7, 20:40] = 1.5
     expected = a.topk(13, dim=-1).values[:, -1:]
-    monkeypatch.setattr(fused, "_ROWS_PER_THREAD", 1)  # split even this small input
+    monkeypatch.setattr(fused, "_ENTRIES_PER_THREAD", 1)  # split even this small input
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -135,7 +135,7 @@ def kth_largest(a: torch.Tensor, k: int) -> torch.Tensor:
         return a.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     flat = a.reshape(-1, a.shape[-1]).float().numpy().view(np.int32)
     n = a.shape[-1] - k
-    parts = min(torch.get_num_threads(), flat.shape[0], max(1, flat.size // _ROWS_PER_THREAD))
+    parts = min(torch.get_num_threads(), flat.shape[0], max(1, flat.size // _ENTRIES_PER_THREAD))
     if parts > 1:
         slices = np.array_split(flat, parts)
         thr = np.concatenate(list(_pool().map(lambda s: _select(s, n), slices)))
@@ -144,7 +144,7 @@ def kth_largest(a: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(thr.view(np.float32)).to(a.dtype).view(*a.shape[:-1], 1)
 
 
-_ROWS_PER_THREAD = 1 << 16  # entries below which a second thread costs more than it saves
+_ENTRIES_PER_THREAD = 1 << 18  # fewer per thread and the hand-off costs more than it saves
 _POOL: list = []
 
 
