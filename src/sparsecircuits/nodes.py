@@ -101,9 +101,8 @@ def ablation_hooks(
         mask, mean = masks[site.hook], means[site.hook]
 
         def fn(act, hook, site=site, mask=mask, mean=mean):
-            # mean + mask * (act - mean) in one pass (three passes written out), and exact
-            # at masks of 0 and 1
-            return torch.lerp(mean, channels(act, site), mask).view_as(act)
+            flat = channels(act, site)
+            return (mean + mask * (flat - mean)).view_as(act)
 
         hooks.append((site.hook, fn))
     return hooks
