@@ -103,8 +103,8 @@ class TrainConfig:
     grad_clip_rms: float = 1.0
     # "bf16": the forward pass under bfloat16 autocast (weights, gradients, Adam, softmax and
     # attention stay fp32). On a CPU with native bf16 it halves the memory traffic of every
-    # activation and runs matmuls ~2.7x faster: the quick and small presets use it
-    # (benchmarks/bench_train.py: step and held-out loss, fp32 vs bf16). Where bf16 is only
+    # activation and runs matmuls several times faster: the quick and small presets use it
+    # (benchmarks/bench_train.py: step, matmul rates and held-out loss). Where bf16 is only
     # emulated (an AVX2 CPU) training falls back to fp32 and says so.
     precision: str = "fp32"
     eval_every: int = 100
@@ -247,7 +247,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             **_CPU,
         ),
     },
-    # About 5 minutes on 2 CPU cores.
+    # A few minutes on 2 CPU cores.
     "quick": {
         "model": dict(vocab_size=2048, n_ctx=128, d_model=128, n_layer=2),
         "train": dict(

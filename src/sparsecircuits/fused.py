@@ -126,11 +126,12 @@ def plain():
 
 
 def kth_largest(a: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest entry along the last axis of `a` (non-negative: magnitudes), shape
-    [..., 1]. On the CPU numpy's introselect is ~10x faster than torch.topk for rows of a
-    few hundred entries; it runs on the float32 bit patterns as int32 (for non-negative
-    floats they order as the values do, and integer compares are ~1.5x faster) and, for
-    big inputs, on one slice of rows per torch thread (numpy releases the GIL)."""
+    """The k-th largest entry along the last axis of `a`, shape [..., 1]. `a` holds
+    magnitudes (>= 0), or negatives that only mark entries to pass over. On the CPU numpy's
+    introselect is ~10x faster than torch.topk for rows of a few hundred entries; it runs on
+    the float32 bit patterns as int32 (non-negative floats order as their patterns do, every
+    negative one below them, and integer compares are ~1.5x faster) and, for big inputs, on
+    one slice of rows per torch thread (numpy releases the GIL)."""
     if not ENABLED or a.device.type != "cpu":
         return a.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     flat = a.reshape(-1, a.shape[-1]).float().numpy().view(np.int32)
