@@ -2,7 +2,7 @@
 baseline) vs the fast paths, each as a fraction of the machine's matmul rate at the model's
 shapes; quiet vs one competing busy process for training and a circuit search; two
 sparsecircuits jobs side by side vs one after the other; held-out loss after a fixed number
-of tokens, old step vs new. Every timing runs in a child process started as the CLI starts
+of tokens, old step vs new. Every timing runs in a child process of its own, started as the CLI starts
 (the OpenMP wait policy is fixed when torch loads), and the variants alternate round by
 round, so the ratios hold on a noisy machine; absolute numbers are for orientation only.
 
@@ -202,26 +202,23 @@ def matmul_seconds(r: Runner, dtype: torch.dtype = torch.float32) -> tuple[float
     return total_s, total_flops
 
 
+# Each variant's steps are timed in a process of its own: a second model in the same
+# process slowed the first by ~15-20% (small preset, fp32), which would bias whichever
+# variant shares.
+VARIANTS = {
+    "today": dict(variant="today"),
+    "new": {},
+    "new fp32": dict(precision="fp32"),
+    "new dense": dict(density=1.0),
+}
+
+
 def throughput_worker(preset: str, variant: str, steps: int, reps: int, matmuls: bool) -> dict:
-    """Median seconds per step of each runner this child's environment runs: today's step,
-    or the new one with its fp32 and dense counterparts (alternated); with `matmuls` also
-    the matmuls at the model's shapes."""
-    if variant == "today":
-        runners = {"today": Runner(preset, "today")}
-    else:
-        runners = {
-            "new": Runner(preset),
-            "new fp32": Runner(preset, precision="fp32"),
-            "new dense": Runner(preset, density=1.0),
-        }
-    for r in runners.values():
-        r.time_steps(2)  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(reps):
-        for k, r in runners.items():
-            times[k].append(r.time_steps(steps))
-    out = {k: statistics.median(v) for k, v in times.items()}
-    r = next(iter(runners.values()))
+    """Median seconds per step of one variant (see VARIANTS); with `matmuls` also the
+    matmuls at the model's shapes."""
+    r = Runner(preset, **VARIANTS[variant])
+    r.time_steps(2)  # warm-up
+    out = {variant: statistics.median(r.time_steps(steps) for _ in range(reps))}
     out["tokens_per_step"] = r.tokens_per_step
     if variant == "new":
         out["precision"] = r.tcfg.precision
@@ -238,19 +235,17 @@ def throughput(presets: list[str], steps: int, rounds: int) -> list[dict]:
         got: dict[str, list[float]] = {}
         extra: dict = {}
         for i in range(rounds):
-            for variant in ("today", "new"):
+            for variant in VARIANTS:
                 cmd = [sys.executable, __file__, "--worker", "throughput", "--variant", variant]
                 cmd += ["--preset", preset, "--steps", str(steps)]
                 cmd += ["--matmuls"] if i == 0 and variant == "new" else []
-                p = subprocess.Popen(
-                    cmd, env=_worker_env(variant), stdout=subprocess.PIPE, text=True
+                env = _worker_env("today" if variant == "today" else "new")
+                res = _worker_result(
+                    subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
                 )
-                res = _worker_result(p)
+                got.setdefault(variant, []).append(res.pop(variant))
                 for k, v in res.items():
-                    if isinstance(v, float) and k in ("today", "new", "new fp32", "new dense"):
-                        got.setdefault(k, []).append(v)
-                    else:
-                        extra.setdefault(k, v)
+                    extra.setdefault(k, v)
         med = {k: statistics.median(v) for k, v in got.items()}
         n = extra["tokens_per_step"]
         fp32_s, fp32_flops = extra["matmul_fp32"]
