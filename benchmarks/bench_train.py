@@ -2,9 +2,10 @@
 baseline) vs the fast paths, each as a fraction of the machine's matmul rate at the model's
 shapes; quiet vs one competing busy process for training and a circuit search; two
 sparsecircuits jobs side by side vs one after the other; held-out loss after a fixed number
-of tokens, old step vs new. Every timing runs in a child process of its own, started as the CLI starts
-(the OpenMP wait policy is fixed when torch loads), and the variants alternate round by
-round, so the ratios hold on a noisy machine; absolute numbers are for orientation only.
+of tokens, old step vs new. Every timing runs in a child process of its own, started as
+the CLI starts (the OpenMP wait policy is fixed when torch loads), and the variants
+alternate round by round, so the ratios hold on a noisy machine; absolute numbers are for
+orientation only.
 
     python benchmarks/bench_train.py [--presets quick,small] [--rounds 5] [--skip-load]
         [--loss-steps 300] [--prune-model runs/quick]
