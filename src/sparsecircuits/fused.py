@@ -12,7 +12,9 @@ against the plain path.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -146,16 +148,12 @@ def kth_largest(a: torch.Tensor, k: int) -> torch.Tensor:
 
 
 _ENTRIES_PER_THREAD = 1 << 18  # fewer per thread and the hand-off costs more than it saves
-_POOL: list = []
 
 
 def _select(rows: np.ndarray, n: int) -> np.ndarray:
     return np.partition(rows, n, axis=-1)[:, n]
 
 
-def _pool():
-    if not _POOL:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL.append(ThreadPoolExecutor(max(2, os.cpu_count() or 2), "kth_largest"))
-    return _POOL[0]
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max(2, os.cpu_count() or 2), "kth_largest")
