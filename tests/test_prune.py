@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import sparsecircuits.prune as prune_module
 from conftest import tiny_configs, write_quote_task
 from sparsecircuits import load, train
 from sparsecircuits.circuit import SCHEMA_VERSION, Circuit, Node, circuit_edges
@@ -15,7 +16,7 @@ from sparsecircuits.model import SparseGPT
 from sparsecircuits.nodes import MEANS_FILE, ablation_hooks, node_sites, parse_node
 from sparsecircuits.prune import Evaluator, TargetUnreachable, TaskTrivial, calibrate, prune
 from sparsecircuits.prune_methods import Problem, PruneConfig
-from sparsecircuits.tasks import TaskBatch, get_task
+from sparsecircuits.tasks import TaskBatch, get_task, task_logit_diff
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +251,9 @@ def test_masks_of_ones_are_the_identity_and_zeros_ablate():
     )
 
 
-def test_many_mask_sets_evaluated_together_equal_one_at_a_time():
+@pytest.mark.parametrize("run_pairs", [16, 1])  # pairs in one pass, or cut by length
+def test_many_mask_sets_evaluated_together_equal_one_at_a_time(monkeypatch, run_pairs):
+    monkeypatch.setattr(prune_module, "_RUN_PAIRS", run_pairs)
     torch.manual_seed(0)
     model = SparseGPT(ModelConfig(vocab_size=40, d_model=32, n_layer=2, afrac=0.25)).eval()
     with torch.no_grad():
@@ -273,6 +276,11 @@ def test_many_mask_sets_evaluated_together_equal_one_at_a_time():
     together = ev.diffs(many, rows=12)  # two sets per pass: groups and a ragged last one
     for masks, d in zip(many, together, strict=True):
         assert torch.allclose(d, ev.diff(masks), atol=1e-5)
+        alone = [  # each pair on its own, in order
+            task_logit_diff(ev.problem.logits(masks, batch.subset([i])), batch.subset([i]))
+            for i in range(3)
+        ]
+        assert torch.allclose(d, torch.cat(alone), atol=1e-5)
     # and the last-position logits equal the full logits read there
     ones = {s.hook: torch.ones(s.width) for s in sites}
     full = model(batch.tokens)[torch.arange(6), batch.last_pos]

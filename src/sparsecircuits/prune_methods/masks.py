@@ -40,24 +40,24 @@ def learned_mask_scores(
     problem: Problem, cfg: PruneConfig, progress: bool = True
 ) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(cfg.seed)
-    taus = problem.full_masks(cfg.mask_init, requires_grad=True)
-    ema = {h: t.detach().clone() for h, t in taus.items()}
-    opt = torch.optim.Adam(taus.values(), lr=cfg.mask_lr)
+    hooks, widths = [s.hook for s in problem.sites], [s.width for s in problem.sites]
+    # One logit per node in one flat vector, viewed per site: the noise, the step, Adam,
+    # the clamp and the running mean are then one op each, not one per site (16 on quick).
+    device = next(problem.model.parameters()).device
+    tau = torch.full((sum(widths),), cfg.mask_init, device=device, requires_grad=True)
+    ema = tau.detach().clone()
+    opt = torch.optim.Adam([tau], lr=cfg.mask_lr)
     n_pairs = len(problem.batch) // 2
     for _ in tqdm(range(cfg.steps), desc="masks", unit="step", disable=not progress, leave=False):
         threads.adapt()
         sub = problem.batch.subset(torch.randperm(n_pairs, generator=g)[: cfg.batch_pairs])
-        masks = {
-            h: HeavisideSTE.apply(t + cfg.mask_noise * _logistic(t.shape, g).to(t.device))
-            for h, t in taus.items()
-        }
-        kept = torch.stack([m.sum() for m in masks.values()]).sum()
-        loss = task_loss(problem.logits(masks, sub), sub) + cfg.k_coef * kept
+        mask = HeavisideSTE.apply(tau + cfg.mask_noise * _logistic(tau.shape, g).to(device))
+        masks = dict(zip(hooks, mask.split(widths), strict=True))
+        loss = task_loss(problem.logits(masks, sub), sub) + cfg.k_coef * mask.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
-            for h, t in taus.items():
-                t.clamp_(-1.0, 1.0)
-                ema[h].mul_(cfg.score_ema).add_((1 - cfg.score_ema) * t)
-    return ema
+            tau.clamp_(-1.0, 1.0)
+            ema.mul_(cfg.score_ema).add_((1 - cfg.score_ema) * tau)
+    return dict(zip(hooks, ema.split(widths), strict=True))
