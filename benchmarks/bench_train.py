@@ -1,14 +1,19 @@
 """Training speed on a shared CPU: today's step (the plain reference code, kept here as the
 baseline) vs the fast paths, each as a fraction of the machine's matmul rate at the model's
-shapes; quiet vs one competing busy process for training and a circuit search; two
-sparsecircuits jobs side by side vs one after the other; held-out loss after a fixed number
-of tokens, old step vs new. Every timing runs in a child process of its own, started as
-the CLI starts (the OpenMP wait policy is fixed when torch loads), and the variants
-alternate round by round, so the ratios hold on a noisy machine; absolute numbers are for
-orientation only.
+shapes; the wall time of one circuit search, as the quick study runs it and as `prune`
+runs by default on the quick preset's model; quiet vs one competing busy process for
+training and a circuit search; two sparsecircuits jobs side by side vs one after the other;
+held-out loss after a fixed number of tokens, old step vs new. Every timing runs in a child
+process of its own, started as the CLI starts (the OpenMP wait policy is fixed when torch
+loads), and the variants alternate round by round, so the ratios hold on a noisy machine;
+absolute numbers are for orientation only.
 
     python benchmarks/bench_train.py [--presets quick,small] [--rounds 5] [--skip-load]
-        [--loss-steps 300] [--prune-model runs/quick]
+        [--loss-steps 300] [--prune-model runs/quick] [--search-rounds 3]
+
+The circuit searches with today's step run today's pruning code around it (the mask
+training and evaluation passes as they are now), so they understate what a search cost
+before; only the model's step differs between the two.
 
 "today" is what a user got before this benchmark existed: the plain code paths in fp32,
 OpenMP's spinning wait policy and a fixed 2 threads. "new" is the default now: the preset's
@@ -311,18 +316,61 @@ def run_worker(kind: str, variant: str, args) -> dict:
             n += 1
         return {"rate": n * r.tokens_per_step / (time.perf_counter() - t0), "unit": "tokens/s"}
     with step_context(variant):
-        seconds = circuit_search_seconds(Path(args.prune_model))
+        seconds = search_seconds(kind, args)
     return {"rate": 1 / seconds, "seconds": seconds, "unit": "searches/s"}
 
 
-def circuit_search_seconds(model_dir: Path) -> float:
+# ---- circuit search wall time -------------------------------------------------------------
+
+STUDY_TASK = "while_return_true"  # one the quick study's models all reach
+
+
+def study_search() -> tuple[Path, object, list[float]]:
+    """A circuit search as the quick study runs one: its base model (d_model 64, density
+    1/8, seed 0; trained into the study's model cache when not there, ~1-2 min), its prune
+    settings and target for the task, over its k_coef grid -> (model dir, config, k_coefs)."""
+    from sparsecircuits.study.config import model_dir, model_specs, study_config
+    from sparsecircuits.study.run import prune_config, train_model
+
+    cfg = study_config("quick")
+    base = f"w{cfg.base_width}_d{cfg.fixed_l0_density:.4g}_s0"
+    spec = next(s for s in model_specs(cfg) if s.id == base)
+    if not (model_dir(cfg, spec) / "done.json").exists():
+        train_model(cfg, spec, torch.device("cpu"))
+    return model_dir(cfg, spec), prune_config(cfg, STUDY_TASK, 0), cfg.k_coefs
+
+
+def search_seconds(kind: str, args) -> float:
+    """Wall time of one circuit search: "study" as above; "cli" what
+    `sparsecircuits prune MODEL --task single_double_quote --target-loss 0.8` runs on the
+    quick preset's model (d_model 128, AbsTopK on): the default settings, one k_coef."""
     from sparsecircuits.prune import prune
     from sparsecircuits.prune_methods import PruneConfig
 
-    cfg = PruneConfig(method="masks", target_loss=0.8)  # the quick study target
+    if kind == "study":
+        model, cfg, k_coefs = study_search()
+        task = STUDY_TASK
+    else:
+        model, cfg, k_coefs = Path(args.prune_model), PruneConfig(target_loss=0.8), None
+        task = "single_double_quote"
     t = time.perf_counter()
-    prune(model_dir, "single_double_quote", cfg, progress=False)
+    prune(model, task, cfg, progress=False, k_coefs=k_coefs)
     return time.perf_counter() - t
+
+
+def search_times(kinds: list[str], rounds: int, args) -> dict:
+    """Median wall time of each search, today's step vs the new one, each search in a
+    fresh child process (as a user's command runs), variants alternated round by round."""
+    times: dict = {kind: {"today": [], "new": []} for kind in kinds}
+    for _ in range(rounds):
+        for kind in kinds:
+            for variant in ("today", "new"):
+                res = _worker_result(_spawn_worker(kind, variant, args))
+                times[kind][variant].append(res["seconds"])
+    return {
+        kind: {v: {"median_s": statistics.median(t), "all_s": t} for v, t in by.items()}
+        for kind, by in times.items()
+    }
 
 
 @contextlib.contextmanager
@@ -407,6 +455,7 @@ def main() -> None:
     ap.add_argument("--loss-steps", type=int, default=300, help="0 skips the loss check")
     ap.add_argument("--prune-model", default="runs/quick")
     ap.add_argument("--work-seconds", type=float, default=12.0)
+    ap.add_argument("--search-rounds", type=int, default=3)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--variant", default="new", help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="quick", help=argparse.SUPPRESS)
@@ -459,13 +508,28 @@ def main() -> None:
         )
         emit(f"         new step, sparse / dense (same AbsTopK): {row['sparsity_tax']:.2f}")
 
+    have_cli_model = (Path(args.prune_model) / "model.safetensors").exists()
+    searches = ["study"] + (["cli"] if have_cli_model else [])
+    for kind in searches:  # models trained and node means cached before anything is timed
+        search_seconds(kind, args)
+    emit(f"\n== one circuit search, wall time (median of {args.search_rounds} rounds) ==")
+    if not have_cli_model:
+        emit(f"  (no checkpoint at {args.prune_model}: the quick preset's search not measured)")
+    res = results["search"] = search_times(searches, args.search_rounds, args)
+    described = {
+        "study": f"quick study's search ({STUDY_TASK}, d_model 64, its settings, 3 k_coefs)",
+        "cli": "sparsecircuits prune on the quick preset's model (d_model 128, defaults)",
+    }
+    for kind, by in res.items():
+        today, new = by["today"]["median_s"], by["new"]["median_s"]
+        emit(
+            f"  {described[kind]}:\n    today's step {today:.1f} s, new {new:.1f} s "
+            f"({today / new:.2f}x; rounds {', '.join(f'{t:.1f}' for t in by['new']['all_s'])}"
+            f" s; target <= 15 s)"
+        )
+
     if not args.skip_load:
-        kinds = ["train"]
-        if (Path(args.prune_model) / "model.safetensors").exists():
-            kinds.append("prune")
-            circuit_search_seconds(Path(args.prune_model))  # node means cached before timing
-        else:
-            emit(f"\n(no checkpoint at {args.prune_model}: circuit search not measured)")
+        kinds = ["train"] + (["cli"] if have_cli_model else [])
         emit("\n== quiet vs one competing single-thread busy process ==")
         results["load"] = under_load(kinds, args)
         for row in results["load"]:

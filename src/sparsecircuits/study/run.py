@@ -193,7 +193,8 @@ def model_row(spec: ModelSpec, mdir: Path, device) -> dict:
     )
 
 
-def _prune_config(cfg: StudyConfig, task: str, seed: int) -> PruneConfig:
+def prune_config(cfg: StudyConfig, task: str, seed: int) -> PruneConfig:
+    """The settings of one of the study's circuit searches (each over `cfg.k_coefs`)."""
     return PruneConfig(**{**cfg.prune, "target_loss": cfg.target(task), "seed": seed})
 
 
@@ -211,7 +212,7 @@ def full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
     means = cached_node_means(mdir, model, tok, progress=False)
     rows = []
     for name in cfg.tasks:
-        pcfg = _prune_config(cfg, name, spec.seed)
+        pcfg = prune_config(cfg, name, spec.seed)
         task = get_task(name, pcfg.n_train, pcfg.n_test, spec.seed)
         pairs = _encode(task, tok, model.cfg.n_ctx, device)
         m = full_model_metrics(model, *pairs, pcfg.calib_steps)
@@ -357,7 +358,7 @@ def _circuit(
         return row
     cdir = out / "circuits" / spec.id / task_label(task_name)
     mdir = model_dir(cfg, spec)
-    pcfg = _prune_config(cfg, task_name, spec.seed)
+    pcfg = prune_config(cfg, task_name, spec.seed)
     key = {
         "model": str(mdir),
         "weights": (mdir / "model.safetensors").stat().st_mtime_ns,
