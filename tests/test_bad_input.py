@@ -505,6 +505,19 @@ def test_unpaired_rows_stay_unpaired_in_the_nonsense_control(tmp_path):
     assert any(p.answer_a == "'" for p in pairs)  # some answers swapped, flag kept
 
 
+def test_prune_batch_pairs_below_one_is_refused(tmp_path, run, capsys):
+    args = ["prune", str(run), "--task", TASK, "--batch-pairs", "0", "--out", str(tmp_path)]
+    fails(capsys, args, "batch pairs must be at least 1, got 0")
+
+
+def test_prune_batch_pairs_reach_the_mask_training(tmp_path, run, capsys):
+    args = ["prune", str(run), "--task", TASK, "--steps", "2", "--batch-pairs", "3"]
+    args += ["--n-train", "8", "--n-test", "8", "--out", str(tmp_path / "c"), "--quiet"]
+    assert main([*args, "--target-loss", "10", "--allow-trivial"]) == 0
+    saved = json.loads((tmp_path / "c" / "circuit.json").read_text())
+    assert saved["prune_config"]["batch_pairs"] == 3
+
+
 def test_builtin_task_on_a_short_context_keeps_the_prompts_that_fit(tmp_path, run, capsys):
     args = ["prune", str(run), "--task", TASK, "--steps", "2", "--n-train", "8"]
     args += [

@@ -121,7 +121,7 @@ def full_model_metrics(model, train_b: TaskBatch, test_b: TaskBatch, calib_steps
 
 # Passes cut the pairs into at most this many runs of similar length, of >= _RUN_PAIRS pairs
 # each: on a quick model and single_double_quote's 128 train pairs 4 runs pad 27% fewer
-# tokens than one and evaluate ~25% faster; shorter runs add more per-pass overhead.
+# tokens than one and evaluate 25-30% faster; shorter runs add more per-pass overhead.
 _LENGTH_RUNS, _RUN_PAIRS = 4, 16
 
 
@@ -141,10 +141,10 @@ class Evaluator:
 
     @torch.no_grad()
     def diffs(self, many: list[dict[str, torch.Tensor]], rows: int = 256) -> list[torch.Tensor]:
-        """diff() under each of many mask sets, in passes of about `rows` prompts: the pairs
-        are cut into runs of similar length (each run padded only to its own longest),
-        repeated once per mask set in a pass, and each copy gets its own masks (a
-        [rows, 1, width] mask broadcasts over positions). Several sets per pass were no
+        """diff() under each of many mask sets, as many sets per pass as `rows` prompts
+        hold (at least one): the pairs are cut into runs of similar length (each run padded
+        only to its own longest), repeated once per set in a pass, and each copy gets its
+        own masks (a [rows, 1, width] mask broadcasts over positions). Several sets per pass were no
         faster than one on 2 CPU cores (64-1024 rows); they save per-pass overhead where
         passes are cheap (a GPU). Each prompt's result does not depend on its pass."""
         n_pairs = len(self.batch) // 2
@@ -153,14 +153,13 @@ class Evaluator:
         out = []
         for s in range(0, len(many), per):
             group = many[s : s + per]
+            by_set = {h: torch.stack([m[h] for m in group]) for h in group[0]}  # [sets, width]
             diffs = torch.empty(len(group), n_pairs, 2)
             for pairs in runs:
                 big = self.batch.subset(pairs.repeat(len(group)))
+                rows_per_set = 2 * len(pairs)
                 stacked = {
-                    h: torch.stack([m[h] for m in group]).repeat_interleave(2 * len(pairs), 0)[
-                        :, None
-                    ]
-                    for h in group[0]
+                    h: m.repeat_interleave(rows_per_set, 0)[:, None] for h, m in by_set.items()
                 }
                 d = task_logit_diff(self.problem.logits(stacked, big), big).cpu()
                 diffs[:, pairs] = d.view(len(group), len(pairs), 2)
@@ -279,6 +278,8 @@ def _check_config(cfg: PruneConfig) -> None:
         raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if not cfg.target_loss > 0:
         raise UserError(f"target loss must be positive, got {cfg.target_loss}")
+    if cfg.batch_pairs < 1:
+        raise UserError(f"batch pairs must be at least 1, got {cfg.batch_pairs}")
 
 
 def find_circuit(

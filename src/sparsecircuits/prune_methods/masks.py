@@ -60,4 +60,4 @@ def learned_mask_scores(
         with torch.no_grad():
             tau.clamp_(-1.0, 1.0)
             ema.mul_(cfg.score_ema).add_((1 - cfg.score_ema) * tau)
-    return dict(zip(hooks, ema.split(widths), strict=True))
+    return {h: e.clone() for h, e in zip(hooks, ema.split(widths), strict=True)}  # own storage
