@@ -46,7 +46,7 @@ from sparsecircuits import fused, threads
 from sparsecircuits.config import resolve
 from sparsecircuits.model import SparseGPT
 from sparsecircuits.nodes import ablation_hooks
-from sparsecircuits.prune_methods import Problem
+from sparsecircuits.prune_methods import Problem, PruneConfig
 from sparsecircuits.sparsity import WeightSparsifier
 from sparsecircuits.train import runnable_precision, train_step
 
@@ -325,7 +325,7 @@ def run_worker(kind: str, variant: str, args) -> dict:
 STUDY_TASK = "while_return_true"  # one the quick study's models all reach
 
 
-def study_search() -> tuple[Path, object, list[float]]:
+def study_search() -> tuple[Path, PruneConfig, list[float]]:
     """A circuit search as the quick study runs one: its base model (d_model 64, density
     1/8, seed 0; trained into the study's model cache when not there, ~1-2 min), its prune
     settings and target for the task, over its k_coef grid -> (model dir, config, k_coefs)."""
@@ -343,9 +343,9 @@ def study_search() -> tuple[Path, object, list[float]]:
 def search_seconds(kind: str, args) -> float:
     """Wall time of one circuit search: "study" as above; "cli" what
     `sparsecircuits prune MODEL --task single_double_quote --target-loss 0.8` runs on the
-    quick preset's model (d_model 128, AbsTopK on): the default settings, one k_coef."""
+    model at --prune-model (the quick preset's: d_model 128, AbsTopK on): the default
+    settings, one k_coef."""
     from sparsecircuits.prune import prune
-    from sparsecircuits.prune_methods import PruneConfig
 
     if kind == "study":
         model, cfg, k_coefs = study_search()
@@ -521,7 +521,8 @@ def main() -> None:
         emit(f"  (no checkpoint at {args.prune_model}: the quick preset's search not measured)")
     res = results["search"] = search_times(searches, args.search_rounds, args)
     described = {
-        "study": f"quick study's search ({STUDY_TASK}, d_model 64, its settings, 3 k_coefs)",
+        "study": f"quick study's search ({STUDY_TASK}, d_model 64, its settings, "
+        f"{len(study_search()[2])} k_coefs)",
         "cli": "sparsecircuits prune on the quick preset's model (d_model 128, defaults)",
     }
     for kind, by in res.items():
