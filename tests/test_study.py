@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 import json
 import math
@@ -523,3 +524,13 @@ def test_cli_refuses_foreign_out(tmp_path, capsys):
     assert main(["study", "--preset", "quick", "--out", str(tmp_path / "x")]) == 2
     assert "not a study folder" in capsys.readouterr().err
     assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
+
+
+def test_a_preset_study_saved_before_presets_pinned_precision_is_the_same_study():
+    today = dataclasses.asdict(study_config("quick"))
+    saved = copy.deepcopy(today)
+    del saved["train_overrides"]["precision"]  # as runs/demo/study.json was written
+    assert StudyConfig.completed(saved, "study.json") == today
+    # a study of its own (not a preset's) keeps what it saved: nothing pinned it
+    own = dict(copy.deepcopy(saved), preset="mine")
+    assert StudyConfig.completed(own, "study.json")["train_overrides"] == saved["train_overrides"]
