@@ -335,9 +335,10 @@ def study_search() -> tuple[Path, PruneConfig, list[float]]:
     cfg = study_config("quick")
     base = f"w{cfg.base_width}_d{cfg.fixed_l0_density:.4g}_s0"
     spec = next(s for s in model_specs(cfg) if s.id == base)
-    if not (model_dir(cfg, spec) / "done.json").exists():
+    mdir = model_dir(cfg, spec)
+    if not (mdir / "done.json").exists():
         train_model(cfg, spec, torch.device("cpu"))
-    return model_dir(cfg, spec), prune_config(cfg, STUDY_TASK, 0), cfg.k_coefs
+    return mdir, prune_config(cfg, STUDY_TASK, 0), cfg.k_coefs
 
 
 def search_seconds(kind: str, args) -> float:
@@ -516,13 +517,14 @@ def main() -> None:
     searches = ["study"] + (["cli"] if have_cli_model else [])
     for kind in searches:  # models trained and node means cached before anything is timed
         search_seconds(kind, args)
+    n_study_k = len(study_search()[2])
     emit(f"\n== one circuit search, wall time (median of {args.search_rounds} rounds) ==")
     if not have_cli_model:
         emit(f"  (no checkpoint at {args.prune_model}: the quick preset's search not measured)")
     res = results["search"] = search_times(searches, args.search_rounds, args)
     described = {
         "study": f"quick study's search ({STUDY_TASK}, d_model 64, its settings, "
-        f"{len(study_search()[2])} k_coefs)",
+        f"{n_study_k} k_coefs)",
         "cli": "sparsecircuits prune on the quick preset's model (d_model 128, defaults)",
     }
     for kind, by in res.items():

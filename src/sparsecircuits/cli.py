@@ -394,9 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="find and validate the circuit of a task in a checkpoint")
     pr.add_argument("model_dir")
     pr.add_argument("--task", required=True, help="a built-in task name or a .jsonl file")
-    pr.add_argument("--target-loss", type=float, default=0.15)
-    pr.add_argument("--method", default="masks", help="masks | attribution | magnitude | random")
-    pr.add_argument("--steps", type=int, default=300, help="mask-training steps")
+    pr.add_argument("--target-loss", type=float, default=PruneConfig.target_loss)
+    pr.add_argument(
+        "--method", default=PruneConfig.method, help="masks | attribution | magnitude | random"
+    )
+    pr.add_argument("--steps", type=int, default=PruneConfig.steps, help="mask-training steps")
     pr.add_argument(
         "--batch-pairs",
         type=int,
@@ -405,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sizes stayed within the seed-to-seed spread: benchmarks/results/prune_schedule.md)",
     )
     pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--n-train", type=int, default=128)
-    pr.add_argument("--n-test", type=int, default=128)
+    pr.add_argument("--n-train", type=int, default=PruneConfig.n_train)
+    pr.add_argument("--n-test", type=int, default=PruneConfig.n_test)
     pr.add_argument("--out", required=True, help="folder for circuit.json")
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--data", nargs="+", help="text for node means (default: the run's corpus)")

@@ -144,9 +144,10 @@ class Evaluator:
         """diff() under each of many mask sets, as many sets per pass as `rows` prompts
         hold (at least one): the pairs are cut into runs of similar length (each run padded
         only to its own longest), repeated once per set in a pass, and each copy gets its
-        own masks (a [rows, 1, width] mask broadcasts over positions). Several sets per pass were no
-        faster than one on 2 CPU cores (64-1024 rows); they save per-pass overhead where
-        passes are cheap (a GPU). Each prompt's result does not depend on its pass."""
+        own masks (a [rows, 1, width] mask broadcasts over positions). Several sets per
+        pass were no faster than one on 2 CPU cores (64-1024 rows); they save per-pass
+        overhead where passes are cheap (a GPU). Each prompt's result does not depend on its
+        pass."""
         n_pairs = len(self.batch) // 2
         per = max(1, rows // (2 * n_pairs))  # mask sets per pass
         runs = self.by_length.chunk(max(1, min(_LENGTH_RUNS, per * n_pairs // _RUN_PAIRS)))
