@@ -453,14 +453,21 @@ def test_bad_options(run, capsys, argv, words):
     fails(capsys, [a.format(run=run) for a in argv], words)
 
 
-def test_a_study_on_a_bad_device_leaves_no_folder(tmp_path, capsys):
-    fails(capsys, ["study", "--out", str(tmp_path / "s"), "--device", "tpu"], "--device 'tpu'")
-    assert not (tmp_path / "s").exists()
+@pytest.mark.parametrize("command", [["study"], ["modularity", "{run}"]])
+def test_a_bad_device_leaves_no_folder(run, tmp_path, capsys, command):
+    out = tmp_path / "s"
+    argv = [a.format(run=run) for a in command] + ["--out", str(out), "--device", "tpu"]
+    fails(capsys, argv, "--device 'tpu'")
+    assert not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_cuda(run, capsys):
-    fails(capsys, ["eval", str(run), "--device", "cuda"], "CUDA is not available")
+@pytest.mark.parametrize(
+    "command", [["eval", "{run}"], ["modularity", "{run}", "--out", "{run}-m"]]
+)
+def test_cuda_without_cuda(run, capsys, command):
+    argv = [a.format(run=run) for a in command] + ["--device", "cuda"]
+    fails(capsys, argv, "CUDA is not available")
 
 
 def test_result_files_are_readable_like_any_other(run):

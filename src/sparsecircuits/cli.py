@@ -294,7 +294,13 @@ def _cmd_modularity(args) -> None:
         masks=MaskConfig(layers=tuple(args.layers), steps=args.mask_steps, l1=args.l1),
     )
     results = run_modularity(
-        dirs, out, cfg, resume=not args.no_resume, force=args.force, progress=not args.quiet
+        dirs,
+        out,
+        cfg,
+        resume=not args.no_resume,
+        force=args.force,
+        progress=not args.quiet,
+        device=args.device,
     )
     print(f"results: {out / 'modularity.json'} ({len(results.runs)} base models)")
     print(f"plot:    {out / 'ablation_matrix.png'}")
@@ -513,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="linear layers to mask (globs over module names)",
     )
+    mo.add_argument("--device", default="cpu", help="cpu | auto | cuda | cuda:N (the models)")
     mo.add_argument("--no-resume", action="store_true", help="recompute finished runs")
     mo.add_argument("--force", action="store_true", help="replace another run in --out")
     mo.add_argument("--quiet", action="store_true")

@@ -138,8 +138,10 @@ def perturbation_sensitivity(
             with torch.no_grad():
                 for n in names:
                     w = modules[n].weight
-                    hit = (torch.rand(w.shape, generator=g) < frac) & where[n]
-                    w.copy_(saved[n] + hit * torch.randn(w.shape, generator=g) * eps * rms[n])
+                    # drawn on the CPU, so a device gives the same draws
+                    hit = (torch.rand(w.shape, generator=g) < frac).to(w.device) & where[n]
+                    noise = torch.randn(w.shape, generator=g).to(w.device)
+                    w.copy_(saved[n] + hit * noise * eps * rms[n])
             changes.append(float((_behaviour(model, batches) - base).abs().mean()) / scale)
     finally:  # the caller's model comes back unchanged, whatever happens
         with torch.no_grad():

@@ -43,16 +43,22 @@ def train_on_compound(
 
 
 def base_model(
-    model_dir: Path, train_cfg, regime: str, seed: int, batch: CompoundBatch, cfg: ModularityConfig
+    model_dir: Path,
+    train_cfg,
+    regime: str,
+    seed: int,
+    batch: CompoundBatch,
+    cfg: ModularityConfig,
+    device: torch.device | str = "cpu",
 ) -> SparseGPT:
-    """The model of one regime (see the package docstring), ready for mask search;
-    `train_cfg` is the checkpoint's (its density is kept)."""
-    model, _ = load(model_dir)
+    """The model of one regime (see the package docstring), ready for mask search on
+    `device` (where `batch` lives); `train_cfg` is the checkpoint's (its density is kept)."""
+    model, _ = load(model_dir, device=device)
     if regime in PER_CHECKPOINT:  # shuffled: the same model, other mask-search data
         train_on_compound(model, batch, cfg.finetune_steps, cfg.finetune_lr, cfg.batch_size, seed)
         return model
     torch.manual_seed(seed)
-    fresh = SparseGPT(model.cfg)
+    fresh = SparseGPT(model.cfg).to(device)  # drawn on the CPU: the same init on any device
     if train_cfg is not None and train_cfg.density < 1.0:
         WeightSparsifier(fresh, train_cfg).apply(train_cfg.steps)  # the base's final density
     fresh.eval().requires_grad_(False)

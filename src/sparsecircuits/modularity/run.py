@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..checkpoint import load_config
+from ..checkpoint import load_config, pick_device
 from ..config import seedless_key
 from ..errors import UserError
 from ..fer import validate_on_planted
@@ -48,11 +48,15 @@ def run_modularity(
     resume: bool = True,
     force: bool = False,
     progress: bool = True,
+    device: str = "cpu",
 ) -> ModularityResults:
     """The whole experiment into `out`: runs.jsonl as it goes, then modularity.json, the
     plots and the report section, over the runs of this call's job list. A rerun resumes,
-    and may add tasks, models, regimes or seeds; other settings need a fresh folder."""
+    and may add tasks, models, regimes or seeds; other settings need a fresh folder.
+    `device`: where the base models are built and searched (the planted-model check of
+    the FER measures runs on the CPU: it is a few tiny models)."""
     cfg = cfg or ModularityConfig()
+    device = pick_device(device)  # a bad --device fails before the folder is claimed
     out = Path(out)
     dirs = [Path(d).resolve() for d in model_dirs]
     if not dirs:
@@ -103,7 +107,7 @@ def run_modularity(
             if key in done:
                 runs.append(done[key])
                 continue
-            run = one_run(tasks[task_name], d, regime, seed, cfg)
+            run = one_run(tasks[task_name], d, regime, seed, cfg, device)
             runs.append(run)
             log.write(json.dumps(run) + "\n")
             log.flush()

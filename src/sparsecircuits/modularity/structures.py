@@ -92,7 +92,8 @@ def weight_structures(
 
 
 def _node_masks(model, circuit) -> dict[str, torch.Tensor]:
-    masks = {s.hook: torch.zeros(s.width) for s in node_sites(model.cfg)}
+    device = next(model.parameters()).device
+    masks = {s.hook: torch.zeros(s.width, device=device) for s in node_sites(model.cfg)}
     for node in circuit.nodes:
         hook, i = parse_node(node.name)
         masks[hook][i] = 1.0
@@ -170,6 +171,7 @@ def analyse_base(model, batches: dict, cfg: ModularityConfig, names: list[str]) 
         model, names, subs, input_means(model, names, windows), cfg
     )
     node_means = compute_node_means(model, windows, node_sites(model.cfg), progress=False)
+    node_means = {h: m.to(compound_test.tokens.device) for h, m in node_means.items()}
     nodes, nkept = node_structures(model, subs, node_means, cfg)
     return {
         "compound_accuracy": compound_accuracy(model(compound_test.tokens), compound_test),
@@ -204,21 +206,22 @@ def shuffled_labels(task: CompoundTask, seed: int) -> dict[str, Task]:
     }
 
 
-def one_run(task: CompoundTask, model_dir: Path, regime: str, seed: int, cfg) -> dict:
-    """One base model of `regime` built from `model_dir` with `seed`, analysed."""
+def one_run(task: CompoundTask, model_dir: Path, regime: str, seed: int, cfg, device="cpu") -> dict:
+    """One base model of `regime` built from `model_dir` with `seed`, analysed on `device`."""
     model_cfg, train_cfg = load_config(model_dir)
     density = train_cfg.density if train_cfg is not None else 1.0
     tokenizer = load_tokenizer(model_dir / "tokenizer.json")
-    batches = {s: task.encode(tokenizer, s, model_cfg.n_ctx) for s in ("train", "test")}
+    n_ctx = model_cfg.n_ctx
+    batches = {s: task.encode(tokenizer, s, n_ctx).to(device) for s in ("train", "test")}
     train_subs = shuffled_labels(task, seed) if regime == "shuffled" else task.sub
     batches["sub"] = {
         f: {
-            "train": train_subs[f].encode(tokenizer, "train", model_cfg.n_ctx),
-            "test": task.sub[f].encode(tokenizer, "test", model_cfg.n_ctx),
+            "train": train_subs[f].encode(tokenizer, "train", n_ctx).to(device),
+            "test": task.sub[f].encode(tokenizer, "test", n_ctx).to(device),
         }
         for f in FACTORS
     }
-    model = base_model(model_dir, train_cfg, regime, cfg.seed + seed, batches["train"], cfg)
+    model = base_model(model_dir, train_cfg, regime, cfg.seed + seed, batches["train"], cfg, device)
     names = masked_layers(model, cfg.masks.layers)
     t0 = time.perf_counter()
     result = analyse_base(model, batches, cfg, names)

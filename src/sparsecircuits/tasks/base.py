@@ -197,13 +197,16 @@ def prompt_windows(batch) -> list[torch.Tensor]:
     return [batch.tokens[i : i + 1, : int(batch.last_pos[i]) + 1] for i in range(len(batch))]
 
 
+def last_logits(logits: torch.Tensor, last_pos: torch.Tensor) -> torch.Tensor:
+    """logits [N, T, V] -> [N, V]: each row's logits at its own last position."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, last_pos.to(logits.device)]
+
+
 def task_logit_diff(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """[2N] logit(correct) - logit(incorrect) at each prompt's last position; logits
     [2N, T, V], or [2N, V] already taken there (`model(tokens, positions=batch.last_pos)`)."""
-    last = logits
-    if logits.dim() == 3:
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        last = logits[rows, batch.last_pos.to(logits.device)]
+    last = last_logits(logits, batch.last_pos) if logits.dim() == 3 else logits
     correct = last.gather(1, batch.correct.to(logits.device)[:, None])
     incorrect = last.gather(1, batch.incorrect.to(logits.device)[:, None])
     return (correct - incorrect).squeeze(1)

@@ -27,7 +27,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import UserError
-from .base import Pair, Task, first_tokens, padded
+from .base import Pair, Task, first_tokens, last_logits, padded
 from .generators import draw_distinct
 from .jsonl import load_jsonl_task, read_objects, split_indices
 from .snippets import WORDS, func_name, names
@@ -59,6 +59,14 @@ class CompoundBatch:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return CompoundBatch(
             self.tokens[idx], self.last_pos[idx], self.answer[idx], self.candidates
+        )
+
+    def to(self, device: torch.device | str) -> CompoundBatch:
+        return CompoundBatch(
+            self.tokens.to(device),
+            self.last_pos.to(device),
+            self.answer.to(device),
+            self.candidates.to(device),
         )
 
 
@@ -109,15 +117,15 @@ class CompoundTask:
 
 def compound_accuracy(logits: torch.Tensor, batch: CompoundBatch) -> float:
     """Fraction of prompts whose answer has the largest logit among all candidates."""
-    last = logits[torch.arange(len(batch)), batch.last_pos][:, batch.candidates]
-    return float((last.argmax(-1) == batch.answer).float().mean())
+    last = last_logits(logits, batch.last_pos)[:, batch.candidates.to(logits.device)]
+    return float((last.argmax(-1) == batch.answer.to(logits.device)).float().mean())
 
 
 def compound_loss(logits: torch.Tensor, batch: CompoundBatch) -> torch.Tensor:
     """Next-token cross-entropy of the answer over the whole vocabulary (what fine-tuning
     minimises: the model learns the task as language modelling, not as a classifier)."""
-    last = logits[torch.arange(len(batch)), batch.last_pos]
-    return torch.nn.functional.cross_entropy(last, batch.candidates[batch.answer])
+    target = batch.candidates[batch.answer].to(logits.device)
+    return torch.nn.functional.cross_entropy(last_logits(logits, batch.last_pos), target)
 
 
 # ---------- built-in compound tasks ----------

@@ -1,0 +1,234 @@
+"""The GPU path in one prepared run: every command that takes `--device`, run on it end to
+end at toy sizes, then the `paper` preset's training step at its own batch (tokens/s and
+peak memory, bf16 and fp32). Device time is lent in short leases, so this is the whole
+check in one command, a few minutes on a GPU:
+
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --device cuda
+    (then copy benchmarks/results/gpu_check.md/.json back from the machine)
+
+On the CPU the same script is a dry run (`--device cpu --paper-steps 0 --no-save`; a test
+runs it), so it still works when a GPU turns up. The toy runs use a few packages of this
+Python's standard library as their corpus and a private cache, never the user's.
+"""
+
+from __future__ import annotations
+
+# isort: off
+import sparsecircuits  # noqa: F401  first, as in the CLI: it sets the wait policy torch reads
+
+# isort: on
+import argparse
+import os
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from sparsecircuits.checkpoint import pick_device
+from sparsecircuits.cli import main as cli
+from sparsecircuits.config import resolve
+from sparsecircuits.model import SparseGPT
+from sparsecircuits.sparsity import WeightSparsifier
+from sparsecircuits.study import StudyConfig, add_legibility, run_study
+from sparsecircuits.train import make_optimizer, native_bf16, train_step
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results import save_results  # noqa: E402
+
+GB = 1024**3
+# Small packages of the standard library: real Python code that tokenizes in seconds.
+PACKAGES = ("json", "email", "http")
+TOY = dict(vocab_size=2048, n_ctx=64, d_model=64, n_layer=2, batch_size=16)
+
+
+def write_corpus(root: Path) -> list[str]:
+    """The packages' .py files copied into `root` (their folders also hold bytecode)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for package in PACKAGES:
+        for f in (stdlib / package).rglob("*.py"):
+            dest = root / package / f.relative_to(stdlib / package)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(f.read_bytes())
+    return [str(root)]
+
+
+def environment(device: torch.device) -> list[str]:
+    lines = [f"torch {torch.__version__}, device {device}"]
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        lines.append(
+            f"  {p.name}, {p.total_memory / GB:.0f} GB, compute capability {p.major}.{p.minor}"
+        )
+    lines.append(f"  native bf16: {native_bf16(device)}")
+    return lines
+
+
+def toy_commands(
+    work: Path, corpus: list[str], device: str, steps: int
+) -> list[tuple[str, list[str] | None]]:
+    """(name, CLI argv) of the smoke runs, in order (each later one reads what the earlier
+    ones wrote); argv None marks the study, run through the Python API."""
+    sets = [f"{k}={v}" for k, v in TOY.items()] + [f"steps={steps}", "eval_every=10"]
+    sets += ["checkpoint_every=10", "density=0.25"]
+    train = ["train", "--preset", "smoke", "--data", *corpus, "--quiet", "--device", device]
+    m32, m16 = str(work / "fp32"), str(work / "bf16")
+    return [
+        ("train fp32", [*train, "--out", m32, "--set", *sets, "precision=fp32"]),
+        ("train bf16", [*train, "--out", m16, "--set", *sets, "precision=bf16"]),
+        ("train --resume", [*train, "--out", m32, "--resume", "--set", *sets, "precision=fp32"]),
+        ("eval", ["eval", m16, "--device", device]),
+        ("sample", ["sample", m16, "--max-new-tokens", "20", "--device", device]),
+        (
+            "prune",
+            # a toy model is at chance: a target above chance lets every stage run
+            ["prune", m32, "--task", "single_double_quote", "--target-loss", "5", "--steps"]
+            + [str(steps), "--allow-trivial", "--out", str(work / "circuit"), "--quiet"]
+            + ["--device", device],
+        ),
+        (
+            "activations",
+            ["activations", m32, m16, "--out", str(work / "act"), "-n", "8", "--pairs", "8"]
+            + ["--device", device],
+        ),
+        (
+            "modularity",
+            ["modularity", m32, "--out", str(work / "mod"), "--tasks", "quote_bracket"]
+            + ["--regimes", "pretrained,random", "--base-seeds", "1", "--finetune-seeds", "1"]
+            + ["--mask-seeds", "1", "--finetune-steps", str(steps), "--mask-steps", str(steps)]
+            + ["--quiet", "--device", device],
+        ),
+        ("study", None),
+    ]
+
+
+def toy_study(work: Path, corpus: list[str], device: str, steps: int) -> int:
+    """A study of two toy models (dense and sparse, one task), then its legibility pass (on
+    the CPU, as the CLI runs it); 0 as the CLI's exit status (errors raise)."""
+    cfg = StudyConfig(
+        preset="gpu_check",
+        base_preset="smoke",
+        train_overrides=dict(TOY, data=corpus, steps=steps, eval_every=10, checkpoint_every=10),
+        base_width=64,
+        densities=[0.25],
+        fixed_l0_density=0.25,
+        l0_widths=[64],
+        dense_widths=[64],
+        tasks=["single_double_quote"],
+        seeds=1,
+        target_loss=5.0,
+        min_accuracy=0.0,
+        k_coefs=[1e-3],
+        prune=dict(steps=steps, n_train=32, n_test=32, refuse_trivial=False),
+    )
+    run_study(cfg, work / "study", progress=False, device=device)
+    add_legibility(work / "study", progress=False)
+    return 0
+
+
+def smoke(device: str, steps: int) -> list[dict]:
+    """Each stage's outcome: {stage, ok, seconds[, error]}; a broken stage does not stop
+    the ones after it that do not need its output."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["SPARSECIRCUITS_CACHE"] = str(work / "cache")  # the process is ours
+        corpus = write_corpus(work / "corpus")
+        for name, argv in toy_commands(work, corpus, device, steps):
+            t = time.perf_counter()
+            try:
+                rc = toy_study(work, corpus, device, steps) if argv is None else cli(argv)
+                error = None if rc == 0 else f"exit status {rc} (its error line is above)"
+            except Exception:  # the report says which stage broke and how, then goes on
+                error = traceback.format_exc().strip().splitlines()[-1]
+            rows.append({"stage": name, "ok": error is None, "seconds": time.perf_counter() - t})
+            if error:
+                rows[-1]["error"] = error
+            print(f"  {name:15s} {'ok' if error is None else 'FAILED: ' + error}", flush=True)
+    return rows
+
+
+def paper_step(device: torch.device, precision: str, steps: int, preset: str) -> dict:
+    """Tokens/s (median of `steps` timed steps after two warm-up steps) and peak memory of
+    the preset's training step at its own batch, past the anneal."""
+    mcfg, tcfg = resolve(preset, None, {"precision": precision})
+    torch.manual_seed(0)
+    model = SparseGPT(mcfg).to(device)
+    opt = make_optimizer(model, tcfg)
+    sparsifier = WeightSparsifier(model, tcfg)
+    tokens = torch.randint(0, mcfg.vocab_size, (tcfg.batch_size, mcfg.n_ctx + 1), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(2 + steps):
+        t = time.perf_counter()
+        train_step(model, opt, sparsifier, tokens, tcfg.steps - 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None
+    step_s = statistics.median(times)
+    return {
+        "preset": preset,
+        "precision": precision,
+        "batch": tcfg.batch_size,
+        "params": model.num_params(),
+        "step_s": step_s,
+        "tokens_per_s": tcfg.batch_size * mcfg.n_ctx / step_s,
+        "peak_gb": peak,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--toy-steps", type=int, default=20, help="training and mask steps (toys)")
+    ap.add_argument("--paper-steps", type=int, default=5, help="timed paper steps (0: skip)")
+    ap.add_argument("--preset", default="paper", help="the preset whose step is timed")
+    ap.add_argument("--no-save", action="store_true", help="print only (the dry-run test)")
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    lines = environment(device)
+    print("\n".join(lines), flush=True)
+    lines.append("\n== every command on the device, toy sizes ==")
+    print(lines[-1], flush=True)
+    rows = smoke(str(device), args.toy_steps)
+    lines += [
+        f"  {r['stage']:15s} {'ok' if r['ok'] else 'FAILED: ' + r['error']}  ({r['seconds']:.1f} s)"
+        for r in rows
+    ]
+    steps = []
+    if args.paper_steps > 0:
+        lines.append(f"\n== {args.preset} preset, training step at its own batch ==")
+        for precision in ("bf16", "fp32"):
+            try:
+                s = paper_step(device, precision, args.paper_steps, args.preset)
+            except torch.OutOfMemoryError as e:
+                s = {"precision": precision, "error": str(e).splitlines()[0]}
+            steps.append(s)
+            if "error" in s:
+                lines.append(f"  {precision}: out of memory: {s['error']}")
+            else:
+                peak = "n/a (CPU)" if s["peak_gb"] is None else f"{s['peak_gb']:.1f} GB"
+                lines.append(
+                    f"  {precision}: {s['tokens_per_s']:,.0f} tokens/s ({s['step_s']:.3f} s/step,"
+                    f" batch {s['batch']}, median of {args.paper_steps}), peak memory {peak},"
+                    f" {s['params']:,} parameters"
+                )
+            print(lines[-1], flush=True)
+    failed = [r["stage"] for r in rows if not r["ok"]]
+    lines.append(f"\n{len(rows) - len(failed)} of {len(rows)} stages ran on {device}")
+    print(lines[-1])
+    if not args.no_save:
+        save_results("gpu_check", lines, {"device": str(device), "smoke": rows, "paper": steps})
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
