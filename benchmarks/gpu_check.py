@@ -1,12 +1,12 @@
 """The GPU path in one prepared run: every command that takes `--device`, run on it end to
-end at toy sizes, then the `paper` preset's training step at its own batch (tokens/s and
-peak memory, bf16 and fp32). Device time is lent in short leases, so this is the whole
-check in one command, a few minutes on a GPU:
+end at toy sizes, then the `paper` and `quick` presets' training steps at their own batch
+(tokens/s and peak memory, bf16 and fp32). Device time is lent in short leases, so this is
+the whole check in one command, a few minutes on a GPU:
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py --device cuda
     (then copy benchmarks/results/gpu_check.md/.json back from the machine)
 
-On the CPU the same script is a dry run (`--device cpu --paper-steps 0 --no-save`; a test
+On the CPU the same script is a dry run (`--device cpu --presets smoke --no-save`; a test
 runs it), so it still works when a GPU turns up. The toy runs use a few packages of this
 Python's standard library as their corpus and a private cache, never the user's.
 """
@@ -25,6 +25,7 @@ import sysconfig
 import tempfile
 import time
 import traceback
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import save_results  # noqa: E402
 
 GB = 1024**3
+PRECISIONS = ("bf16", "fp32")
 # Small packages of the standard library: real Python code that tokenizes in seconds.
 PACKAGES = ("json", "email", "http")
 TOY = dict(vocab_size=2048, n_ctx=64, d_model=64, n_layer=2, batch_size=16)
@@ -130,6 +132,11 @@ def toy_study(work: Path, corpus: list[str], device: str, steps: int) -> int:
     return 0
 
 
+def _last_line() -> str:
+    """The exception being handled, as its traceback's last line (type: message)."""
+    return traceback.format_exc().strip().splitlines()[-1]
+
+
 def smoke(device: str, steps: int) -> list[dict]:
     """Each stage's outcome: {stage, ok, seconds[, error]}; a broken stage does not stop
     the ones after it that do not need its output."""
@@ -144,7 +151,7 @@ def smoke(device: str, steps: int) -> list[dict]:
                 rc = toy_study(work, corpus, device, steps) if argv is None else cli(argv)
                 error = None if rc == 0 else f"exit status {rc} (its error line is above)"
             except Exception:  # the report says which stage broke and how, then goes on
-                error = traceback.format_exc().strip().splitlines()[-1]
+                error = _last_line()
             rows.append({"stage": name, "ok": error is None, "seconds": time.perf_counter() - t})
             if error:
                 rows[-1]["error"] = error
@@ -152,7 +159,7 @@ def smoke(device: str, steps: int) -> list[dict]:
     return rows
 
 
-def paper_step(device: torch.device, precision: str, steps: int, preset: str) -> dict:
+def preset_step(device: torch.device, preset: str, precision: str, steps: int) -> dict:
     """Tokens/s (median of `steps` timed steps after two warm-up steps) and peak memory of
     the preset's training step at its own batch, past the anneal."""
     mcfg, tcfg = resolve(preset, None, {"precision": precision})
@@ -188,8 +195,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--toy-steps", type=int, default=20, help="training and mask steps (toys)")
-    ap.add_argument("--paper-steps", type=int, default=5, help="timed paper steps (0: skip)")
-    ap.add_argument("--preset", default="paper", help="the preset whose step is timed")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per preset (0: none)")
+    ap.add_argument("--presets", default="paper,quick", help="presets whose training step is timed")
     ap.add_argument("--no-save", action="store_true", help="print only (the dry-run test)")
     args = ap.parse_args()
     device = pick_device(args.device)
@@ -203,29 +210,31 @@ def main() -> None:
         for r in rows
     ]
     steps = []
-    if args.paper_steps > 0:
-        lines.append(f"\n== {args.preset} preset, training step at its own batch ==")
-        for precision in ("bf16", "fp32"):
-            try:
-                s = paper_step(device, precision, args.paper_steps, args.preset)
-            except torch.OutOfMemoryError as e:
-                s = {"precision": precision, "error": str(e).splitlines()[0]}
-            steps.append(s)
-            if "error" in s:
-                lines.append(f"  {precision}: out of memory: {s['error']}")
-            else:
-                peak = "n/a (CPU)" if s["peak_gb"] is None else f"{s['peak_gb']:.1f} GB"
-                lines.append(
-                    f"  {precision}: {s['tokens_per_s']:,.0f} tokens/s ({s['step_s']:.3f} s/step,"
-                    f" batch {s['batch']}, median of {args.paper_steps}), peak memory {peak},"
-                    f" {s['params']:,} parameters"
-                )
+    for preset, precision in product(args.presets.split(",") if args.steps else [], PRECISIONS):
+        if preset not in {s.get("preset") for s in steps}:
+            lines.append(f"\n== {preset} preset, training step at its own batch ==")
             print(lines[-1], flush=True)
+        try:
+            s = preset_step(device, preset, precision, args.steps)
+        except Exception:  # out of memory, say: recorded, and the next one still runs
+            s = {"preset": preset, "precision": precision, "error": _last_line()}
+        steps.append(s)
+        if "error" in s:
+            lines.append(f"  {precision}: FAILED: {s['error']}")
+        else:
+            peak = "n/a (CPU)" if s["peak_gb"] is None else f"{s['peak_gb']:.1f} GB"
+            lines.append(
+                f"  {precision}: {s['tokens_per_s']:,.0f} tokens/s ({s['step_s']:.3f} s/step,"
+                f" batch {s['batch']}, median of {args.steps}), peak memory {peak},"
+                f" {s['params']:,} parameters"
+            )
+        print(lines[-1], flush=True)
     failed = [r["stage"] for r in rows if not r["ok"]]
     lines.append(f"\n{len(rows) - len(failed)} of {len(rows)} stages ran on {device}")
+    failed += [f"{s['preset']} {s['precision']}" for s in steps if "error" in s]
     print(lines[-1])
     if not args.no_save:
-        save_results("gpu_check", lines, {"device": str(device), "smoke": rows, "paper": steps})
+        save_results("gpu_check", lines, {"device": str(device), "smoke": rows, "steps": steps})
     if failed:
         raise SystemExit(1)
 

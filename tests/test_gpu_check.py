@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_runs_every_stage_on_the_cpu(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
     argv = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu"]
-    argv += ["--toy-steps", "6", "--paper-steps", "1", "--preset", "smoke", "--no-save"]
+    argv += ["--toy-steps", "6", "--steps", "1", "--presets", "smoke", "--no-save"]
     saved = ROOT / "benchmarks" / "results" / "gpu_check.json"
     before = saved.stat().st_mtime_ns if saved.exists() else None
     p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
