@@ -3,6 +3,7 @@ import contextlib
 import pytest
 import torch
 
+import sparsecircuits.model as model_module
 from sparsecircuits import fused
 from sparsecircuits.config import ACT_SITES, ModelConfig
 from sparsecircuits.model import SparseGPT, abs_topk
@@ -282,6 +283,21 @@ def test_fast_path_matches_plain_loss_and_every_gradient(kw):
     with fused.plain():
         ref_logits = model(x)
     assert torch.allclose(model(x), ref_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("sink", [True, False])
+@pytest.mark.parametrize("d_head", [16, 12])
+def test_attention_padded_to_a_kernel_width_is_unchanged(monkeypatch, sink, d_head):
+    """The head-width padding CUDA's kernel wants (SDPA_WIDTH_MULTIPLE), forced on the CPU:
+    the loss, every gradient and the one-position logits still match the plain path."""
+    monkeypatch.setitem(model_module.SDPA_WIDTH_MULTIPLE, "cpu", 8)
+    model = small(sink=sink, d_head=d_head, n_head=2).train()
+    x = tokens(n=3, t=12)
+    _assert_fast_equals_plain(model, x)
+    last = torch.tensor([11, 4, 7])
+    with fused.plain():
+        ref = model(x, positions=last)
+    assert torch.allclose(model(x, positions=last), ref, atol=1e-5)
 
 
 def test_fast_loss_matches_chunked_over_many_rows(monkeypatch):

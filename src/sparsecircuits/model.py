@@ -30,6 +30,12 @@ from .config import ModelConfig
 from .fused import kth_largest, next_token_loss
 from .hooks import HookedModule, HookPoint
 
+# Head widths the fused attention pads to, by device type. CUDA's memory-efficient kernel
+# (the one that takes a mask, as the sink needs) wants widths divisible by 8 in bf16 (4 in
+# fp32); at any other width SDPA falls back to its math kernel, which materialises every
+# [query, key] score. The CPU kernel takes any width (d_head + 1 for the sink ran fastest).
+SDPA_WIDTH_MULTIPLE = {"cuda": 8}
+
 
 def abs_topk(x: torch.Tensor, frac: float) -> torch.Tensor:
     """Keep the int(frac * width) largest-|x| entries along the last axis, zero the rest.
@@ -156,27 +162,29 @@ class Attention(nn.Module):
         """The same attention through the fused kernel, used when nothing reads the pattern.
         The sink becomes an extra key: every query gets a constant 1 feature, the sink key
         holds sink_logit * sqrt(d_head) there and zeros elsewhere, so its score is exactly
-        sink_logit; its value is zero."""
+        sink_logit; its value is zero. Head widths are padded as SDPA_WIDTH_MULTIPLE says."""
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # the CPU kernel's bf16 backward ran ~5x slower than its float32 one (quick shape)
             with torch.autocast("cpu", enabled=False):
                 return self._sdpa(q.float(), k.float(), v.float(), visible)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
+        B, H, _, D = q.shape
         scale = 1 / math.sqrt(self.d_head)
         causal = q.shape[2] == k.shape[2]  # every position queries: the kernel's own mask
-        if self.sink_logit is None:
-            mask = None if causal else visible
-            z = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal, scale=scale
-            )
-            return z.transpose(1, 2)
-        B, H, _, D = q.shape
-        sink_key = F.pad((self.sink_logit / scale).view(1, H, 1, 1).expand(B, H, 1, 1), (D, 0))
-        q = F.pad(q, (0, 1), value=1.0)
-        k = torch.cat([F.pad(k, (0, 1)), sink_key.to(k.dtype)], dim=2)
-        v = F.pad(v, (0, 1, 0, 1))  # the kernel wants equal head dims; the sink's value is 0
-        visible = F.pad(visible, (0, 1), value=True)  # the sink is always visible
-        z = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale)
+        sink = self.sink_logit is not None
+        multiple = SDPA_WIDTH_MULTIPLE.get(q.device.type, 1)
+        pad = -(-(D + sink) // multiple) * multiple - D  # extra head-dim columns
+        if pad:  # 1 in every query, 0 in every key and value: no score or output changes
+            q, k, v = F.pad(q, (0, pad), value=1.0), F.pad(k, (0, pad)), F.pad(v, (0, pad))
+        mask, is_causal = (None, True) if causal else (visible, False)
+        if sink:  # column D of the sink's key holds its logit
+            logit = (self.sink_logit / scale).view(1, H, 1, 1).expand(B, H, 1, 1)
+            k = torch.cat([k, F.pad(logit, (D, pad - 1)).to(k.dtype)], dim=2)
+            v = F.pad(v, (0, 0, 0, 1))  # the sink's value is 0
+            mask, is_causal = F.pad(visible, (0, 1), value=True), False  # always visible
+        z = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale
+        )
         return z[..., :D].transpose(1, 2)
 
 
