@@ -87,6 +87,33 @@ def one(case: dict, cfg: PruneConfig) -> dict:
     }
 
 
+def compare_schedules(rows: list[dict]) -> list[str]:
+    """Per shorter schedule: how many of its searches validated, its node count minus the
+    full schedule's for the same case and seed (where both have a circuit), and its time
+    over the full schedule's (median over cases of the per-case median ratio)."""
+    out = []
+    labels = [label for label in rows[0]["schedules"] if label != "as set"] if rows else []
+    for label in labels:
+        runs = [(r["schedules"]["as set"], r["schedules"][label]) for r in rows]
+        pairs = [(a, b) for full, short in runs for a, b in zip(full, short, strict=True)]
+        ok = sum(b["status"] == "ok" for _, b in pairs)
+        d = [b["n_nodes"] - a["n_nodes"] for a, b in pairs if "n_nodes" in a and "n_nodes" in b]
+        times = statistics.median(
+            statistics.median(b["seconds"] for b in short)
+            / statistics.median(a["seconds"] for a in full)
+            for full, short in runs
+        )
+        sizes = (
+            f"nodes {min(d):+d}..{max(d):+d} (mean {statistics.fmean(d):+.1f}): larger in "
+            f"{sum(x > 0 for x in d)}, smaller in {sum(x < 0 for x in d)}, equal in "
+            f"{sum(x == 0 for x in d)}"
+            if d
+            else "no pair with two circuits"
+        )
+        out.append(f"{label:<17} validated {ok} of {len(pairs)}; {sizes}; time {times:.2f}x")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
@@ -117,6 +144,9 @@ def main() -> None:
             secs = statistics.median(r["seconds"] for r in runs)
             emit(f"  {label:<17} {sizes}  (median {secs:.1f} s)")
         results["cases"].append(row)
+    emit("\nagainst the schedule as set, seed by seed (same case, same pruning seed):")
+    for line in compare_schedules(results["cases"]):
+        emit("  " + line)
     save_results("prune_schedule", lines, results)
 
 
