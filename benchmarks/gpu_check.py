@@ -74,7 +74,7 @@ def toy_commands(
     work: Path, corpus: list[str], device: str, steps: int
 ) -> list[tuple[str, list[str] | None]]:
     """(name, CLI argv) of the smoke runs, in order (each later one reads what the earlier
-    ones wrote); argv None marks the study, run through the Python API."""
+    ones wrote); argv None marks a stage run through the Python API."""
     sets = [f"{k}={v}" for k, v in TOY.items()] + [f"steps={steps}", "eval_every=10"]
     sets += ["checkpoint_every=10", "density=0.25"]
     train = ["train", "--preset", "smoke", "--data", *corpus, "--quiet", "--device", device]
@@ -105,6 +105,7 @@ def toy_commands(
             + ["--quiet", "--device", device],
         ),
         ("study", None),
+        ("fused kernel", None),
     ]
 
 
@@ -132,6 +133,28 @@ def toy_study(work: Path, corpus: list[str], device: str, steps: int) -> int:
     return 0
 
 
+def fused_kernel(device: torch.device) -> int:
+    """The quick preset's forward and backward with SDPA held to the fused kernel the model
+    is written for (CUDA: memory-efficient, the one that takes a mask; CPU: flash), in bf16
+    where native and in fp32: SDPA raises instead of falling back to its math kernel, which
+    materialises every score, if the padded head widths (model.SDPA_WIDTH_MULTIPLE) do not
+    suit it. 0 as the CLI's exit status (errors raise)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = (
+        SDPBackend.EFFICIENT_ATTENTION if device.type == "cuda" else SDPBackend.FLASH_ATTENTION
+    )
+    mcfg, _ = resolve("quick", None, {})
+    torch.manual_seed(0)
+    model = SparseGPT(mcfg).to(device)
+    tokens = torch.randint(0, mcfg.vocab_size, (4, mcfg.n_ctx + 1), device=device)
+    for bf16 in (True, False) if native_bf16(device) else (False,):
+        with sdpa_kernel(backend), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            model(tokens, return_type="loss").backward()
+            model(tokens[:, :-1], positions=torch.full((4,), 5, device=device))  # one query
+    return 0
+
+
 def _last_line() -> str:
     """The exception being handled, as its traceback's last line (type: message)."""
     return traceback.format_exc().strip().splitlines()[-1]
@@ -148,7 +171,12 @@ def smoke(device: str, steps: int) -> list[dict]:
         for name, argv in toy_commands(work, corpus, device, steps):
             t = time.perf_counter()
             try:
-                rc = toy_study(work, corpus, device, steps) if argv is None else cli(argv)
+                if argv is not None:
+                    rc = cli(argv)
+                elif name == "study":
+                    rc = toy_study(work, corpus, device, steps)
+                else:
+                    rc = fused_kernel(torch.device(device))
                 error = None if rc == 0 else f"exit status {rc} (its error line is above)"
             except Exception:  # the report says which stage broke and how, then goes on
                 error = _last_line()
