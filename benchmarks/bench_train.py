@@ -145,6 +145,7 @@ class Runner:
         if variant == "today":
             overrides = {"precision": "fp32", **overrides}
         self.variant = variant
+        torch.use_deterministic_algorithms(True, warn_only=True)  # as train() runs its steps
         self.mcfg, tcfg = resolve(preset, None, overrides)
         self.tcfg = runnable_precision(tcfg, torch.device("cpu"))
         torch.manual_seed(0)
