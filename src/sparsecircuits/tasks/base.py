@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +49,15 @@ class Pair:
         ]
 
 
+class TensorBatch:
+    """Mixin for a dataclass whose fields are all tensors: `to(device)` moves every one."""
+
+    def to(self, device: torch.device | str):
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
 @dataclass
-class TaskBatch:
+class TaskBatch(TensorBatch):
     """Tensors for a set of pairs; rows 2i and 2i+1 are the two prompts of pair i."""
 
     tokens: torch.Tensor  # [2N, T] long, right-padded with the end-of-text id
@@ -70,14 +77,6 @@ class TaskBatch:
         rows = (2 * pairs[:, None] + torch.arange(2)).reshape(-1).to(self.tokens.device)
         return TaskBatch(
             self.tokens[rows], self.last_pos[rows], self.correct[rows], self.incorrect[rows]
-        )
-
-    def to(self, device: torch.device | str) -> TaskBatch:
-        return TaskBatch(
-            self.tokens.to(device),
-            self.last_pos.to(device),
-            self.correct.to(device),
-            self.incorrect.to(device),
         )
 
 

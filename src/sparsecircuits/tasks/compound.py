@@ -27,7 +27,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import UserError
-from .base import Pair, Task, first_tokens, last_logits, padded
+from .base import Pair, Task, TensorBatch, first_tokens, last_logits, padded
 from .generators import draw_distinct
 from .jsonl import load_jsonl_task, read_objects, split_indices
 from .snippets import WORDS, func_name, names
@@ -44,7 +44,7 @@ class Example:
 
 
 @dataclass
-class CompoundBatch:
+class CompoundBatch(TensorBatch):
     """Single prompts for training and 4-way scoring: `answer` indexes `candidates`."""
 
     tokens: torch.Tensor  # [N, T]
@@ -59,14 +59,6 @@ class CompoundBatch:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return CompoundBatch(
             self.tokens[idx], self.last_pos[idx], self.answer[idx], self.candidates
-        )
-
-    def to(self, device: torch.device | str) -> CompoundBatch:
-        return CompoundBatch(
-            self.tokens.to(device),
-            self.last_pos.to(device),
-            self.answer.to(device),
-            self.candidates.to(device),
         )
 
 
