@@ -25,6 +25,8 @@ import sysconfig
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from functools import partial
 from itertools import product
 from pathlib import Path
 
@@ -70,16 +72,14 @@ def environment(device: torch.device) -> list[str]:
     return lines
 
 
-def toy_commands(
-    work: Path, corpus: list[str], device: str, steps: int
-) -> list[tuple[str, list[str] | None]]:
-    """(name, CLI argv) of the smoke runs, in order (each later one reads what the earlier
-    ones wrote); argv None marks a stage run through the Python API."""
+def stages(work: Path, corpus: list[str], device: str, steps: int) -> list[tuple[str, Callable]]:
+    """(name, run) of the smoke stages, in order (each later one reads what the earlier ones
+    wrote); run() returns an exit status, as the CLI does."""
     sets = [f"{k}={v}" for k, v in TOY.items()] + [f"steps={steps}", "eval_every=10"]
     sets += ["checkpoint_every=10", "density=0.25"]
     train = ["train", "--preset", "smoke", "--data", *corpus, "--quiet", "--device", device]
     m32, m16 = str(work / "fp32"), str(work / "bf16")
-    return [
+    commands = [
         ("train fp32", [*train, "--out", m32, "--set", *sets, "precision=fp32"]),
         ("train bf16", [*train, "--out", m16, "--set", *sets, "precision=bf16"]),
         ("train --resume", [*train, "--out", m32, "--resume", "--set", *sets, "precision=fp32"]),
@@ -104,8 +104,10 @@ def toy_commands(
             + ["--mask-seeds", "1", "--finetune-steps", str(steps), "--mask-steps", str(steps)]
             + ["--quiet", "--device", device],
         ),
-        ("study", None),
-        ("fused kernel", None),
+    ]
+    return [(name, partial(cli, argv)) for name, argv in commands] + [
+        ("study", partial(toy_study, work, corpus, device, steps)),
+        ("fused kernel", partial(fused_kernel, torch.device(device))),
     ]
 
 
@@ -168,15 +170,10 @@ def smoke(device: str, steps: int) -> list[dict]:
         work = Path(tmp)
         os.environ["SPARSECIRCUITS_CACHE"] = str(work / "cache")  # the process is ours
         corpus = write_corpus(work / "corpus")
-        for name, argv in toy_commands(work, corpus, device, steps):
+        for name, run in stages(work, corpus, device, steps):
             t = time.perf_counter()
             try:
-                if argv is not None:
-                    rc = cli(argv)
-                elif name == "study":
-                    rc = toy_study(work, corpus, device, steps)
-                else:
-                    rc = fused_kernel(torch.device(device))
+                rc = run()
                 error = None if rc == 0 else f"exit status {rc} (its error line is above)"
             except Exception:  # the report says which stage broke and how, then goes on
                 error = _last_line()
