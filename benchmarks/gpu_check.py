@@ -1,6 +1,7 @@
 """The GPU path in one prepared run: every command that takes `--device`, run on it end to
 end at toy sizes, then the `paper` and `quick` presets' training steps at their own batch
-(tokens/s and peak memory, bf16 and fp32). Device time is lent in short leases, so this is
+(tokens/s and peak memory, bf16 and fp32) and a short training of each through the CLI
+(data, evals, a checkpoint at the preset's shape) read back by `eval`. Device time is lent in short leases, so this is
 the whole check in one command, a few minutes on a GPU:
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py --device cuda
@@ -27,12 +28,11 @@ import time
 import traceback
 from collections.abc import Callable
 from functools import partial
-from itertools import product
 from pathlib import Path
 
 import torch
 
-from sparsecircuits.checkpoint import pick_device
+from sparsecircuits.checkpoint import load, pick_device
 from sparsecircuits.cli import main as cli
 from sparsecircuits.config import resolve
 from sparsecircuits.model import SparseGPT
@@ -105,10 +105,26 @@ def stages(work: Path, corpus: list[str], device: str, steps: int) -> list[tuple
             + ["--quiet", "--device", device],
         ),
     ]
+    again = [*train, "--out", str(work / "bf16_again"), "--set", *sets, "precision=bf16"]
     return [(name, partial(cli, argv)) for name, argv in commands] + [
+        ("same seed", partial(same_seed, again, Path(m16), work / "bf16_again")),
         ("study", partial(toy_study, work, corpus, device, steps)),
         ("fused kernel", partial(fused_kernel, torch.device(device))),
     ]
+
+
+def same_seed(argv: list[str], first: Path, again: Path) -> int:
+    """The bf16 toy trained again with the same seed must give bit-identical weights (train()
+    asks for deterministic kernels, and on CUDA for cuBLAS's deterministic workspace);
+    0 as the CLI's exit status, or raises naming how far apart they are."""
+    if cli(argv) != 0:
+        return 1
+    a, b = load(first)[0].state_dict(), load(again)[0].state_dict()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    if differ:
+        worst = max(float((a[k] - b[k]).abs().max()) for k in differ)
+        raise AssertionError(f"{len(differ)} of {len(a)} tensors differ (max |diff| {worst:.3g})")
+    return 0
 
 
 def toy_study(work: Path, corpus: list[str], device: str, steps: int) -> int:
@@ -162,26 +178,33 @@ def _last_line() -> str:
     return traceback.format_exc().strip().splitlines()[-1]
 
 
-def smoke(device: str, steps: int) -> list[dict]:
-    """Each stage's outcome: {stage, ok, seconds[, error]}; a broken stage does not stop
-    the ones after it that do not need its output."""
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        os.environ["SPARSECIRCUITS_CACHE"] = str(work / "cache")  # the process is ours
-        corpus = write_corpus(work / "corpus")
-        for name, run in stages(work, corpus, device, steps):
-            t = time.perf_counter()
-            try:
-                rc = run()
-                error = None if rc == 0 else f"exit status {rc} (its error line is above)"
-            except Exception:  # the report says which stage broke and how, then goes on
-                error = _last_line()
-            rows.append({"stage": name, "ok": error is None, "seconds": time.perf_counter() - t})
-            if error:
-                rows[-1]["error"] = error
-            print(f"  {name:15s} {'ok' if error is None else 'FAILED: ' + error}", flush=True)
-    return rows
+def run_stage(name: str, run: Callable[[], int]) -> dict:
+    """One stage's outcome, {stage, ok, seconds[, error]}, printed as it ends; a broken stage
+    is recorded and does not stop the ones after it."""
+    t = time.perf_counter()
+    try:
+        rc = run()
+        error = None if rc == 0 else f"exit status {rc} (its error line is above)"
+    except Exception:  # the report says which stage broke and how, then goes on
+        error = _last_line()
+    row = {"stage": name, "ok": error is None, "seconds": time.perf_counter() - t}
+    if error:
+        row["error"] = error
+    print(f"  {name:15s} {'ok' if error is None else 'FAILED: ' + error}", flush=True)
+    return row
+
+
+def preset_training(work: Path, corpus: list[str], device: str, preset: str, steps: int):
+    """(name, run) of a short training of the preset through the CLI on the toy corpus (its
+    data loading, evals and a checkpoint at the preset's own shape and batch), then the
+    checkpoint read back and evaluated."""
+    out = str(work / f"train_{preset}")
+    sets = [f"steps={steps}", f"eval_every={steps}", f"checkpoint_every={steps}", "save_every=0"]
+    train = ["train", "--preset", preset, "--data", *corpus, "--out", out, "--quiet"]
+    return [
+        (f"{preset} train", partial(cli, [*train, "--device", device, "--set", *sets])),
+        (f"{preset} eval", partial(cli, ["eval", out, "--device", device])),
+    ]
 
 
 def preset_step(device: torch.device, preset: str, precision: str, steps: int) -> dict:
@@ -216,12 +239,38 @@ def preset_step(device: torch.device, preset: str, precision: str, steps: int) -
     }
 
 
+def _timed_step(device: torch.device, preset: str, precision: str, steps: int) -> dict:
+    try:
+        return preset_step(device, preset, precision, steps)
+    except Exception:  # out of memory, say: recorded, and the next one still runs
+        return {"preset": preset, "precision": precision, "error": _last_line()}
+
+
+def _step_line(s: dict, steps: int) -> str:
+    if "error" in s:
+        return f"  {s['precision']}: FAILED: {s['error']}"
+    peak = "n/a (CPU)" if s["peak_gb"] is None else f"{s['peak_gb']:.1f} GB"
+    return (
+        f"  {s['precision']}: {s['tokens_per_s']:,.0f} tokens/s ({s['step_s']:.3f} s/step,"
+        f" batch {s['batch']}, median of {steps}), peak memory {peak},"
+        f" {s['params']:,} parameters"
+    )
+
+
+def _stage_line(r: dict) -> str:
+    outcome = "ok" if r["ok"] else "FAILED: " + r["error"]
+    return f"  {r['stage']:15s} {outcome}  ({r['seconds']:.1f} s)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--toy-steps", type=int, default=20, help="training and mask steps (toys)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per preset (0: none)")
     ap.add_argument("--presets", default="paper,quick", help="presets whose training step is timed")
+    ap.add_argument(
+        "--train-steps", type=int, default=20, help="steps of each preset's short CLI training"
+    )
     ap.add_argument("--no-save", action="store_true", help="print only (the dry-run test)")
     args = ap.parse_args()
     device = pick_device(args.device)
@@ -229,31 +278,23 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     lines.append("\n== every command on the device, toy sizes ==")
     print(lines[-1], flush=True)
-    rows = smoke(str(device), args.toy_steps)
-    lines += [
-        f"  {r['stage']:15s} {'ok' if r['ok'] else 'FAILED: ' + r['error']}  ({r['seconds']:.1f} s)"
-        for r in rows
-    ]
-    steps = []
-    for preset, precision in product(args.presets.split(",") if args.steps else [], PRECISIONS):
-        if preset not in {s.get("preset") for s in steps}:
+    rows, steps = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["SPARSECIRCUITS_CACHE"] = str(work / "cache")  # the process is ours
+        corpus = write_corpus(work / "corpus")
+        rows += [run_stage(*stage) for stage in stages(work, corpus, str(device), args.toy_steps)]
+        lines += [_stage_line(r) for r in rows]
+        for preset in args.presets.split(",") if args.steps else []:
             lines.append(f"\n== {preset} preset, training step at its own batch ==")
             print(lines[-1], flush=True)
-        try:
-            s = preset_step(device, preset, precision, args.steps)
-        except Exception:  # out of memory, say: recorded, and the next one still runs
-            s = {"preset": preset, "precision": precision, "error": _last_line()}
-        steps.append(s)
-        if "error" in s:
-            lines.append(f"  {precision}: FAILED: {s['error']}")
-        else:
-            peak = "n/a (CPU)" if s["peak_gb"] is None else f"{s['peak_gb']:.1f} GB"
-            lines.append(
-                f"  {precision}: {s['tokens_per_s']:,.0f} tokens/s ({s['step_s']:.3f} s/step,"
-                f" batch {s['batch']}, median of {args.steps}), peak memory {peak},"
-                f" {s['params']:,} parameters"
-            )
-        print(lines[-1], flush=True)
+            for precision in PRECISIONS:
+                steps.append(_timed_step(device, preset, precision, args.steps))
+                lines.append(_step_line(steps[-1], args.steps))
+                print(lines[-1], flush=True)
+            for stage in preset_training(work, corpus, str(device), preset, args.train_steps):
+                rows.append(run_stage(*stage))
+                lines.append(_stage_line(rows[-1]))
     failed = [r["stage"] for r in rows if not r["ok"]]
     lines.append(f"\n{len(rows) - len(failed)} of {len(rows)} stages ran on {device}")
     failed += [f"{s['preset']} {s['precision']}" for s in steps if "error" in s]

@@ -263,6 +263,9 @@ def train(
 
     # Same seed -> same weights: some CPU kernels (e.g. the accumulating scatter behind the
     # bigram table and embedding gradients) add in thread order unless told otherwise.
+    # cuBLAS reads this when this process first uses it; without it, deterministic mode
+    # cannot make CUDA matmuls deterministic (a warning, not an error, with warn_only).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(train_cfg.seed)
     model = SparseGPT(model_cfg).to(device)
