@@ -115,8 +115,9 @@ def stages(work: Path, corpus: list[str], device: str, steps: int) -> list[tuple
 
 def same_seed(argv: list[str], first: Path, again: Path) -> int:
     """The bf16 toy trained again with the same seed must give bit-identical weights (train()
-    asks for deterministic kernels, and on CUDA for cuBLAS's deterministic workspace);
-    0 as the CLI's exit status, or raises naming how far apart they are."""
+    asks for deterministic kernels: on CUDA strictly, with cuBLAS's deterministic workspace;
+    every later stage runs in that mode too); 0 as the CLI's exit status, or raises naming
+    how far apart they are."""
     if cli(argv) != 0:
         return 1
     a, b = load(first)[0].state_dict(), load(again)[0].state_dict()
