@@ -522,6 +522,11 @@ def main() -> None:
     ap.add_argument("--prune-model", default="runs/quick")
     ap.add_argument("--work-seconds", type=float, default=12.0)
     ap.add_argument("--search-rounds", type=int, default=3)
+    ap.add_argument(
+        "--name",
+        default="bench_train",
+        help="results file name (keep another machine kind's run apart: bench_train_avx2)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--variant", default="new", help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="quick", help=argparse.SUPPRESS)
@@ -636,7 +641,7 @@ def main() -> None:
     for line in verdicts(results):
         emit("  " + line)
 
-    save_results("bench_train", lines, results)
+    save_results(args.name, lines, results)
 
 
 if __name__ == "__main__":

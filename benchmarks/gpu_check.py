@@ -1,8 +1,8 @@
 """The GPU path in one prepared run: every command that takes `--device`, run on it end to
 end at toy sizes, then the `paper` and `quick` presets' training steps at their own batch
 (tokens/s and peak memory, bf16 and fp32) and a short training of each through the CLI
-(data, evals, a checkpoint at the preset's shape) read back by `eval`. Device time is lent in short leases, so this is
-the whole check in one command, a few minutes on a GPU:
+(data, evals, a checkpoint at the preset's shape) read back by `eval`. Device time is lent
+in short leases, so this is the whole check in one command, two minutes on an H200:
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py --device cuda
     (then copy benchmarks/results/gpu_check.md/.json back from the machine)
