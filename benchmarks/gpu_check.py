@@ -105,9 +105,10 @@ def stages(work: Path, corpus: list[str], device: str, steps: int) -> list[tuple
             + ["--quiet", "--device", device],
         ),
     ]
-    again = [*train, "--out", str(work / "bf16_again"), "--set", *sets, "precision=bf16"]
+    again = work / "bf16_again"
+    retrain = [*train, "--out", str(again), "--set", *sets, "precision=bf16"]
     return [(name, partial(cli, argv)) for name, argv in commands] + [
-        ("same seed", partial(same_seed, again, Path(m16), work / "bf16_again")),
+        ("same seed", partial(same_seed, retrain, Path(m16), again)),
         ("study", partial(toy_study, work, corpus, device, steps)),
         ("fused kernel", partial(fused_kernel, torch.device(device))),
     ]
@@ -191,7 +192,7 @@ def run_stage(name: str, run: Callable[[], int]) -> dict:
     row = {"stage": name, "ok": error is None, "seconds": time.perf_counter() - t}
     if error:
         row["error"] = error
-    print(f"  {name:15s} {'ok' if error is None else 'FAILED: ' + error}", flush=True)
+    print(_stage_line(row), flush=True)
     return row
 
 
