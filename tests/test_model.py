@@ -417,3 +417,34 @@ def test_fast_loss_without_gradients_equals_plain():
 
 def test_an_empty_batch_gives_empty_logits():
     assert small()(torch.zeros(0, 5, dtype=torch.long)).shape == (0, 5, 61)
+
+
+def test_a_seed_gives_the_init_it_gave_with_nn_embedding(monkeypatch):
+    # Embed replaced nn.Embedding; it draws the same numbers, so a seed still gives the
+    # model it gave before (cached study models, results files).
+    cfg = ModelConfig(vocab_size=61, n_ctx=12, d_model=32, n_layer=1, pos_emb=True)
+    torch.manual_seed(0)
+    ours = SparseGPT(cfg).state_dict()
+    monkeypatch.setattr(model_module, "Embed", torch.nn.Embedding)
+    torch.manual_seed(0)
+    before = SparseGPT(cfg).state_dict()
+    assert list(ours) == list(before)
+    assert all(torch.equal(ours[k], before[k]) for k in ours)
+
+
+def test_loading_a_checkpoint_does_not_import_torch_dynamo(tmp_path):
+    # A random init on the meta device imports torch._dynamo (~2 s of every command that
+    # loads a checkpoint, e.g. eval); loading builds the model there, so it must skip init.
+    import subprocess
+    import sys
+
+    from sparsecircuits.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "ckpt", small(pos_emb=True), None)
+    code = (
+        "import sys; from sparsecircuits.checkpoint import load; "
+        f"m, _ = load({str(tmp_path / 'ckpt')!r}); "
+        "print(m.embed.weight.is_meta, 'torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -232,14 +232,29 @@ class Block(nn.Module):
         return self.hook_resid_post(self.sparse_resid_post(self.resid_act(resid_mid + mlp_out)))
 
 
+class Embed(nn.Module):
+    """A lookup table [rows, d_model], as nn.Embedding, whose init is skipped on the meta
+    device: there a random init would cost nothing but its first call, which imports
+    torch._dynamo (~2 s of every command that loads a checkpoint)."""
+
+    def __init__(self, rows: int, d_model: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(rows, d_model))
+        if not self.weight.is_meta:  # nn.Embedding's draw, so a seed gives the same model
+            nn.init.normal_(self.weight)
+
+    def forward(self, idx):
+        return F.embedding(idx, self.weight)
+
+
 class SparseGPT(HookedModule):
     """The model. `model(tokens)` -> logits [batch, pos, vocab], as in TransformerLens."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.pos_emb else None
+        self.embed = Embed(cfg.vocab_size, cfg.d_model)
+        self.pos_embed = Embed(cfg.n_ctx, cfg.d_model) if cfg.pos_emb else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_final = Norm(cfg)
         self.unembed = (
@@ -253,7 +268,8 @@ class SparseGPT(HookedModule):
         )
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
-        self.reset_parameters()
+        if not self.W_U.is_meta:  # a shapes-only model (loading a checkpoint) needs no init
+            self.reset_parameters()
         self.setup_hooks()
 
     def reset_parameters(self):
