@@ -32,6 +32,7 @@ from sparsecircuits.checkpoint import load
 from sparsecircuits.nodes import cached_node_means
 from sparsecircuits.prune import TargetUnreachable, prune
 from sparsecircuits.prune_methods import PruneConfig
+from sparsecircuits.stats import t_interval
 from sparsecircuits.study.config import model_dir, model_specs, study_config
 from sparsecircuits.study.run import prune_config, train_model
 
@@ -87,30 +88,46 @@ def one(case: dict, cfg: PruneConfig) -> dict:
     }
 
 
+def _spread(d: list[float], unit: str = "") -> str:
+    """Range, mean and 95% t-interval of paired differences."""
+    line = f"{min(d):+.0f}..{max(d):+.0f}{unit}, mean {statistics.fmean(d):+.1f}{unit}"
+    if len(d) > 1:
+        _, low, high = t_interval(d)
+        line += f" [95% t-interval {low:+.1f}, {high:+.1f}]"
+    return line
+
+
 def compare_schedules(rows: list[dict]) -> list[str]:
-    """Per shorter schedule: how many of its searches validated, its node count minus the
-    full schedule's for the same case and seed (where both have a circuit), and its time
-    over the full schedule's (median over cases of the per-case median ratio)."""
+    """Per shorter schedule: how many of its searches validated, its time over the full
+    schedule's (median over cases of the per-case median ratio), and, over the (case, seed)
+    pairs where both schedules found a circuit, its node count minus the full schedule's
+    and its edge count relative to the full schedule's (edge counts differ several-fold between cases),
+    each with a 95% t-interval that treats the pairs as independent."""
     out = []
     labels = [label for label in rows[0]["schedules"] if label != "as set"] if rows else []
     for label in labels:
         runs = [(r["schedules"]["as set"], r["schedules"][label]) for r in rows]
         pairs = [(a, b) for full, short in runs for a, b in zip(full, short, strict=True)]
         ok = sum(b["status"] == "ok" for _, b in pairs)
-        d = [b["n_nodes"] - a["n_nodes"] for a, b in pairs if "n_nodes" in a and "n_nodes" in b]
+        both = [(a, b) for a, b in pairs if "n_nodes" in a and "n_nodes" in b]
         times = statistics.median(
             statistics.median(b["seconds"] for b in short)
             / statistics.median(a["seconds"] for a in full)
             for full, short in runs
         )
-        sizes = (
-            f"nodes {min(d):+d}..{max(d):+d} (mean {statistics.fmean(d):+.1f}): larger in "
+        out.append(f"{label:<17} validated {ok} of {len(pairs)}; time {times:.2f}x")
+        if not both:
+            out.append(f"{'':<17} no pair with two circuits")
+            continue
+        d = [b["n_nodes"] - a["n_nodes"] for a, b in both]
+        rel = [100 * (b["n_edges"] / a["n_edges"] - 1) for a, b in both if a["n_edges"]]
+        out.append(
+            f"{'':<17} nodes {_spread(d)} over {len(d)} pairs: larger in "
             f"{sum(x > 0 for x in d)}, smaller in {sum(x < 0 for x in d)}, equal in "
             f"{sum(x == 0 for x in d)}"
-            if d
-            else "no pair with two circuits"
         )
-        out.append(f"{label:<17} validated {ok} of {len(pairs)}; {sizes}; time {times:.2f}x")
+        if rel:
+            out.append(f"{'':<17} edges {_spread(rel, '%')} relative to the schedule as set")
     return out
 
 
