@@ -51,7 +51,7 @@ def test_prune_schedule_pairs_sizes_by_case_and_seed_with_an_interval():
     ]
     lines = _benchmark("prune_schedule").compare_schedules(rows)
     # nodes +1, 0, -1 (sd 1, t 4.303 over 3 pairs); edges +10%, -10%, 0% (sd 10)
-    assert lines[0].split() == "half validated 3 of 4; time 0.50x".split()
+    assert " ".join(lines[0].split()) == "half validated 3 of 4; time 0.50x"
     assert "mean +0.0 [95% t-interval -2.5, +2.5] over 3 pairs" in lines[1]
     assert "larger in 1, smaller in 1, equal in 1" in lines[1]
     assert "mean +0.0% [95% t-interval -24.8, +24.8]" in lines[2]
