@@ -101,8 +101,8 @@ def compare_schedules(rows: list[dict]) -> list[str]:
     """Per shorter schedule: how many of its searches validated, its time over the full
     schedule's (median over cases of the per-case median ratio), and, over the (case, seed)
     pairs where both schedules found a circuit, its node count minus the full schedule's
-    and its edge count relative to the full schedule's (edge counts differ several-fold between cases),
-    each with a 95% t-interval that treats the pairs as independent."""
+    and its edge count relative to the full schedule's (edge counts differ several-fold
+    between cases), each with a 95% t-interval that treats the pairs as independent."""
     out = []
     labels = [label for label in rows[0]["schedules"] if label != "as set"] if rows else []
     for label in labels:

@@ -1,10 +1,13 @@
 import contextlib
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import sparsecircuits.model as model_module
 from sparsecircuits import fused
+from sparsecircuits.checkpoint import save_checkpoint
 from sparsecircuits.config import ACT_SITES, ModelConfig
 from sparsecircuits.model import SparseGPT, abs_topk
 
@@ -435,11 +438,6 @@ def test_a_seed_gives_the_init_it_gave_with_nn_embedding(monkeypatch):
 def test_loading_a_checkpoint_does_not_import_torch_dynamo(tmp_path):
     # A random init on the meta device imports torch._dynamo (~2 s of every command that
     # loads a checkpoint, e.g. eval); loading builds the model there, so it must skip init.
-    import subprocess
-    import sys
-
-    from sparsecircuits.checkpoint import save_checkpoint
-
     save_checkpoint(tmp_path / "ckpt", small(pos_emb=True), None)
     code = (
         "import sys; from sparsecircuits.checkpoint import load; "

@@ -233,9 +233,9 @@ class Block(nn.Module):
 
 
 class Embed(nn.Module):
-    """A lookup table [rows, d_model], as nn.Embedding, whose init is skipped on the meta
-    device: there a random init would cost nothing but its first call, which imports
-    torch._dynamo (~2 s of every command that loads a checkpoint)."""
+    """A lookup table [rows, d_model], as nn.Embedding, but with no random init on the meta
+    device: the first one there imports torch._dynamo, ~2 s of every command that loads a
+    checkpoint (it builds the model on meta, then assigns the saved weights)."""
 
     def __init__(self, rows: int, d_model: int):
         super().__init__()
