@@ -72,9 +72,12 @@ def test_bf16_without_native_support_trains_in_fp32_and_records_it(
     tmp_path, corpus_dir, monkeypatch, capsys
 ):
     monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
+    monkeypatch.setattr(train_module, "_FP32_SAID", set())  # as in a fresh process
     m, t = tiny_configs(corpus_dir, precision="bf16")
     a = load_tensors(train(m, t, tmp_path / "a", progress=False) / "model.safetensors")
     assert "training in fp32" in capsys.readouterr().err
+    train(m, t, tmp_path / "b", progress=False)  # a second model in the same process
+    assert "training in fp32" not in capsys.readouterr().err  # said once, not per model
     m32, t32 = tiny_configs(corpus_dir)
     c = load_tensors(train(m32, t32, tmp_path / "c", progress=False) / "model.safetensors")
     assert all(torch.equal(a[k], c[k]) for k in a)

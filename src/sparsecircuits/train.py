@@ -73,15 +73,24 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
+# Device types whose fp32 fallback was already said: a study or a benchmark trains many
+# models in one process, and one line says it for all of them.
+_FP32_SAID: set[str] = set()
+
+
 def runnable_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    """`cfg`, or fp32 in its place (said on stderr) where bf16 would only be emulated."""
+    """`cfg`, or fp32 in its place where bf16 would only be emulated (said on stderr, once
+    per process and device type)."""
     if cfg.precision != "bf16" or native_bf16(device):
         return cfg
-    print(
-        f"precision=bf16: no native bfloat16 matmul on this {device.type} "
-        "(emulated, it is many times slower than fp32); training in fp32",
-        file=sys.stderr,
-    )
+    if device.type not in _FP32_SAID:
+        _FP32_SAID.add(device.type)
+        print(
+            f"precision=bf16: no native bfloat16 matmul on this {device.type} "
+            "(emulated, it is many times slower than fp32); training in fp32 "
+            "(said once for every model this process trains)",
+            file=sys.stderr,
+        )
     return dataclasses.replace(cfg, precision="fp32")
 
 
