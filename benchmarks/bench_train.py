@@ -514,6 +514,57 @@ def verdicts(results: dict) -> list[str]:
     return out
 
 
+def speed_sections(args, results: dict, emit, have_cli_model: bool) -> None:
+    """The throughput and circuit-search sections: run, printed through `emit`, kept in
+    `results`."""
+    emit("\n== tokens/s, today's step vs the new one (median of alternated rounds) ==")
+    results["throughput"] = throughput(args.presets.split(","), args.steps, args.rounds)
+    for row in results["throughput"]:
+        tps, frac = row["tokens_per_s"], row["matmul_fraction"]
+        emit(
+            f"  {row['preset']:<6} today {tps['today']:>8,.0f}  new {tps['new']:>8,.0f} tokens/s"
+            f"  speed-up {row['speedup']:.2f}x  (target >= 2; new runs in {row['precision']})"
+        )
+        if row["precision"] != "fp32":
+            emit(
+                f"         new step in fp32: {tps['new fp32']:,.0f} tokens/s, speed-up "
+                f"{row['speedup_fp32']:.2f}x"
+            )
+        emit(
+            f"         step as a fraction of its matmuls at the measured rate "
+            f"(fp32 {row['matmul_gflops']:.0f} GFLOP/s at these shapes"
+            + (
+                f", {row['precision']} {row['matmul_gflops_new']:.0f}"
+                if row["precision"] != "fp32"
+                else ""
+            )
+            + f"): today {frac['today']:.2f}, new in fp32 {frac['new fp32']:.2f}"
+            + (f", new {frac['new']:.2f}" if row["precision"] != "fp32" else "")
+        )
+        emit(f"         new step, sparse / dense (same AbsTopK): {row['sparsity_tax']:.2f}")
+
+    searches = ["study"] + (["cli"] if have_cli_model else [])
+    for kind in searches:  # models trained and node means cached before anything is timed
+        search_seconds(kind, args)
+    n_study_k = len(study_search()[2])
+    emit(f"\n== one circuit search, wall time (median of {args.search_rounds} rounds) ==")
+    if not have_cli_model:
+        emit(f"  (no checkpoint at {args.prune_model}: the quick preset's search not measured)")
+    res = results["search"] = search_times(searches, args.search_rounds, args)
+    described = {
+        "study": f"quick study's search ({STUDY_TASK}, d_model 64, its settings, "
+        f"{n_study_k} k_coefs)",
+        "cli": "sparsecircuits prune on the quick preset's model (d_model 128, defaults)",
+    }
+    for kind, by in res.items():
+        today, new = by["today"]["median_s"], by["new"]["median_s"]
+        emit(
+            f"  {described[kind]}:\n    today's step {today:.1f} s, new {new:.1f} s "
+            f"({today / new:.2f}x; rounds {', '.join(f'{t:.1f}' for t in by['new']['all_s'])}"
+            f" s; target <= 15 s)"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", default="quick,small")
@@ -562,52 +613,7 @@ def main() -> None:
     )
     have_cli_model = (Path(args.prune_model) / "model.safetensors").exists()
     if not args.skip_speed:
-        emit("\n== tokens/s, today's step vs the new one (median of alternated rounds) ==")
-        results["throughput"] = throughput(args.presets.split(","), args.steps, args.rounds)
-        for row in results["throughput"]:
-            tps, frac = row["tokens_per_s"], row["matmul_fraction"]
-            emit(
-                f"  {row['preset']:<6} today {tps['today']:>8,.0f}  new {tps['new']:>8,.0f} tokens/s"
-                f"  speed-up {row['speedup']:.2f}x  (target >= 2; new runs in {row['precision']})"
-            )
-            if row["precision"] != "fp32":
-                emit(
-                    f"         new step in fp32: {tps['new fp32']:,.0f} tokens/s, speed-up "
-                    f"{row['speedup_fp32']:.2f}x"
-                )
-            emit(
-                f"         step as a fraction of its matmuls at the measured rate "
-                f"(fp32 {row['matmul_gflops']:.0f} GFLOP/s at these shapes"
-                + (
-                    f", {row['precision']} {row['matmul_gflops_new']:.0f}"
-                    if row["precision"] != "fp32"
-                    else ""
-                )
-                + f"): today {frac['today']:.2f}, new in fp32 {frac['new fp32']:.2f}"
-                + (f", new {frac['new']:.2f}" if row["precision"] != "fp32" else "")
-            )
-            emit(f"         new step, sparse / dense (same AbsTopK): {row['sparsity_tax']:.2f}")
-
-        searches = ["study"] + (["cli"] if have_cli_model else [])
-        for kind in searches:  # models trained and node means cached before anything is timed
-            search_seconds(kind, args)
-        n_study_k = len(study_search()[2])
-        emit(f"\n== one circuit search, wall time (median of {args.search_rounds} rounds) ==")
-        if not have_cli_model:
-            emit(f"  (no checkpoint at {args.prune_model}: the quick preset's search not measured)")
-        res = results["search"] = search_times(searches, args.search_rounds, args)
-        described = {
-            "study": f"quick study's search ({STUDY_TASK}, d_model 64, its settings, "
-            f"{n_study_k} k_coefs)",
-            "cli": "sparsecircuits prune on the quick preset's model (d_model 128, defaults)",
-        }
-        for kind, by in res.items():
-            today, new = by["today"]["median_s"], by["new"]["median_s"]
-            emit(
-                f"  {described[kind]}:\n    today's step {today:.1f} s, new {new:.1f} s "
-                f"({today / new:.2f}x; rounds {', '.join(f'{t:.1f}' for t in by['new']['all_s'])}"
-                f" s; target <= 15 s)"
-            )
+        speed_sections(args, results, emit, have_cli_model)
 
     if not args.skip_load:
         kinds = ["train"] + (["cli"] if have_cli_model else [])
