@@ -440,6 +440,49 @@ def test_a_control_without_a_reachable_target_is_unreachable(trained, quote_task
         )
 
 
+@pytest.fixture()
+def nondeterministic():
+    """Deterministic algorithms off for the test (training turns them on process-wide),
+    restored after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+def test_a_search_turns_on_deterministic_algorithms(trained, quote_task, nondeterministic):
+    from sparsecircuits.nodes import cached_node_means
+    from sparsecircuits.prune import find_circuit
+
+    model, tok = load(trained)
+    task = get_task(quote_task, 8, 4, 0)
+    means = cached_node_means(trained, model, tok, progress=False)
+    cfg = PruneConfig(target_loss=1e-6, steps=1, random_draws=0, effect_nodes=0, calib_steps=0)
+    with pytest.raises(TargetUnreachable):
+        find_circuit(
+            model, task.encode(tok, "train", 32), task.encode(tok, "test", 32), means, cfg, False
+        )
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()  # a CPU kernel only warns
+
+
+def test_prune_is_deterministic_before_its_first_matmul(
+    trained, quote_task, nondeterministic, monkeypatch
+):
+    # On CUDA, cuBLAS reads its workspace setting at the first matmul: the node means'.
+    seen = []
+    real = prune_module.cached_node_means
+
+    def spy(*a, **k):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return real(*a, **k)
+
+    monkeypatch.setattr(prune_module, "cached_node_means", spy)
+    full_model_loss(trained, quote_task)
+    assert seen == [True]
+
+
 def test_get_task_used_by_prune_is_deterministic():
     a = get_task("single_double_quote", 8, 8, seed=3)
     b = get_task("single_double_quote", 8, 8, seed=3)

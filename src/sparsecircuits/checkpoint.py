@@ -6,6 +6,7 @@ temporary name and renamed, so an interrupted save never leaves a half-written c
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -38,6 +39,19 @@ def pick_device(device: str | None) -> torch.device:
         if d.index is not None and d.index >= torch.cuda.device_count():
             raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices")
     return d
+
+
+def deterministic(device: torch.device) -> None:
+    """Same inputs -> same results on `device`, for training and circuit search alike.
+    On a CPU some kernels (e.g. the accumulating scatter behind the bigram table and
+    embedding gradients) add in thread order unless told otherwise; there a kernel without
+    a deterministic version only warns. On CUDA, warn-only would let the fused attention
+    backward keep its non-deterministic default, so there it is strict (on an H200 every
+    gpu_check stage ran under it, prune, modularity and study included; training was 5-8%
+    slower at the paper shape). cuBLAS reads its workspace setting when the process first
+    uses it: call this before the first CUDA matmul."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cuda")
 
 
 def save_tensors(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load
+from .checkpoint import deterministic, load, pick_device
 from .circuit import Circuit, Node, circuit_edges
 from .errors import UserError
 from .nodes import ablation_hooks, cached_node_means, channels, node_sites
@@ -248,6 +248,7 @@ def prune(
     `k_coefs` the settings to search (see find_circuit)."""
     cfg = cfg or PruneConfig()
     _check_config(cfg)
+    deterministic(pick_device(device))  # before the node means' first matmul (cuBLAS)
     model, tokenizer = load(model_dir, device=device)
     if tokenizer is None:
         raise UserError(
@@ -305,6 +306,7 @@ def find_circuit(
     t0 = time.perf_counter()
     model.requires_grad_(False)  # only masks learn
     device = next(model.parameters()).device
+    deterministic(device)  # same seed -> same circuit
     sites = node_sites(model.cfg)
     means = {h: m.to(device) for h, m in means.items()}
     problem = Problem(model, sites, means, train_b)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from . import threads
 from .checkpoint import (  # pick_device re-exported
+    deterministic,
     load_tensors,
     pick_device,
     save_checkpoint,
@@ -270,13 +271,7 @@ def train(
     if rank == 0:
         claim_run_dir(out, cfg_dict, resume, None, marker="config.json", kind="run")
 
-    # Same seed -> same weights: some CPU kernels (e.g. the accumulating scatter behind the
-    # bigram table and embedding gradients) add in thread order unless told otherwise.
-    # On CUDA, warn-only would let the fused attention backward keep its non-deterministic
-    # default, so there it is strict (on an H200 nothing raised in any stage; 5-8% slower at
-    # the paper shape). cuBLAS reads the workspace setting when this process first uses it.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=device.type != "cuda")
+    deterministic(device)  # same seed -> same weights
     torch.manual_seed(train_cfg.seed)
     model = SparseGPT(model_cfg).to(device)
     sparsifier = WeightSparsifier(model, train_cfg)
