@@ -1,8 +1,9 @@
 """Would a shorter mask-training schedule find the same circuits? Issue 11 asks for one
-circuit search on a quick model in <= 15 s; the mask training is ~80% of `prune`'s
-default search on the quick preset's model (a step costs ~8 ms plus ~1.3 ms per pair of
-prompts on this 2-core CPU), so only a shorter schedule would bring that search under the
-target. This measures what such schedules change, before anyone changes a default:
+circuit search on a quick model in <= 15 s; the mask training is most of `prune`'s default
+search on the quick preset's model (a step's cost grows with the pairs of prompts in it),
+so on a CPU slower than the one the target was set on a shorter schedule is what would
+bring that search under it. This measures what such schedules change, before anyone
+changes a default:
 
     python benchmarks/prune_schedule.py [--seeds 3] [--prune-model runs/quick]
 
