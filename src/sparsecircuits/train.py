@@ -88,8 +88,8 @@ def runnable_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
         _FP32_SAID.add(device.type)
         print(
             f"precision=bf16: no native bfloat16 matmul on this {device.type} "
-            "(emulated, it is many times slower than fp32); training in fp32 "
-            "(said once for every model this process trains)",
+            "(emulated, it is many times slower than fp32); training in fp32, "
+            "as every later model of this process",
             file=sys.stderr,
         )
     return dataclasses.replace(cfg, precision="fp32")
