@@ -391,14 +391,20 @@ def test_calibration_is_applied_unchanged_to_other_pairs():
     assert m["loss"] == pytest.approx(float(pair_loss(diff)))  # raw beside calibrated
 
 
-def test_grid_keeps_the_smallest_valid_circuit_and_reports_collapse(trained, quote_task):
+def search_inputs(model_dir, task_file):
+    """What find_circuit takes: the model, 8 train and 4 test pairs, node means."""
     from sparsecircuits.nodes import cached_node_means
+
+    model, tok = load(model_dir)
+    task = get_task(task_file, 8, 4, 0)
+    train_b, test_b = task.encode(tok, "train", 32), task.encode(tok, "test", 32)
+    return model, train_b, test_b, cached_node_means(model_dir, model, tok, progress=False)
+
+
+def test_grid_keeps_the_smallest_valid_circuit_and_reports_collapse(trained, quote_task):
     from sparsecircuits.prune import find_circuit
 
-    model, tok = load(trained)
-    task = get_task(quote_task, 8, 4, 0)
-    train_b, test_b = task.encode(tok, "train", 32), task.encode(tok, "test", 32)
-    means = cached_node_means(trained, model, tok, progress=False)
+    model, train_b, test_b, means = search_inputs(trained, quote_task)
     target = reachable_target(trained, quote_task)
     cfg = PruneConfig(target_loss=target, steps=20, random_draws=2, effect_nodes=0)
     c = find_circuit(model, train_b, test_b, means, cfg, False, k_coefs=[1e-3, 1e-2])
@@ -419,25 +425,14 @@ def test_grid_keeps_the_smallest_valid_circuit_and_reports_collapse(trained, quo
 
 
 def test_a_control_without_a_reachable_target_is_unreachable(trained, quote_task):
-    from sparsecircuits.nodes import cached_node_means
     from sparsecircuits.prune import find_circuit
 
-    model, tok = load(trained)
-    task = get_task(quote_task, 8, 4, 0)
-    means = cached_node_means(trained, model, tok, progress=False)
+    model, train_b, test_b, means = search_inputs(trained, quote_task)
     # No calibration: on a few separable train pairs a fitted scale can push any loss to ~0
     # (seen on one machine), while the raw loss of a tiny model stays far above 1e-6.
     cfg = PruneConfig(target_loss=1e-6, steps=5, random_draws=0, effect_nodes=0, calib_steps=0)
     with pytest.raises(TargetUnreachable, match="no node budget reaches"):
-        find_circuit(
-            model,
-            task.encode(tok, "train", 32),
-            task.encode(tok, "test", 32),
-            means,
-            cfg,
-            False,
-            require_full_model=False,
-        )
+        find_circuit(model, train_b, test_b, means, cfg, False, require_full_model=False)
 
 
 @pytest.fixture()
@@ -452,17 +447,12 @@ def nondeterministic():
 
 
 def test_a_search_turns_on_deterministic_algorithms(trained, quote_task, nondeterministic):
-    from sparsecircuits.nodes import cached_node_means
     from sparsecircuits.prune import find_circuit
 
-    model, tok = load(trained)
-    task = get_task(quote_task, 8, 4, 0)
-    means = cached_node_means(trained, model, tok, progress=False)
+    model, train_b, test_b, means = search_inputs(trained, quote_task)
     cfg = PruneConfig(target_loss=1e-6, steps=1, random_draws=0, effect_nodes=0, calib_steps=0)
     with pytest.raises(TargetUnreachable):
-        find_circuit(
-            model, task.encode(tok, "train", 32), task.encode(tok, "test", 32), means, cfg, False
-        )
+        find_circuit(model, train_b, test_b, means, cfg, False)
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.is_deterministic_algorithms_warn_only_enabled()  # a CPU kernel only warns
 

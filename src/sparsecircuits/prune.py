@@ -239,7 +239,7 @@ def prune(
     task: str | Task,
     cfg: PruneConfig | None = None,
     progress: bool = True,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     data: list[str] | None = None,
     k_coefs: list[float] | None = None,
 ) -> Circuit:
@@ -248,7 +248,8 @@ def prune(
     `k_coefs` the settings to search (see find_circuit)."""
     cfg = cfg or PruneConfig()
     _check_config(cfg)
-    deterministic(pick_device(device))  # before the node means' first matmul (cuBLAS)
+    device = pick_device(device)
+    deterministic(device)  # before the node means' first matmul (cuBLAS)
     model, tokenizer = load(model_dir, device=device)
     if tokenizer is None:
         raise UserError(
