@@ -29,6 +29,7 @@ from sparsecircuits.study import StudyConfig
 from sparsecircuits.study import run as study_run
 from sparsecircuits.tasks import get_task
 from sparsecircuits.tasks.compound import COMPOUND_TASKS, get_compound_task
+from sparsecircuits.tokenizer import save_tokenizer, train_tokenizer
 from sparsecircuits.train import train
 from study_fixture import tiny_study_config, write_fake_study
 from test_report import Server
@@ -541,3 +542,59 @@ def test_builtin_task_on_a_short_context_keeps_the_prompts_that_fit(tmp_path, ru
     err = capsys.readouterr().err
     assert "longer than n_ctx=48 and were left out" in err
     assert json.loads((tmp_path / "c" / "circuit.json").read_text())["task"] == TASK
+
+
+# ---------- issue 35, 1: a tokenizer from another run ----------
+
+
+def other_tokenizer(run: Path, vocab_size: int) -> None:
+    """Replace the run's tokenizer.json by one trained on other text."""
+    text = [f"x{i} = {i * 7} + y{i}\n" for i in range(400)]
+    save_tokenizer(train_tokenizer(text, vocab_size), run / "tokenizer.json")
+
+
+@pytest.mark.parametrize("vocab_size", [280, 300], ids=["smaller", "same-size"])
+def test_a_tokenizer_from_another_run_is_refused(tmp_path, run, capsys, vocab_size):
+    r = copy_run(run, tmp_path / "r")
+    other_tokenizer(r, vocab_size)
+    before = snapshot(r)
+    tok = str(r / "tokenizer.json")
+    fails(capsys, ["eval", str(r), "--device", "cpu"], tok, "not the tokenizer")
+    fails(capsys, ["sample", str(r), "--device", "cpu"], tok, "not the tokenizer")
+    fails(capsys, ["prune", str(r), "--task", TASK, "--out", str(tmp_path / "c")], tok)
+    fails(capsys, ["explain", str(r), "--node", "blocks.0.attn.hook_q[0]"], tok)
+    assert snapshot(r) == before and not (tmp_path / "c").exists()
+
+
+def test_a_checkpoint_without_a_tokenizer_hash_is_checked_on_its_vocabulary(tmp_path, run, capsys):
+    r = copy_run(run, tmp_path / "r")
+    cfg = json.loads((r / "config.json").read_text())
+    del cfg["tokenizer"]  # as written before the hash was recorded
+    (r / "config.json").write_text(json.dumps(cfg))
+    assert main(["eval", str(r), "--device", "cpu", "--batches", "1"]) == 0
+    other_tokenizer(r, 280)
+    fails(capsys, ["eval", str(r), "--device", "cpu"], "tokenizer.json", "280 tokens")
+
+
+# ---------- issue 35, 2: a config.json missing a key, or from a newer version ----------
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda c: c["model"].pop("afrac"), ["config.json", "'afrac'"]),
+        (lambda c: c["train"].pop("heldout_frac"), ["config.json", "'heldout_frac'"]),
+        (lambda c: c.pop("version"), ["config.json", "'version'"]),
+        (lambda c: c.update(version=2), ["config.json", "version 2"]),
+    ],
+    ids=["model-key", "train-key", "no-version", "newer-version"],
+)
+def test_an_incomplete_or_newer_config_is_refused(tmp_path, run, capsys, edit, words):
+    r = copy_run(run, tmp_path / "r")
+    cfg = json.loads((r / "config.json").read_text())
+    edit(cfg)
+    (r / "config.json").write_text(json.dumps(cfg))
+    before = snapshot(r)
+    fails(capsys, ["eval", str(r), "--device", "cpu"], *words)
+    fails(capsys, ["train", "--resume", "--out", str(r), "--quiet"], *words)
+    assert snapshot(r) == before

@@ -6,6 +6,7 @@ temporary name and renamed, so an interrupted save never leaves a half-written c
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -14,10 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from .config import ModelConfig, TrainConfig, config_to_dict, load_config_file
+from .config import TOKENIZER_KEY, ModelConfig, TrainConfig, config_to_dict, load_config_file
 from .corpus import prepare
 from .errors import UserError, write_error
-from .io import atomic_path, write_json_atomic
+from .io import atomic_path, read_json, write_json_atomic
 from .model import SparseGPT
 from .tokenizer import load_tokenizer, save_tokenizer
 
@@ -84,10 +85,60 @@ def save_checkpoint(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_tensors(model.state_dict(), out / "model.safetensors", {"format": "sparsecircuits"})
-    write_json_atomic(out / "config.json", config_to_dict(model.cfg, train_cfg))
+    tok_path = out / "tokenizer.json"
     if tokenizer is not None:
-        save_tokenizer(tokenizer, out / "tokenizer.json")
+        save_tokenizer(tokenizer, tok_path)
+    elif tok_path.is_file():  # a later save of the same run: record the tokenizer already there
+        tokenizer = load_tokenizer(tok_path)
+    saved = config_to_dict(model.cfg, train_cfg)
+    if tokenizer is not None:
+        saved[TOKENIZER_KEY] = {
+            "blake2b": _file_digest(tok_path),
+            "vocab_size": tokenizer.get_vocab_size(),
+        }
+    write_json_atomic(out / "config.json", saved)
     return out
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+def load_checked_tokenizer(
+    path: str | Path, cfg: ModelConfig, train_cfg: TrainConfig | None
+) -> Tokenizer | None:
+    """The checkpoint's tokenizer.json (None if it has none), refused unless it is the one
+    the model was trained with: another run's tokenizer encodes text into other ids, and
+    every loss, sample and circuit would be silently wrong. config.json records its hash;
+    a checkpoint saved before that was recorded is checked on its vocabulary size."""
+    path = Path(path)
+    tok_path = path / "tokenizer.json"
+    if not tok_path.exists():
+        return None
+    tokenizer = load_tokenizer(tok_path)
+    n = tokenizer.get_vocab_size()
+    record = read_json(path / "config.json").get(TOKENIZER_KEY)
+    if record is not None:
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("blake2b"), str)
+            and type(record.get("vocab_size")) is int
+        ):
+            raise UserError(f"{path / 'config.json'}: malformed {TOKENIZER_KEY!r} entry")
+        if _file_digest(tok_path) != record["blake2b"]:
+            raise UserError(
+                f"{tok_path}: not the tokenizer this model was trained with ({n} tokens; "
+                f"config.json records one of {record['vocab_size']} with another hash)"
+            )
+        return tokenizer
+    # A model trained here has exactly its tokenizer's vocabulary; an import may have more
+    # rows than its tokenizer has tokens, never fewer.
+    if n > cfg.vocab_size or (train_cfg is not None and n != cfg.vocab_size):
+        raise UserError(
+            f"{tok_path}: {n} tokens, but the model has vocab_size={cfg.vocab_size}: "
+            "not the tokenizer it was trained with"
+        )
+    return tokenizer
 
 
 def load_config(path: str | Path) -> tuple[ModelConfig, TrainConfig | None]:
@@ -105,7 +156,7 @@ def load(
     """Load a checkpoint folder -> (model in eval mode, tokenizer or None)."""
     path = Path(path)
     device = pick_device(device)
-    cfg, _ = load_config(path)
+    cfg, train_cfg = load_config(path)
     # Shapes only, no memory: a config.json claiming a huge model costs nothing until the
     # tensors on disk are found to match it.
     with torch.device("meta"):
@@ -128,8 +179,7 @@ def load(
             # NaN weights would flow on into NaN losses, samples and circuit.json numbers.
             raise UserError(f"{where}: {k} holds NaN or infinite values")
     model.load_state_dict(state, assign=True)
-    tok_path = path / "tokenizer.json"
-    tokenizer = load_tokenizer(tok_path) if tok_path.exists() else None
+    tokenizer = load_checked_tokenizer(path, cfg, train_cfg)
     return model.to(device).eval(), tokenizer
 
 

@@ -323,7 +323,7 @@ def _split_flat(d: dict, source: str) -> tuple[dict, dict]:
 
 def _normalize(d: dict, source: str) -> tuple[dict, dict]:
     """Accept {"model": {...}, "train": {...}} (what a run writes) or one flat mapping."""
-    d = {k: v for k, v in d.items() if k != "version"}
+    d = {k: v for k, v in d.items() if k not in ("version", TOKENIZER_KEY)}
     if set(d) <= {"model", "train"} and d:
         model, train = dict(d.get("model", {})), dict(d.get("train", {}))
         for k in model:
@@ -378,8 +378,16 @@ def resolve(
     return _build(ModelConfig, model, "model config"), _build(TrainConfig, train, "train config")
 
 
+# The version of config.json's layout: every key of both dataclasses is written, so a file
+# of this version lacking one was edited (a missing key must not take today's default).
+CONFIG_VERSION = 1
+# What a checkpoint's config.json holds besides the two sections (checkpoint.py writes it):
+# the tokenizer the model was trained with.
+TOKENIZER_KEY = "tokenizer"
+
+
 def config_to_dict(model: ModelConfig, train: TrainConfig | None = None) -> dict:
-    d = {"version": 1, "model": dataclasses.asdict(model)}
+    d = {"version": CONFIG_VERSION, "model": dataclasses.asdict(model)}
     if train is not None:
         d["train"] = dataclasses.asdict(train)
     return d
@@ -407,11 +415,25 @@ def seedless_key(model: ModelConfig, train: TrainConfig | None = None) -> str:
 
 
 def load_config_file(path) -> tuple[ModelConfig, TrainConfig | None]:
-    """Read a run's config.json back into dataclasses."""
+    """Read a run's config.json back into dataclasses. It must be complete for its version:
+    a missing key would otherwise take today's default, silently another model."""
     d = read_json(path)
     if "model" not in d:
         raise UserError(f"{path}: no 'model' section")
     m, t = _normalize(d, str(path))
+    version = d.get("version")
+    if version is None:
+        raise UserError(f"{path}: missing key 'version'")
+    if type(version) is not int or not 1 <= version <= CONFIG_VERSION:
+        raise UserError(
+            f"{path}: config version {version!r}; this sparsecircuits reads versions 1 to "
+            f"{CONFIG_VERSION} (a newer one wrote it?)"
+        )
+    for section, values, cls in (("model", m, ModelConfig), ("train", t, TrainConfig)):
+        if section in d:
+            missing = [f.name for f in fields(cls) if f.name not in values]
+            if missing:
+                raise UserError(f"{path}: missing {section} config key {missing[0]!r}")
     return _build(ModelConfig, m, str(path)), (
         _build(TrainConfig, t, str(path)) if "train" in d else None
     )

@@ -34,7 +34,7 @@ from .checkpoint import (  # pick_device re-exported
     save_checkpoint,
     save_tensors,
 )
-from .config import ModelConfig, TrainConfig, config_to_dict
+from .config import TOKENIZER_KEY, ModelConfig, TrainConfig, config_to_dict
 from .corpus import TokenData, describe, prepare
 from .errors import UserError
 from .io import (
@@ -229,6 +229,11 @@ def _check_ranks_agree(model: SparseGPT) -> None:
         raise RuntimeError("data-parallel ranks diverged: weights differ between processes")
 
 
+def _settings(saved: dict) -> dict:
+    """A run's config.json as the config it was trained with (without the tokenizer's record)."""
+    return {k: v for k, v in saved.items() if k != TOKENIZER_KEY}
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -269,7 +274,9 @@ def train(
     # After the data checks, so a start that fails on its data leaves no folder behind (the
     # tokenization is cached: a retry with another --out does not repeat it).
     if rank == 0:
-        claim_run_dir(out, cfg_dict, resume, None, marker="config.json", kind="run")
+        claim_run_dir(
+            out, cfg_dict, resume, None, marker="config.json", kind="run", saved_as=_settings
+        )
 
     deterministic(device)  # same seed -> same weights
     torch.manual_seed(train_cfg.seed)
