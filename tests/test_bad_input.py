@@ -598,3 +598,47 @@ def test_an_incomplete_or_newer_config_is_refused(tmp_path, run, capsys, edit, w
     fails(capsys, ["eval", str(r), "--device", "cpu"], *words)
     fails(capsys, ["train", "--resume", "--out", str(r), "--quiet"], *words)
     assert snapshot(r) == before
+
+
+# ---------- issue 35, 3: explain and stale or foreign results ----------
+
+
+def test_explain_follows_the_task_files_content(tmp_path, run, capsys):
+    r = copy_run(run, tmp_path / "r")
+    task = Path(write_quote_task(tmp_path / "t.jsonl"))
+    args = ["explain", str(r), "--node", "blocks.0.mlp.hook_post[0]", "--task", str(task)]
+    cache = r / "explanations.json"
+
+    def explained() -> dict:  # the stored numbers, unrounded
+        assert main(args) == 0
+        return json.loads(cache.read_text())["nodes"]
+
+    first = explained()
+    rows = [json.loads(line) for line in task.read_text().splitlines()]
+    for row in rows:  # the same path, other prompts
+        row["prompt"] = "for value in items:\n    " + row["prompt"]
+    task.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    second = explained()
+    cache.unlink()
+    assert second == explained() != first
+
+
+@pytest.fixture(scope="module")
+def circuit(run, tmp_path_factory) -> Path:
+    """A circuit.json of `run` (a quick search, not to be modified: copy it first)."""
+    out = tmp_path_factory.mktemp("circuit")
+    args = ["prune", str(run), "--task", TASK, "--steps", "2", "--n-train", "8", "--n-test", "8"]
+    assert (
+        main([*args, "--out", str(out), "--quiet", "--target-loss", "10", "--allow-trivial"]) == 0
+    )
+    return out / "circuit.json"
+
+
+def test_explain_refuses_another_model_for_a_circuit(tmp_path, run, circuit, corpus_dir, capsys):
+    m, t = tiny_configs(corpus_dir, n_ctx=48, d_model=64, steps=2)
+    other = train(m, t, tmp_path / "other", progress=False)
+    c = tmp_path / "circuit.json"
+    shutil.copy(circuit, c)
+    before = c.read_bytes()
+    fails(capsys, ["explain", str(c), "--model", str(other)], str(other), "d_model")
+    assert c.read_bytes() == before

@@ -6,7 +6,6 @@ temporary name and renamed, so an interrupted save never leaves a half-written c
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from tokenizers import Tokenizer
 from .config import TOKENIZER_KEY, ModelConfig, TrainConfig, config_to_dict, load_config_file
 from .corpus import prepare
 from .errors import UserError, write_error
-from .io import atomic_path, read_json, write_json_atomic
+from .io import atomic_path, file_digest, read_json, write_json_atomic
 from .model import SparseGPT
 from .tokenizer import load_tokenizer, save_tokenizer
 
@@ -93,15 +92,11 @@ def save_checkpoint(
     saved = config_to_dict(model.cfg, train_cfg)
     if tokenizer is not None:
         saved[TOKENIZER_KEY] = {
-            "blake2b": _file_digest(tok_path),
+            "blake2b": file_digest(tok_path),
             "vocab_size": tokenizer.get_vocab_size(),
         }
     write_json_atomic(out / "config.json", saved)
     return out
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
 
 
 def load_checked_tokenizer(
@@ -125,7 +120,7 @@ def load_checked_tokenizer(
             and type(record.get("vocab_size")) is int
         ):
             raise UserError(f"{path / 'config.json'}: malformed {TOKENIZER_KEY!r} entry")
-        if _file_digest(tok_path) != record["blake2b"]:
+        if file_digest(tok_path) != record["blake2b"]:
             raise UserError(
                 f"{tok_path}: not the tokenizer this model was trained with ({n} tokens; "
                 f"config.json records one of {record['vocab_size']} with another hash)"

@@ -54,19 +54,19 @@ import keyword
 import tokenize
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import checkpoint_corpus, load
+from .checkpoint import checkpoint_corpus, load, load_config
 from .circuit import Circuit
 from .corpus import relocate_cached
 from .errors import UserError
-from .io import read_json, write_json_atomic
+from .io import file_digest, read_json, write_json_atomic
 from .nodes import NodeSite, _weights_digest, channels, heldout_windows, node_sites, parse_node
-from .tasks import get_task
+from .tasks import TASKS, get_task
 
 LEGIBLE_AUC = 0.9
 LEGIBLE_PR = 0.9  # precision and recall at the best-F1 threshold
@@ -658,6 +658,9 @@ def checkpoint_contexts(
 
 
 def _cache_key(model_dir: Path, settings: Settings, task: str | None) -> str:
+    # A task file by its content too: an edited file has other prompts under the same name.
+    if task is not None and task not in TASKS and Path(task).is_file():
+        task = f"{task}@{file_digest(task)}"
     return f"v{VERSION}:{_weights_digest(model_dir)}:{sorted(vars(settings).items())}:{task}"
 
 
@@ -715,6 +718,19 @@ def explain_circuit(path_or_circuit, model_dir=None, settings: Settings | None =
         raise UserError(
             f"{path or 'circuit'}: its model folder {model_dir!r} is not there; pass the model folder"
         )
+    # Another model's nodes would be explained under this circuit's names and stored in it.
+    if circuit.model_config:
+        have = asdict(load_config(model_dir)[0])
+        differ = [
+            k
+            for k in sorted(set(have) | set(circuit.model_config))
+            if have.get(k) != circuit.model_config.get(k)
+        ]
+        if differ:
+            raise UserError(
+                f"{model_dir}: not this circuit's model ({path or 'circuit'} was found in a "
+                f"model with other {', '.join(differ)})"
+            )
     circuit.explanations = explain_checkpoint(
         model_dir, [n.name for n in circuit.nodes], circuit.task, circuit.prune_config, settings
     )

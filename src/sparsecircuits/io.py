@@ -10,6 +10,7 @@ or malformed file into such an error too.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -76,6 +77,14 @@ def read_json(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """A hash of a file's bytes, for what must follow its content rather than its name."""
+    try:
+        return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 120) -> None:
