@@ -344,7 +344,7 @@ def study_search() -> tuple[Path, PruneConfig, list[float]]:
     mdir = model_dir(cfg, spec)
     if not (mdir / "done.json").exists():
         train_model(cfg, spec, torch.device("cpu"))
-    return mdir, prune_config(cfg, STUDY_TASK, 0), cfg.k_coefs
+    return mdir, prune_config(cfg, STUDY_TASK), cfg.k_coefs
 
 
 def search_seconds(kind: str, args) -> float:

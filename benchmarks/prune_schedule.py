@@ -60,7 +60,7 @@ def cases(prune_model: Path) -> list[dict]:
         for task in STUDY_TASKS:
             out.append(
                 dict(name=f"quick study, {mid}, {task}", model=mdir, task=task,
-                     cfg=prune_config(cfg, task, 0), k_coefs=cfg.k_coefs)
+                     cfg=prune_config(cfg, task), k_coefs=cfg.k_coefs)
             )  # fmt: skip
     return out
 

@@ -319,6 +319,7 @@ def tiny_study_config(corpus_dir, task, steps: int = 8, every: int = 4, **change
         prune=dict(
             steps=5,
             n_train=4,
+            n_select=2,
             n_test=4,
             random_draws=2,
             effect_pairs=2,

@@ -22,6 +22,8 @@ from sparsecircuits.study import (
     study_config,
     write_summary,
 )
+from sparsecircuits import stats
+from sparsecircuits.study import matched
 from sparsecircuits.study import run as study_run
 from sparsecircuits.study_results import StudyResults
 from sparsecircuits.tasks import get_task
@@ -110,16 +112,18 @@ def test_interpolation_uses_the_bracketing_segment():
     # bracketing segment is [3.72, 3.90]; the segment with the nearest midpoint, [3.70,
     # 3.72], would extrapolate off it and give log edges 2 + 1 * 0.01 / 0.02 = 2.5.
     pts = [(3.70, 1.0), (3.72, 2.0), (3.90, 4.0)]
-    value, extra = measures.interp_log_edges(pts, 3.73)
+    value, extra = matched.interp(pts, 3.73)
     assert not extra
     assert value == pytest.approx(2.0 + 2.0 * 0.01 / 0.18)
-    assert measures.interp_log_edges(pts, 3.95) == (pytest.approx(4.0 + 2.0 * 0.05 / 0.18), True)
-    assert measures.interp_log_edges(pts, 3.60)[1] is True
-    assert measures.interp_log_edges(pts, 3.72) == (pytest.approx(2.0), False)
+    assert matched.interp(pts, 3.95) == (pytest.approx(4.0 + 2.0 * 0.05 / 0.18), True)
+    assert matched.interp(pts, 3.60)[1] is True
+    assert matched.interp(pts, 3.72) == (pytest.approx(2.0), False)
 
 
-def _rows(spec, tasks, seeds=(0,)):
-    """models and circuits from (id, roles, width, density, loss, edges per task) rows."""
+def _rows(spec, tasks, seeds=(0,), scale=None):
+    """models and circuits from (id, roles, width, density, loss, edges per task) rows;
+    every circuit has a quarter as many nodes as edges; `scale(seed)` multiplies a seed's
+    sparse circuits (seed-to-seed spread)."""
     models, circuits = [], []
     for seed in seeds:
         for mid, roles, w, d, loss, edges in spec:
@@ -137,7 +141,10 @@ def _rows(spec, tasks, seeds=(0,)):
                 )
             )
             for t, e in zip(tasks, edges, strict=True):
-                circuits.append(dict(model=f"{mid}_s{seed}", task=t, status="ok", n_edges=e))
+                e = round(e * (scale(seed) if scale and d < 1 else 1))
+                circuits.append(
+                    dict(model=f"{mid}_s{seed}", task=t, status="ok", n_edges=e, n_nodes=e // 4)
+                )
     return models, circuits
 
 
@@ -151,7 +158,7 @@ FAMILY = [  # id, roles, width, density, held-out loss, edges on t1, t2
 
 
 def test_dense_sparse_ratio_interpolates_and_keeps_extrapolations_apart():
-    models, circuits = _rows(FAMILY, ["t1", "t2"])
+    models, circuits = _rows(FAMILY, ["t1", "t2"], seeds=(0, 1, 2))
     r = measures.dense_sparse(models, circuits, ["t1", "t2"])
     by = {(x["model"], x["task"]): x for x in r["readings"]}
     # d64 (3.71) lies on the sparse segment [3.70, 3.80]: log edges 10% of the way 200 -> 100
@@ -160,28 +167,63 @@ def test_dense_sparse_ratio_interpolates_and_keeps_extrapolations_apart():
     assert not by[("d64_s0", "t1")]["extrapolated"]
     # s12 (3.92) is beyond the dense curve (3.71-3.90): extrapolated, not in the headline
     assert by[("s12_s0", "t1")]["extrapolated"]
-    interpolated = [
-        x["ratio"] for x in r["readings"] if x["task"] == "t1" and not x["extrapolated"]
-    ]
+    interpolated = [x["ratio"] for x in r["readings"] if x["seed"] == 0 and not x["extrapolated"]]
     # per task: d32, d64 and s25 interpolated; s50 (3.70, below the dense curve) and s12
-    # extrapolated. Two units (tasks), each the geomean of its three readings.
-    assert len(interpolated) == 3 and r["n_interpolated"] == 6 and r["n_extrapolated"] == 4
-    assert r["ratio"]["n"] == 2
+    # extrapolated. One value per seed: the geomean of its six interpolated readings.
+    assert len(interpolated) == 6 and r["n_interpolated"] == 18 and r["n_extrapolated"] == 12
+    assert (
+        r["ratio"]["n"] == 3 and r["ratio"]["df"] == 2 and r["ratio"]["method"] == "t across seeds"
+    )
     assert r["ratio"]["value"] == pytest.approx(measures.geomean(interpolated))
-    # both tasks give the same ratio: the interval is that point, and excludes 1
+    # every seed gives the same ratio: the interval is that point, and excludes 1
     assert r["ratio"]["low"] == pytest.approx(r["ratio"]["value"]) and r["verdict"] == "found"
+    # nodes are read the same way (a quarter of the edges: the same ratios)
+    nodes = measures.dense_sparse(models, circuits, ["t1", "t2"], "nodes")
+    assert nodes["ratio"]["value"] == pytest.approx(r["ratio"]["value"], rel=0.01)
 
 
-def test_bootstrap_interval_and_verdicts():
-    units = {("a", 0): 0.5, ("b", 0): 2.0, ("c", 0): 1.0, ("a", 1): 0.6, ("b", 1): 1.8}
-    iv = measures.bootstrap_interval(units)
-    assert iv["n"] == 5 and iv["n_tasks"] == 3 and iv["n_seeds"] == 2
-    assert iv["low"] < 1 < iv["high"] and measures.verdict(iv) == "not found"
-    one = measures.bootstrap_interval({("a", 0): 3.0})
+def test_the_interval_is_across_seeds_not_cells():
+    # three seeds whose sparse circuits differ by 2x: six (task, seed) cells, but the
+    # interval has 3 values and df 2, and the t quantile of df 2 (4.303) sets its width
+    models, circuits = _rows(FAMILY, ["t1", "t2"], seeds=(0, 1, 2), scale=lambda s: 2.0**s)
+    r = measures.dense_sparse(models, circuits, ["t1", "t2"])["ratio"]
+    logs = [math.log(v) for v in r["per_seed"].values()]
+    assert len(logs) == 3 and r["df"] == 2
+    mean = sum(logs) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / 2)
+    assert math.log(r["high"]) - mean == pytest.approx(4.303 * sd / math.sqrt(3))
+    assert r["sd"] == pytest.approx(sd)
+    # what this spread could detect at 3 seeds, and the seeds needed for 1.5x and 2x
+    pw = measures.dense_sparse(models, circuits, ["t1", "t2"])["power"]
+    assert pw["detectable"] == pytest.approx(math.exp((4.303 + 1.061) * sd / math.sqrt(3)))
+    assert pw["seeds_needed"]["2.0"] < pw["seeds_needed"]["1.5"]
+
+
+def test_seed_estimates_and_verdicts():
+    est = matched.seed_estimate({0: 0.05, 1: -0.01, 2: 0.03})
+    assert est["value"] == pytest.approx(0.07 / 3) and est["df"] == 2
+    assert est["low"] < 0 < est["high"] and measures.verdict(est, 0.0) == "not found"
+    assert 0.05 < est["p"] < 1
+    one = matched.seed_estimate({0: 3.0})
     assert one["low"] is None and measures.verdict(one) == "no interval"
     assert measures.verdict(None) == "not measured"
-    # resampling is seeded: the same rows give the same interval
-    assert measures.bootstrap_interval(units) == iv
+    # a log estimate reports ratios
+    ratio = matched.seed_estimate({0: math.log(2), 1: math.log(2)}, log=True)
+    assert ratio["value"] == pytest.approx(2) and ratio["low"] == pytest.approx(2)
+    # Holm decides once it has run: a p of 0.03 among three tests is not found
+    found = dict(est, low=0.01, high=0.05, p=0.03, p_holm=0.09)
+    assert measures.verdict(found, 0.0) == "not found"
+    assert measures.verdict(dict(found, p_holm=0.01), 0.0) == "found"
+
+
+def test_power_and_seeds_needed_match_the_t_approximation():
+    # sd 0.4 in log units (the standard study's seed spread was ~0.46): 5 seeds detect
+    # exp((2.776 + 0.941) * 0.4 / sqrt 5) = 1.94x
+    assert stats.detectable(0.4, 5) == pytest.approx((2.776 + 0.941) * 0.4 / math.sqrt(5))
+    assert stats.detectable(0.4, 1) == math.inf
+    n = stats.units_needed(0.4, math.log(2))
+    assert stats.detectable(0.4, n) <= math.log(2) < stats.detectable(0.4, n - 1)
+    assert stats.units_needed(0.4, 0.0) is None
 
 
 def test_density_and_width_axes():
@@ -191,13 +233,17 @@ def test_density_and_width_axes():
     ]
     models, circuits = _rows(fam, ["t1", "t2"], seeds=(0, 1))
     d = measures.density_trend(models, circuits, ["t1", "t2"])
-    # edges halve at every halving of density, on every task and seed
+    # edges halve at every halving of density, on every task and seed; so do nodes, and
+    # edges per node stay: the trend is in nodes per circuit
     assert d["edges_factor"]["value"] == pytest.approx(0.5)
-    assert d["edges_verdict"] == "found" and d["edges_factor"]["n"] == 4
+    assert d["edges_verdict"] == "found" and d["edges_factor"]["n"] == 2
+    assert d["nodes_factor"]["value"] == pytest.approx(0.5, rel=0.02)
+    assert d["edges_per_node_factor"]["value"] == pytest.approx(1.0, rel=0.02)
     assert d["loss_change"]["value"] > 0 and d["loss_verdict"] == "found"
     w = measures.width_effect(models, circuits, ["t1", "t2"])
     assert w["edges_factor"]["value"] == pytest.approx(0.5)
     assert [p["x"] for p in w["points"]] == [32, 64, 128]
+    assert w["points"][0]["geomean_nodes"] == pytest.approx(math.sqrt(25 * 50))
     # loss per doubling of width: (3.915 - 3.95) / 2 = -0.0175, larger than the eval noise
     assert w["loss_change"]["value"] == pytest.approx(-0.0175)
     assert w["eval_noise"] == pytest.approx(0.002) and w["loss_verdict"] == "found"
@@ -205,21 +251,18 @@ def test_density_and_width_axes():
 
 def test_loss_changes_get_a_t_interval_across_seeds():
     # three seeds whose density slopes disagree in sign: the t-interval (df 2) includes 0
-    units = {("loss", 0): 0.05, ("loss", 1): -0.01, ("loss", 2): 0.03}
-    iv = measures.seed_interval(units)
+    units = {0: 0.05, 1: -0.01, 2: 0.03}
+    iv = matched.seed_estimate(units)
     mean = sum(units.values()) / 3
     sd = math.sqrt(sum((x - mean) ** 2 for x in units.values()) / 2)
     assert iv["value"] == pytest.approx(mean) and iv["n_seeds"] == 3
     assert iv["high"] - iv["value"] == pytest.approx(4.303 * sd / math.sqrt(3))
     assert measures._loss_verdict(iv, 0.001) == "not found"
     assert measures._loss_verdict(iv, 0.5) == "within eval noise"
-    one = measures.seed_interval({("loss", 0): 0.05})
+    one = matched.seed_estimate({0: 0.05})
     assert measures._loss_verdict(one, 0.001) == "above eval noise, one seed (no interval)"
     assert "95% t-interval" in measures._fmt_interval(iv, " nats", 3)
-    assert "n=3: 3 seeds" in measures._fmt_interval(iv, " nats", 3)
-    # a bootstrap over one task and three seeds says "1 task", not "1 tasks"
-    boot = {"value": 0.5, "low": 0.4, "high": 0.6, "n": 3, "n_tasks": 1, "n_seeds": 3}
-    assert "n=3: 1 task x 3 seeds" in measures._fmt_interval(boot)
+    assert "3 seeds, df 2" in measures._fmt_interval(iv, " nats", 3)
 
 
 def test_a_loss_change_within_eval_noise_is_not_a_finding():
@@ -380,8 +423,17 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
         assert [g["k_coef"] for g in m["grid"]] == tiny_study.k_coefs
         assert c["k_coef"] in tiny_study.k_coefs
         assert m["validation"]["status"] == c["status"]
-        assert set(c["controls"]) == {"nonsense", "random_init", "random_circuits"}
-    assert set(saved["measures"]) == {"dense_sparse", "density", "width", "controls"}
+        assert m["validation"]["split"] == "select"  # chosen on selection pairs, not test
+        assert set(c["controls"]) == {"nonsense", "inverted", "random_init", "random_circuits"}
+    assert set(saved["measures"]) == {
+        "dense_sparse",
+        "dense_sparse_nodes",
+        "fixed_loss",
+        "density",
+        "width",
+        "controls",
+        "holm",
+    }
     assert res.answer["sentence"] == saved["answer"]["sentence"]
 
     # the summary is regenerated from results.json alone, by today's analysis: a stale

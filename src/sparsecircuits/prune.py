@@ -15,13 +15,16 @@ circuit to find; it is refused (TaskTrivial) rather than reported as a circuit o
 Every method goes through the same bisection and validation, so their sizes compare.
 Calibration (a positive logit scale and a shift) is fitted on train pairs only and applied
 unchanged to test pairs, so it can sharpen or soften an answer but never invert it.
-Given several k_coef values, each is searched and the smallest circuit that validates on
-test pairs without collapsing (keeping most nodes) is kept; every try is recorded.
+Given a grid of settings (k_coef x mask_lr), each is searched and the smallest circuit that
+validates without collapsing (keeping most nodes) is kept; every try is recorded. With
+selection pairs (`n_select`) the choice and the validation use them and the test pairs are
+only reported; without, both use the test pairs, and the record says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from pathlib import Path
@@ -242,10 +245,11 @@ def prune(
     device: str | torch.device = "cpu",
     data: list[str] | None = None,
     k_coefs: list[float] | None = None,
+    mask_lrs: list[float] | None = None,
 ) -> Circuit:
     """Find and validate the circuit of `task` in the checkpoint at `model_dir`. `data`
     names the text for node means when the checkpoint has no corpus of its own (imports);
-    `k_coefs` the settings to search (see find_circuit)."""
+    `k_coefs` and `mask_lrs` the grid to search (see find_circuit)."""
     cfg = cfg or PruneConfig()
     _check_config(cfg)
     device = pick_device(device)
@@ -256,9 +260,10 @@ def prune(
             f"{model_dir}: pruning needs the checkpoint's tokenizer.json to encode task prompts"
         )
     if isinstance(task, str):
-        task = get_task(task, cfg.n_train, cfg.n_test, cfg.seed)
-    train_b = task.encode(tokenizer, "train", model.cfg.n_ctx).to(device)
-    test_b = task.encode(tokenizer, "test", model.cfg.n_ctx).to(device)
+        task = get_task(task, cfg.n_train, cfg.n_test, cfg.seed, cfg.n_select)
+    else:
+        task = task.with_selection(cfg.n_select, cfg.seed)
+    train_b, test_b, select_b = encode_splits(task, tokenizer, model.cfg.n_ctx, device)
     means = cached_node_means(model_dir, model, tokenizer, progress=progress, data=data)
     circuit = find_circuit(
         model,
@@ -271,9 +276,18 @@ def prune(
         str(model_dir),
         token_text=lambda i: tokenizer.decode([i]),
         k_coefs=k_coefs,
+        mask_lrs=mask_lrs,
+        select_b=select_b,
     )
     circuit.model_dir = str(model_dir)
     return circuit
+
+
+def encode_splits(task: Task, tokenizer, n_ctx: int, device) -> tuple:
+    """(train, test, selection) batches on `device`; selection None when the task has none."""
+    train_b, test_b = (task.encode(tokenizer, s, n_ctx).to(device) for s in ("train", "test"))
+    select_b = task.encode(tokenizer, "select", n_ctx).to(device) if task.select else None
+    return train_b, test_b, select_b
 
 
 def _check_config(cfg: PruneConfig) -> None:
@@ -297,10 +311,13 @@ def find_circuit(
     token_text=None,
     k_coefs: list[float] | None = None,
     require_full_model: bool = True,
+    mask_lrs: list[float] | None = None,
+    select_b: TaskBatch | None = None,
 ) -> Circuit:
     """The work of `prune` on objects in memory: any SparseGPT, encoded pairs, node means.
     `token_text(id) -> str` (the tokenizer's decode) adds example prompts for the viewer.
-    `k_coefs`: the settings to search (default: cfg.k_coef alone). A control (a nonsense
+    `k_coefs` x `mask_lrs`: the grid to search (default: cfg's own values alone), chosen
+    among and validated on `select_b` (default: the test pairs). A control (a nonsense
     task, a random-init model) passes require_full_model=False: the full model cannot do
     it, but a mask might still manufacture the behaviour, which is what the control asks."""
     _check_config(cfg)
@@ -312,6 +329,7 @@ def find_circuit(
     means = {h: m.to(device) for h, m in means.items()}
     problem = Problem(model, sites, means, train_b)
     train_eval, test_eval = Evaluator(problem, train_b), Evaluator(problem, test_b)
+    select_eval = Evaluator(problem, select_b) if select_b is not None else test_eval
     full = problem.full_masks(1.0)
 
     full_loss, full_scale, full_shift = calibrate(train_eval.diff(full), train_b, cfg.calib_steps)
@@ -335,9 +353,17 @@ def find_circuit(
             "do it alone"
         )
 
+    grid = itertools.product(k_coefs or [cfg.k_coef], mask_lrs or [cfg.mask_lr])
     tries = [
-        _search(problem, train_eval, test_eval, dataclasses.replace(cfg, k_coef=c), progress)
-        for c in (k_coefs or [cfg.k_coef])
+        _search(
+            problem,
+            train_eval,
+            select_eval,
+            test_eval,
+            dataclasses.replace(cfg, k_coef=k, mask_lr=lr),
+            progress,
+        )
+        for k, lr in grid
     ]
     reached = [t for t in tries if t["reached"]]
     if not reached:
@@ -384,14 +410,23 @@ def find_circuit(
         "full_train_loss_calibrated": full_loss,
         "validation": {
             "status": best["status"],
+            # the split the grid's choice and this status were decided on
+            "split": "select" if select_b is not None else "test",
+            "loss_calibrated": best["select"]["loss_calibrated"],
             "test_loss_calibrated": best["test"]["loss_calibrated"],
             "limit": best["limit"],
             "tolerance": best["limit"] - cfg.target_loss,
-            "tolerance_rule": "2 standard errors of the circuit's per-pair test loss",
+            "tolerance_rule": "2 standard errors of the circuit's per-pair loss on that split",
+            # the reported (test) loss against the same rule: held out from every choice
+            "test_within_limit": best["test"]["loss_calibrated"]
+            <= cfg.target_loss + 2 * (best["test"]["loss_se"] or 0.0),
         },
         "grid": [
-            {key: t[key] for key in ("k_coef", "k", "n_edges", "reached", "status")}
-            | {"test_loss_calibrated": t["test"]["loss_calibrated"]}
+            {key: t[key] for key in ("k_coef", "mask_lr", "k", "n_edges", "reached", "status")}
+            | {
+                "select_loss_calibrated": t["select"]["loss_calibrated"],
+                "test_loss_calibrated": t["test"]["loss_calibrated"],
+            }
             for t in tries
         ],
     }
@@ -420,16 +455,25 @@ def find_circuit(
     )
 
 
-def _search(problem, train_eval: Evaluator, test_eval: Evaluator, cfg: PruneConfig, progress):
+def _search(
+    problem,
+    train_eval: Evaluator,
+    select_eval: Evaluator,
+    test_eval: Evaluator,
+    cfg: PruneConfig,
+    progress,
+):
     """One pruning setting: scores, bisection, calibration on train pairs, validation on
-    test pairs, and whether the circuit collapsed (kept `collapse_frac` of all nodes)."""
+    the selection pairs, the test pairs measured for the record, and whether the circuit
+    collapsed (kept `collapse_frac` of all nodes)."""
     torch.manual_seed(cfg.seed)
     scores = METHODS[cfg.method](problem, cfg, progress)
     k, history, reached = bisect_budget(problem, scores, train_eval, cfg)
     masks = top_k_masks(problem, scores, k)
     _, scale, shift = calibrate(train_eval.diff(masks), train_eval.batch, cfg.calib_steps)
-    test = test_eval.metrics(masks, (scale, shift))
-    limit = cfg.target_loss + 2 * (test["loss_se"] or 0.0)
+    select = select_eval.metrics(masks, (scale, shift))
+    test = select if select_eval is test_eval else test_eval.metrics(masks, (scale, shift))
+    limit = cfg.target_loss + 2 * (select["loss_se"] or 0.0)
     total = sum(s.width for s in problem.sites)
     kept = {h: m.cpu() > 0 for h, m in masks.items()}
     edges = circuit_edges(problem.model, problem.sites, kept)
@@ -437,12 +481,13 @@ def _search(problem, train_eval: Evaluator, test_eval: Evaluator, cfg: PruneConf
         "collapsed"
         if k >= cfg.collapse_frac * total
         else "ok"
-        if test["loss_calibrated"] <= limit
+        if select["loss_calibrated"] <= limit
         else "failed_validation"
     )
     return dict(
         cfg=cfg,
         k_coef=cfg.k_coef,
+        mask_lr=cfg.mask_lr,
         scores=scores,
         k=k,
         masks=masks,
@@ -452,6 +497,7 @@ def _search(problem, train_eval: Evaluator, test_eval: Evaluator, cfg: PruneConf
         history=history,
         reached=reached,
         calibration=(scale, shift),
+        select=select,
         test=test,
         limit=limit,
         status=status,

@@ -13,13 +13,43 @@ _T95 = (
 )
 
 
+# One-sided 0.80 Student t quantiles for 1..30 degrees of freedom (power at 80%).
+_T80 = (
+    (1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879)
+    + (0.876, 0.873, 0.870, 0.868, 0.866, 0.865, 0.863, 0.862, 0.861, 0.860)
+    + (0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854)
+)
+
+
+def t95(df: int) -> float:
+    """The two-sided 95% Student t quantile (df >= 1; beyond 30 the value at 30)."""
+    return _T95[min(df, len(_T95)) - 1]
+
+
 def t_interval(xs: list[float]) -> tuple[float, float, float]:
     """(mean, low, high): the 95% t-interval of the mean of independent values (>= 2)."""
     if len(xs) < 2:
         raise ValueError("a t-interval needs at least two values")
     mean = statistics.fmean(xs)
-    half = _T95[min(len(xs) - 1, len(_T95)) - 1] * statistics.stdev(xs) / math.sqrt(len(xs))
+    half = t95(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
     return mean, mean - half, mean + half
+
+
+def detectable(sd: float, n: int) -> float:
+    """The smallest true mean shift a two-sided 5% one-sample t-test over `n` independent
+    values of standard deviation `sd` detects with 80% power (the usual approximation
+    (t_0.975 + t_0.80) * sd / sqrt(n), df = n - 1); inf below two values."""
+    if n < 2:
+        return math.inf
+    return (t95(n - 1) + _T80[min(n - 1, len(_T80)) - 1]) * sd / math.sqrt(n)
+
+
+def units_needed(sd: float, effect: float, most: int = 1000) -> int | None:
+    """The fewest independent values at which `effect` is detectable (see `detectable`);
+    None if more than `most` (or no effect) would be needed."""
+    if effect <= 0:
+        return None
+    return next((n for n in range(2, most + 1) if detectable(sd, n) <= effect), None)
 
 
 def t_pvalue(xs: list[float]) -> float:

@@ -29,6 +29,10 @@ class PruneConfig:
     batch_pairs: int = 32
     n_train: int = 128
     n_test: int = 128
+    # Selection pairs: a grid's setting is chosen and the circuit validated on them, so the
+    # test pairs are only reported. 0: validate on the test pairs (a single search chooses
+    # nothing; a grid then selects on the test pairs, which the record says).
+    n_select: int = 0
     seed: int = 0
     random_draws: int = 10  # random circuits of the same size: the control
     calib_steps: int = 16  # L-BFGS steps of the logit scale/shift calibration

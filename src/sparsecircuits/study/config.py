@@ -41,9 +41,23 @@ class StudyConfig:
     target_loss: float = 0.15
     targets: dict = field(default_factory=dict)
     min_accuracy: float = 0.9
-    # Pruning settings searched per (model, task); the smallest circuit that validates wins.
+    # Pruning settings searched per (model, task), k_coefs x mask_lrs; the smallest circuit
+    # that validates on the selection pairs wins. Controls are searched over the same grid.
     k_coefs: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 3e-2])
-    controls: bool = True  # nonsense task, random-init model (seed 0), random circuits
+    mask_lrs: list[float] = field(default_factory=lambda: [0.05])
+    # Prompt pairs and the search's own randomness, set apart from the pretraining seed:
+    # every model is measured on the same train, selection and test pairs.
+    pair_seed: int = 0
+    search_seed: int = 0
+    # controls: random relabel (nonsense), inverted rule, random-init model (seed 0),
+    # random circuits of the same size
+    controls: bool = True
+    # The fixed held-out losses the dense/sparse ratio is read at: these quantiles of the
+    # loss range where the dense and sparse curves overlap in every seed.
+    loss_quantiles: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    # The protocol version (docs/protocol.md) a preset was registered under; None for a
+    # study assembled by hand.
+    protocol: int | None = None
     # Also search a circuit for each model that reaches a task outside the frontier (one not
     # every model reaches): shown apart, not in the size comparison, so a family with no
     # frontier task still shows what its capable models' circuits look like.
@@ -108,10 +122,17 @@ STUDY_PRESETS: dict[str, dict] = {
         seeds=1,
         target_loss=0.5,
         k_coefs=[1e-3, 1e-2, 3e-2],
-        prune=dict(steps=150, n_train=64, n_test=128, effect_nodes=100, random_draws=5),
+        prune=dict(
+            steps=150, n_train=64, n_select=64, n_test=128, effect_nodes=100, random_draws=5
+        ),
     ),
-    # The 2-hour budget on 2 cores: 3 pretraining seeds of every model (24) at 4x the
-    # quick recipe's tokens (batch 128), without activation sparsity. Chosen by measurement:
+    # Registered as protocol 1 (docs/protocol.md) before the run that answers with it: 5
+    # pretraining seeds of the dense and density-axis models, 3 of the width axis; dense
+    # widths 40-64 so that >= 3 dense models fall inside the sparse models' loss range
+    # (the 3-seed study's dense 32 / 48 / 64 left one there); three splits; a
+    # k_coef x mask_lr grid, also for the controls. Before protocol 1 (3 seeds, dense
+    # 32 / 48 / 64, one mask_lr, controls at the chosen k_coef) the recipe was chosen so:
+    # 4x the quick recipe's tokens (batch 128), without activation sparsity. By measurement:
     # benchmarks/tasks_vs_training.py (with the paper's AbsTopK no task was reached by every
     # seed of the dense and sparsest base-width models at 1x, 2x or 4x the tokens; without
     # it 1x and 2x gave one such task and 4x two, the most that fits), then
@@ -136,10 +157,11 @@ STUDY_PRESETS: dict[str, dict] = {
         base_width=64,
         densities=[0.5, 0.25, 0.125],
         fixed_l0_density=0.125,
-        l0_widths=[64, 96, 128],  # 3 seeds too, so the width axis has loss intervals
-        # dense widths in d_head steps around the sparse models' held-out losses; a sparse
-        # model outside their range is read by extrapolation, reported apart
-        dense_widths=[32, 48, 64],
+        l0_widths=[64, 96, 128],
+        l0_seeds=3,  # the width axis is not in the dense/sparse comparison
+        # dense widths inside the sparse models' held-out losses (3.37-3.49 in the 3-seed
+        # study: d_model 48 gave 3.42, 32 3.55, 64 3.33); 40 and 56 get 3 and 4 heads
+        dense_widths=[40, 48, 56, 64],
         tasks=[
             "single_double_quote",
             "if_equals",
@@ -149,10 +171,15 @@ STUDY_PRESETS: dict[str, dict] = {
             "lambda_func",
             "else_elif",
         ],
-        seeds=3,
+        seeds=5,
         target_loss=0.5,
         k_coefs=[1e-3, 1e-2, 3e-2],
-        prune=dict(steps=150, n_train=64, n_test=128, effect_nodes=100, random_draws=5),
+        # bench_prune_grid found a circuit at mask_lr 0.2 that the one-mask_lr grid missed
+        mask_lrs=[0.05, 0.2],
+        prune=dict(
+            steps=150, n_train=64, n_select=64, n_test=128, effect_nodes=100, random_draws=5
+        ),
+        protocol=1,
     ),
     # The reference CPU run: a few hours, 2 seeds, 6 tasks.
     "small": dict(
@@ -265,6 +292,9 @@ def model_configs(cfg: StudyConfig, spec: ModelSpec):
     overrides = dict(
         cfg.train_overrides, d_model=spec.d_model, density=spec.density, seed=spec.seed
     )
+    d_head = resolve(cfg.base_preset, None, {})[0].d_head
+    if spec.d_model % d_head:  # a width between head multiples: the nearest head count
+        overrides["n_head"] = max(1, (spec.d_model + d_head // 2) // d_head)
     return resolve(cfg.base_preset, None, overrides)
 
 

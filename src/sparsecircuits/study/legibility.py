@@ -17,7 +17,8 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..explain import circuit_legibility
 from ..study_results import StudyResults
-from .measures import legibility, legibility_sentence, split_frontier
+from .config import StudyConfig
+from .measures import holm_family, legibility, legibility_sentence, sentence, split_frontier
 
 
 def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults:
@@ -42,10 +43,16 @@ def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults
 
 def legibility_measures(results: StudyResults) -> None:
     """The dense vs sparse legibility measure and sentence, from the legibility stored in
-    the circuit rows: over frontier tasks, and apart for circuits outside the frontier."""
+    the circuit rows: over frontier tasks (and there at the fixed held-out losses), and
+    apart for circuits outside the frontier. Its verdicts join the study's Holm family,
+    so the other verdicts and the answer are restated with it."""
+    cfg = StudyConfig.from_dict(results.study["config"], "results.json")
+    tasks = results.study["frontier_tasks"]
     frontier, outside = split_frontier(results.circuits)
-    leg = legibility(results.models, frontier)
+    leg = legibility(results.models, frontier, cfg, tasks)
     results.measures["legibility"] = leg
+    results.measures["holm"] = holm_family(results.measures)
+    results.answer.update(sentence(cfg, tasks, results.measures))
     results.answer["legibility"] = legibility_sentence(leg)
     if any(c["status"] == "ok" for c in outside):
         leg = legibility(results.models, outside)

@@ -1,120 +1,58 @@
 """The study's measures, each a function of the results' rows, and the answer sentence.
 
-    frontier_rows   per model: held-out loss and geometric-mean edges over frontier tasks
-    dense_sparse    dense vs sparse circuit size at matched held-out loss, read where the
-                    curves overlap (bracketing segment); extrapolated readings kept apart
+    frontier_rows   per model: held-out loss and geometric-mean edges and nodes
+    dense_sparse    dense vs sparse circuit size at matched held-out loss: every model read
+                    on the other kind's curve where that curve brackets its loss, pooled
+                    per seed; extrapolated readings kept apart
+    fixed_loss      the same contrast read at fixed held-out losses inside the curves'
+                    overlap (matched.py), and how it changes with loss; beside it the
+                    sparse Pareto curve (chosen on the outcome, so never the headline)
     density_trend   circuit size and loss per halving of density at the base width
     width_effect    circuit size and loss per doubling of width at fixed nonzeros
-    controls        how close each control comes to the real circuit
+    controls        each control's best circuit, and whether it comes close to the real one
     legibility      dense vs sparse: the fraction of circuit nodes (and of ablation effect)
-                    one simple feature explains (explain.py), added by study/legibility.py
+                    one simple feature explains (explain.py), overall and at fixed losses,
+                    added by study/legibility.py
     sentence        the answer, stated from the numbers above
 
-Intervals on circuit sizes are 95% bootstrap intervals over tasks and pretraining seeds
-(both resampled); held-out loss changes, one value per seed, get a 95% t-interval across
-seeds. An effect is "not found" when its interval includes no change.
+Every size is measured three ways (edges, the headline as in the paper; nodes; edges per
+node). The independent unit is the pretraining seed: each measure is one value per seed
+(a mean over tasks and models), and its interval is a 95% t-interval across seeds (df =
+seeds - 1). Every verdict of the study is one family for Holm's correction: an effect is
+"found" when its Holm-adjusted p is below 0.05, "not found" otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import statistics
 
-from ..stats import t_interval
+from ..stats import holm
 from ..study_results import StudyResults
+from . import matched
 from .config import StudyConfig, task_label
+from .matched import seed_estimate
 
-BOOTSTRAP_DRAWS = 2000
 CLOSE_FACTOR = 2.0  # a control circuit within this factor of the real one "comes close"
+ALPHA = 0.05
+CONTROLS = ("nonsense", "inverted", "random_init")
 
 
 def geomean(xs: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(max(x, 1e-12)) for x in xs))
 
 
-def interp_log_edges(points: list[tuple[float, float]], loss: float) -> tuple[float, bool]:
-    """log(edges) of a curve of (loss, log edges) points at `loss`, linear on the segment
-    whose ends bracket `loss` -> (value, extrapolated?). Outside the curve's loss range the
-    end segment is extended and the reading is flagged as extrapolated."""
-    pts = sorted(points)
-    if len(pts) < 2:
-        raise ValueError("a curve needs at least two points")
-    if loss < pts[0][0]:
-        (l0, e0), (l1, e1), extra = pts[0], pts[1], True
-    elif loss > pts[-1][0]:
-        (l0, e0), (l1, e1), extra = pts[-2], pts[-1], True
-    else:
-        i = next(i for i in range(len(pts) - 1) if pts[i + 1][0] >= loss)
-        (l0, e0), (l1, e1), extra = pts[i], pts[i + 1], False
-    if l1 == l0:
-        return (e0 + e1) / 2, extra
-    return e0 + (e1 - e0) * (loss - l0) / (l1 - l0), extra
-
-
-def bootstrap_interval(
-    units: dict[tuple[str, int], float], stat=geomean, seed: int = 0
-) -> dict | None:
-    """`stat` of per-(task, seed) values with a 95% interval: tasks and seeds resampled
-    with replacement (a draw keeps the units of its chosen tasks and seeds). None without
-    values; no interval from a single unit."""
-    if not units:
-        return None
-    tasks = sorted({t for t, _ in units})
-    seeds = sorted({s for _, s in units})
-    out = {
-        "value": stat(list(units.values())),
-        "low": None,
-        "high": None,
-        "n": len(units),
-        "n_tasks": len(tasks),
-        "n_seeds": len(seeds),
-    }
-    if len(units) < 2:
-        return out
-    rng = random.Random(seed)
-    draws = []
-    for _ in range(BOOTSTRAP_DRAWS):
-        ts = [rng.choice(tasks) for _ in tasks]
-        ss = [rng.choice(seeds) for _ in seeds]
-        vals = [units[(t, s)] for t in ts for s in ss if (t, s) in units]
-        if vals:
-            draws.append(stat(vals))
-    draws.sort()
-    out["low"] = draws[int(0.025 * len(draws))]
-    out["high"] = draws[min(len(draws) - 1, int(0.975 * len(draws)))]
-    return out
-
-
-def seed_interval(units: dict[tuple[str, int], float]) -> dict | None:
-    """Mean of one value per pretraining seed with a 95% t-interval across the seeds (the
-    independent units; a bootstrap over three values would claim more than it knows).
-    None without values; no interval from a single seed."""
-    if not units:
-        return None
-    xs = list(units.values())
-    out = {
-        "value": statistics.fmean(xs),
-        "low": None,
-        "high": None,
-        "n": len(xs),
-        "n_tasks": len({t for t, _ in units}),
-        "n_seeds": len({s for _, s in units}),
-        "method": "t across seeds",
-    }
-    if len(xs) >= 2:
-        _, out["low"], out["high"] = t_interval(xs)
-    return out
-
-
-def verdict(interval: dict | None, null: float = 1.0) -> str:
-    """found | not found (interval includes `null`) | no interval (one unit) | not measured."""
-    if interval is None:
+def verdict(est: dict | None, null: float = 1.0) -> str:
+    """found | not found | no interval (one seed) | not measured. With a Holm-adjusted p
+    (set by `holm_family`) that decides; before it, whether the interval excludes `null`."""
+    if est is None:
         return "not measured"
-    if interval["low"] is None:
+    if est["low"] is None:
         return "no interval"
-    return "not found" if interval["low"] <= null <= interval["high"] else "found"
+    if est.get("p_holm") is not None:
+        return "found" if est["p_holm"] < ALPHA else "not found"
+    return "not found" if est["low"] <= null <= est["high"] else "found"
 
 
 def in_frontier(c: dict) -> bool:
@@ -142,9 +80,22 @@ def outside_line(circuits: list[dict]) -> str | None:
     )
 
 
-def ok_edges(circuits: list[dict]) -> dict[tuple[str, str], int]:
-    """(model, task) -> edges of every circuit that validated."""
-    return {(c["model"], c["task"]): max(c["n_edges"], 1) for c in circuits if c["status"] == "ok"}
+MEASURES = ("edges", "nodes", "edges_per_node")
+
+
+def ok_values(circuits: list[dict], measure: str = "edges") -> dict[tuple[str, str], float]:
+    """(model, task) -> the size of every circuit that validated: its edges, its nodes, or
+    edges per node (edges = nodes x edges per node, so a trend in edges splits into the two)."""
+    out = {}
+    for c in circuits:
+        if c["status"] == "ok":
+            edges, nodes = max(c["n_edges"], 1), max(c.get("n_nodes") or 1, 1)
+            out[(c["model"], c["task"])] = {
+                "edges": edges,
+                "nodes": nodes,
+                "edges_per_node": edges / nodes,
+            }[measure]
+    return out
 
 
 def reaches(full: dict, target: float, min_accuracy: float) -> bool:
@@ -175,69 +126,64 @@ def reach_counts(cfg: StudyConfig, eligibility: list[dict]) -> str:
 
 
 def frontier_rows(models: list[dict], circuits: list[dict], tasks: list[str]) -> list[dict]:
-    ok = ok_edges(circuits)
+    sizes = {m: ok_values(circuits, m) for m in ("edges", "nodes")}
     rows = []
     for m in models:
-        edges = [ok[(m["id"], t)] for t in tasks if (m["id"], t) in ok]
+        got = {k: [v[(m["id"], t)] for t in tasks if (m["id"], t) in v] for k, v in sizes.items()}
         rows.append(
             {k: m[k] for k in ("id", "label", "kind", "d_model", "density", "seed", "heldout_loss")}
             | {
                 "model": m["id"],
                 "roles": m.get("roles", []),
                 # over the tasks this model validated; n_tasks says how many
-                "geomean_edges": geomean(edges) if edges else None,
-                "n_tasks": len(edges),
+                "geomean_edges": geomean(got["edges"]) if got["edges"] else None,
+                "geomean_nodes": geomean(got["nodes"]) if got["nodes"] else None,
+                "n_tasks": len(got["edges"]),
             }
         )
     return rows
 
 
-def _curve(models, ok, role: str, seed: int, task: str) -> list[tuple[float, float, str]]:
-    return [
-        (m["heldout_loss"], math.log(ok[(m["id"], task)]), m["id"])
-        for m in models
-        if role in m.get("roles", [])
-        and m["seed"] == seed
-        and m["heldout_loss"] is not None
-        and (m["id"], task) in ok
-    ]
-
-
-def dense_sparse(models: list[dict], circuits: list[dict], tasks: list[str]) -> dict:
-    """Dense / sparse circuit edges at matched held-out loss. Each dense model is read on
+def dense_sparse(
+    models: list[dict], circuits: list[dict], tasks: list[str], measure: str = "edges"
+) -> dict:
+    """Dense / sparse circuit size at matched held-out loss. Each dense model is read on
     the sparse curve (base width, all densities) and each sparse model on the dense curve
-    (all widths); a reading inside the other curve's loss range is interpolated on its
-    bracketing segment, one outside is extrapolated and kept out of the headline."""
-    ok = ok_edges(circuits)
+    (all widths), per task and seed; a reading inside the other curve's loss range is
+    interpolated on its bracketing segment, one outside is extrapolated and kept out.
+    Per seed, the geometric mean of its interpolated readings; across seeds, a t-interval."""
+    values = ok_values(circuits, measure)
     readings = []
     for seed in sorted({m["seed"] for m in models}):
         for t in tasks:
-            dense = _curve(models, ok, "dense", seed, t)
-            sparse = _curve(models, ok, "density", seed, t)
+            dense = matched.curve(models, values, "dense", seed, t)
+            sparse = matched.curve(models, values, "density", seed, t)
             for own, other, dense_side in ((dense, sparse, True), (sparse, dense, False)):
                 if len(other) < 2:
                     continue
-                for loss, log_e, mid in own:
-                    at, extra = interp_log_edges([(a, b) for a, b, _ in other], loss)
-                    ratio = math.exp(log_e - at) if dense_side else math.exp(at - log_e)
+                for loss, v, mid in own:
+                    at, extra = matched.interp([(a, math.log(b)) for a, b, _ in other], loss)
+                    log_ratio = math.log(v) - at if dense_side else at - math.log(v)
                     readings.append(
                         {
                             "task": t,
                             "seed": seed,
                             "model": mid,
-                            "ratio": ratio,
+                            "ratio": math.exp(log_ratio),
                             "extrapolated": extra,
                         }
                     )
-    per_unit: dict[tuple[str, int], list[float]] = {}
+    per_seed: dict[int, list[float]] = {}
     for r in readings:
         if not r["extrapolated"]:
-            per_unit.setdefault((r["task"], r["seed"]), []).append(r["ratio"])
-    interval = bootstrap_interval({u: geomean(v) for u, v in per_unit.items()})
+            per_seed.setdefault(r["seed"], []).append(math.log(r["ratio"]))
+    est = seed_estimate({s: statistics.fmean(v) for s, v in per_seed.items()}, log=True)
     extrapolated = [r["ratio"] for r in readings if r["extrapolated"]]
     return {
-        "ratio": interval,
-        "verdict": verdict(interval),
+        "measure": measure,
+        "ratio": est,
+        "verdict": verdict(est),
+        "power": matched.power(est),
         "readings": readings,
         "n_interpolated": sum(not r["extrapolated"] for r in readings),
         "n_extrapolated": len(extrapolated),
@@ -245,66 +191,94 @@ def dense_sparse(models: list[dict], circuits: list[dict], tasks: list[str]) -> 
     }
 
 
-def _slope(xs: list[float], ys: list[float]) -> float:
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mx) ** 2 for x in xs
-    )
+def fixed_loss(cfg: StudyConfig, models: list[dict], circuits: list[dict], tasks) -> dict:
+    """The dense/sparse size ratio at the fixed held-out losses (quantiles of the curves'
+    overlap in every seed), for edges and nodes, against the registered sparse curve and,
+    apart, the sparse Pareto curve; and the overlap itself."""
+    ov = matched.overlap(models)
+    losses = matched.fixed_losses(ov, cfg.loss_quantiles)
+    out: dict = {"overlap": ov, "losses": losses}
+    for measure in ("edges", "nodes"):
+        values = ok_values(circuits, measure)
+        out[measure] = matched.at_losses(models, values, tasks, losses)
+        out[f"{measure}_pareto"] = matched.at_losses(
+            models, values, tasks, losses, matched.pareto_curve
+        )
+    return out
 
 
 def _axis(models, circuits, tasks, role: str, x_of, per: float) -> dict:
-    """Along one curve of the family (role), per task and seed, the factor by which circuit
-    edges change when x (log2 of density or width) moves by `per` (a least-squares slope
-    over the curve's models); and held-out loss per x with its measured eval noise."""
-    ok = ok_edges(circuits)
-    units = {}
+    """Along one curve of the family (role), per seed, the factor by which circuit size
+    changes when x (log2 of density or width) moves by `per`: a least-squares slope per
+    task, averaged over the seed's tasks; for edges, nodes and edges per node. And held-out
+    loss per x, with its measured eval noise."""
+    seeds = sorted({m["seed"] for m in models})
+    curves = {
+        s: sorted((m for m in models if role in m.get("roles", []) and m["seed"] == s), key=x_of)
+        for s in seeds
+    }
+    out: dict = {}
+    for measure in MEASURES:
+        values = ok_values(circuits, measure)
+        per_seed = {}
+        for s, curve in curves.items():
+            slopes = []
+            for t in tasks:
+                pts = [
+                    (math.log2(x_of(m)), math.log(values[(m["id"], t)]))
+                    for m in curve
+                    if (m["id"], t) in values
+                ]
+                if len({x for x, _ in pts}) >= 2:
+                    slopes.append(per * _slope(*zip(*pts, strict=True)))
+            if slopes:
+                per_seed[s] = statistics.fmean(slopes)
+        est = seed_estimate(per_seed, log=True)
+        out[f"{measure}_factor"] = est
+        out[f"{measure}_verdict"] = verdict(est)
     loss_units = {}
-    for seed in sorted({m["seed"] for m in models}):
-        curve = sorted(
-            (m for m in models if role in m.get("roles", []) and m["seed"] == seed), key=x_of
-        )
-        for t in tasks:
-            pts = [
-                (math.log2(x_of(m)), math.log2(ok[(m["id"], t)]))
-                for m in curve
-                if (m["id"], t) in ok
-            ]
-            if len({x for x, _ in pts}) >= 2:
-                units[(t, seed)] = 2 ** (per * _slope(*zip(*pts, strict=True)))
+    for s, curve in curves.items():
         lp = [
             (math.log2(x_of(m)), m["heldout_loss"]) for m in curve if m["heldout_loss"] is not None
         ]
         if len({x for x, _ in lp}) >= 2:
-            loss_units[("loss", seed)] = per * _slope(*zip(*lp, strict=True))
+            loss_units[s] = per * _slope(*zip(*lp, strict=True))
+    edges, nodes = ok_values(circuits, "edges"), ok_values(circuits, "nodes")
     points = {}
     for m in models:
         if role in m.get("roles", []):
-            p = points.setdefault(x_of(m), {"losses": [], "se": [], "edges": []})
+            p = points.setdefault(x_of(m), {"losses": [], "se": [], "edges": [], "nodes": []})
             p["losses"].append(m["heldout_loss"])
             p["se"].append(m.get("heldout_loss_se") or 0.0)
-            p["edges"] += [ok[(m["id"], t)] for t in tasks if (m["id"], t) in ok]
+            p["edges"] += [edges[(m["id"], t)] for t in tasks if (m["id"], t) in edges]
+            p["nodes"] += [nodes[(m["id"], t)] for t in tasks if (m["id"], t) in nodes]
     table = [
         {
             "x": x,
             "heldout_loss": statistics.fmean(p["losses"]),
             "eval_se": statistics.fmean(p["se"]),
             "geomean_edges": geomean(p["edges"]) if p["edges"] else None,
+            "geomean_nodes": geomean(p["nodes"]) if p["nodes"] else None,
             "n_circuits": len(p["edges"]),
         }
         for x, p in sorted(points.items())
     ]
-    edges = bootstrap_interval(units)
-    loss = seed_interval(loss_units)
+    loss = seed_estimate(loss_units)
     noise = max((r["eval_se"] for r in table), default=0.0)
-    return {
-        "edges_factor": edges,
-        "edges_verdict": verdict(edges),
+    return out | {
         "loss_change": loss,
         # two standard errors of a held-out loss: smaller changes are eval noise
         "eval_noise": 2 * noise,
         "loss_verdict": _loss_verdict(loss, 2 * noise),
         "points": table,
     }
+
+
+def _slope(xs, ys) -> float:
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
 
 
 def _loss_verdict(loss: dict | None, noise: float) -> str:
@@ -330,30 +304,47 @@ def width_effect(models, circuits, tasks) -> dict:
 
 
 def controls(circuits: list[dict]) -> dict:
-    """Per validated circuit, whether each control comes close: a nonsense-task or
-    random-init circuit that validates within CLOSE_FACTOR of the real size, or random
-    circuits of the real size that validate too."""
+    """Per validated circuit, each control's best circuit (size, losses, status) and
+    whether it comes close: a nonsense-task, inverted-rule or random-init circuit that
+    validates within CLOSE_FACTOR of the real size, or random circuits of the real size
+    that validate too."""
     rows = []
     for c in circuits:
         if c["status"] != "ok" or not c.get("controls"):
             continue
         ctl = c["controls"]
         row = {"model": c["model"], "task": c["task"], "n_edges": c["n_edges"]}
-        for name in ("nonsense", "random_init"):
+        for name in CONTROLS:
             x = ctl.get(name)
             row[name] = (
                 None
                 if x is None
                 else x["status"] == "ok" and x["n_edges"] <= CLOSE_FACTOR * max(c["n_edges"], 1)
             )
+            if x is not None:
+                row[f"{name}_best"] = {
+                    k: x.get(k) for k in ("status", "n_edges", "n_nodes", "test_loss_calibrated")
+                }
         rnd = ctl.get("random_circuits") or {}
         row["random_circuits"] = bool(rnd.get("reach_target"))
         rows.append(row)
+    names = (*CONTROLS, "random_circuits")
     close = {
-        name: [f"{r['model']}/{task_label(r['task'])}" for r in rows if r[name]]
-        for name in ("nonsense", "random_init", "random_circuits")
+        name: [f"{r['model']}/{task_label(r['task'])}" for r in rows if r[name]] for name in names
     }
-    return {"rows": rows, "close": close, "n_checked": len(rows)}
+    best = {}
+    for name in CONTROLS:
+        losses = [
+            r[f"{name}_best"]["test_loss_calibrated"]
+            for r in rows
+            if r.get(f"{name}_best") and r[f"{name}_best"]["test_loss_calibrated"] is not None
+        ]
+        if losses:
+            best[name] = {
+                "best_test_loss": min(losses),
+                "median_test_loss": statistics.median(losses),
+            }
+    return {"rows": rows, "close": close, "n_checked": len(rows), "best": best}
 
 
 def controls_text(
@@ -362,29 +353,45 @@ def controls_text(
     none: str = "no frontier circuit validated, so no controls in the comparison",
 ) -> str:
     """`controls` in words: which controls come close, on how many validated circuits
-    (`none` when there was no validated circuit to control)."""
+    (`none` when there was no validated circuit to control), and each one's best loss."""
     close = [
         f"{name.replace('_', ' ')} on {len(v)} of {ctl['n_checked']} ({', '.join(v[:3])}"
         + (", ...)" if len(v) > 3 else ")")
         for name, v in ctl["close"].items()
         if v
     ]
+    best = "; ".join(
+        f"{name.replace('_', ' ')} best test loss {b['best_test_loss']:.3f} (median {b['median_test_loss']:.3f})"
+        for name, b in ctl.get("best", {}).items()
+    )
+    best = f" ({best})" if best else ""
     if close:
         return (
             f"{what} come close ({'; '.join(close)}): those circuit sizes may measure how "
-            "easily a mask fits, not a mechanism"
+            f"easily a mask fits, not a mechanism{best}"
         )
     if ctl["n_checked"]:
-        return f"no control came close on {ctl['n_checked']} validated circuits"
+        return f"no control came close on {ctl['n_checked']} validated circuits{best}"
     return none
 
 
-def legibility(models: list[dict], circuits: list[dict]) -> dict:
-    """Dense vs sparse legibility. Per kind, each (task, seed) unit is the mean over that
-    kind's validated circuits of the explained-node fraction (and of the explained share of
-    ablation effect); the kind's value is the mean over units with a bootstrap interval, and
-    sparse minus dense is read on the units both kinds have ("found" when its interval
-    excludes 0)."""
+def legibility_values(circuits: list[dict], field: str) -> dict[tuple[str, str], float]:
+    """(model, task) -> a validated circuit's explained share (`field`)."""
+    return {
+        (c["model"], c["task"]): c["legibility"][field]
+        for c in circuits
+        if c["status"] == "ok" and (c.get("legibility") or {}).get(field) is not None
+    }
+
+
+def legibility(
+    models: list[dict], circuits: list[dict], cfg: StudyConfig | None = None, tasks=None
+) -> dict:
+    """Dense vs sparse legibility. Per kind and seed, the mean over that kind's validated
+    circuits of the explained-node fraction (and of the explained share of ablation effect);
+    the kind's value is the mean over seeds with a t-interval, and sparse minus dense is
+    taken per seed. With the study's config and tasks, also read at the fixed held-out
+    losses as circuit size is (matched.at_losses)."""
     kind_seed = {m["id"]: (m["kind"], m["seed"]) for m in models}
     rows = [
         c
@@ -395,22 +402,26 @@ def legibility(models: list[dict], circuits: list[dict]) -> dict:
         "n_circuits": len(rows),
         "criterion": rows[0]["legibility"].get("criterion") if rows else None,
     }
+    losses = matched.fixed_losses(matched.overlap(models), cfg.loss_quantiles) if cfg else []
     for field in ("node_fraction", "effect_fraction"):
-        per: dict[str, dict[tuple[str, int], list[float]]] = {}
-        for c in rows:
-            value = c["legibility"].get(field)
-            if value is not None:
-                kind, seed = kind_seed[c["model"]]
-                per.setdefault(kind, {}).setdefault((c["task"], seed), []).append(value)
-        means = {k: {u: statistics.fmean(v) for u, v in units.items()} for k, units in per.items()}
+        values = legibility_values(rows, field)
+        per: dict[str, dict[int, list[float]]] = {}
+        for (mid, _), value in values.items():
+            kind, seed = kind_seed[mid]
+            per.setdefault(kind, {}).setdefault(seed, []).append(value)
+        means = {k: {s: statistics.fmean(v) for s, v in by.items()} for k, by in per.items()}
         dense, sparse = means.get("dense", {}), means.get("sparse", {})
-        diff = {u: sparse[u] - dense[u] for u in sorted(dense.keys() & sparse.keys())}
-        change = bootstrap_interval(diff, stat=statistics.fmean)
+        change = seed_estimate(
+            {s: sparse[s] - dense[s] for s in sorted(dense.keys() & sparse.keys())}
+        )
         out[field] = {
-            "dense": bootstrap_interval(dense, stat=statistics.fmean),
-            "sparse": bootstrap_interval(sparse, stat=statistics.fmean),
+            "dense": seed_estimate(dense),
+            "sparse": seed_estimate(sparse),
             "sparse_minus_dense": change,
             "verdict": verdict(change, null=0.0),
+            "at_losses": matched.at_losses(models, values, tasks or [], losses, log=False)
+            if losses
+            else None,
         }
     return out
 
@@ -422,11 +433,18 @@ def legibility_sentence(leg: dict, prefix: str = "Legibility") -> str:
     parts = []
     for field, what in (("node_fraction", "nodes"), ("effect_fraction", "ablation effect")):
         x = leg[field]
-        parts.append(
+        text = (
             f"share of {what} explained: dense {_fmt_interval(x['dense'], '', 2)}, sparse "
             f"{_fmt_interval(x['sparse'], '', 2)}, sparse - dense "
             f"{_fmt_interval(x['sparse_minus_dense'], '', 2)} ({x['verdict']})"
         )
+        at = [p for p in ((x.get("at_losses") or {}).get("points") or []) if p["estimate"]]
+        if at:
+            text += "; at fixed held-out losses, sparse - dense " + ", ".join(
+                f"{p['loss']:.3f}: {_fmt_interval(p['estimate'], '', 2)} ({p.get('verdict', verdict(p['estimate'], 0.0))})"
+                for p in at
+            )
+        parts.append(text)
     return f"{prefix} ({leg['criterion']}; {leg['n_circuits']} circuits): " + "; ".join(parts)
 
 
@@ -435,63 +453,176 @@ def _fmt_interval(iv: dict | None, unit: str = "x", digits: int = 2) -> str:
         return "not measured"
     core = f"{iv['value']:.{digits}f}{unit}"
     if iv["low"] is None:
-        return f"{core} (n={iv['n']}, too few for an interval)"
-    units = (
-        f"{iv['n_seeds']} seeds"
-        if iv.get("method") == "t across seeds"
-        else f"{iv['n_tasks']} task{'s' * (iv['n_tasks'] != 1)} x {iv['n_seeds']} seeds"
+        return f"{core} (n={iv['n']}, too few seeds for an interval)"
+    return (
+        f"{core} (95% t-interval {iv['low']:.{digits}f} to {iv['high']:.{digits}f}{unit}, "
+        f"{iv['n']} seeds, df {iv['df']})"
     )
-    kind = "t-interval" if iv.get("method") == "t across seeds" else "interval"
-    return f"{core} (95% {kind} {iv['low']:.{digits}f}-{iv['high']:.{digits}f}{unit}, n={iv['n']}: {units})"
 
 
-def sentence(cfg: StudyConfig, tasks, ratio: dict, density: dict, width: dict, ctl: dict) -> dict:
+def holm_family(measures: dict) -> list[dict]:
+    """Every verdict of the study as one family: Holm-adjusted p-values written into each
+    estimate (`p_holm`), and each verdict recomputed from them. Returns the family's rows
+    (name, p, p_holm, verdict) for the summary."""
+    family = []  # (name, holder, key of the estimate, key of its verdict or None, null)
+    ds = measures.get("dense_sparse") or {}
+    if ds:
+        family.append(("dense/sparse edges at matched loss", ds, "ratio", "verdict", 1.0))
+    for m in ("nodes",):
+        x = measures.get(f"dense_sparse_{m}")
+        if x:
+            family.append((f"dense/sparse {m} at matched loss", x, "ratio", "verdict", 1.0))
+    fl = measures.get("fixed_loss") or {}
+    for m in ("edges", "nodes"):
+        for p in (fl.get(m) or {}).get("points", []):
+            family.append(
+                (f"dense/sparse {m} at loss {p['loss']:.3f}", p, "estimate", "verdict", 1.0)
+            )
+    for axis, what in (("density", "per halving of density"), ("width", "per doubling of width")):
+        ax = measures.get(axis) or {}
+        for m in MEASURES:
+            if f"{m}_factor" in ax:
+                family.append(
+                    (f"{m.replace('_', ' ')} {what}", ax, f"{m}_factor", f"{m}_verdict", 1.0)
+                )
+    for key in ("legibility",):
+        leg = measures.get(key) or {}
+        for field in ("node_fraction", "effect_fraction"):
+            if field in leg:
+                family.append(
+                    (
+                        f"legibility {field} sparse - dense",
+                        leg[field],
+                        "sparse_minus_dense",
+                        "verdict",
+                        0.0,
+                    )
+                )
+                for p in (leg[field].get("at_losses") or {}).get("points") or []:
+                    family.append(
+                        (
+                            f"legibility {field} at loss {p['loss']:.3f}",
+                            p,
+                            "estimate",
+                            "verdict",
+                            0.0,
+                        )
+                    )
+    tested = [
+        (n, h, k, v, null) for n, h, k, v, null in family if (h.get(k) or {}).get("p") is not None
+    ]
+    adjusted = holm([h[k]["p"] for _, h, k, _, _ in tested])
+    rows = []
+    for (name, holder, key, vkey, null), p_holm in zip(tested, adjusted, strict=True):
+        holder[key]["p_holm"] = p_holm
+        holder[vkey] = verdict(holder[key], null)
+        rows.append(
+            {"name": name, "p": holder[key]["p"], "p_holm": p_holm, "verdict": holder[vkey]}
+        )
+    return rows
+
+
+def _ratio_words(ds: dict, what: str) -> str:
+    r = ds["ratio"]
+    found = {
+        "found": f"sparse models have {'smaller' if r['value'] > 1 else 'larger'} circuits ({what})",
+        "not found": f"no dense/sparse difference in {what} found",
+        "no interval": "no interval (one seed): a single comparison, not a finding",
+    }[ds["verdict"]]
+    text = f"dense/sparse circuit {what} at matched held-out loss: {_fmt_interval(r)}; {found}"
+    if r["low"] is not None:
+        text += f"; rules out a ratio above {r['high']:.2f}x or below {r['low']:.2f}x"
+        pw = ds.get("power")
+        if pw:
+            need = ", ".join(
+                f"{n if n is not None else '> 1000'} seeds for {e}x"
+                for e, n in pw["seeds_needed"].items()
+            )
+            text += (
+                f"; with this seed-to-seed spread, {r['n']} seeds detect a ratio of "
+                f"{pw['detectable']:.2f}x (or its inverse) with 80% power ({need})"
+            )
+    return text
+
+
+def _fixed_loss_words(fl: dict) -> str:
+    ov = fl["overlap"]
+    if not ov["common"]:
+        return "the dense and sparse curves do not overlap in held-out loss in every seed, so no fixed loss was read"
+    lo, hi = ov["common"]
+    inside = ov["inside"]
+    head = (
+        f"the curves overlap in every seed from {lo:.3f} to {hi:.3f} ({ov['width']:.3f} nats; "
+        f"{len(inside['dense'])} dense and {len(inside['sparse'])} sparse models inside by seed-mean loss)"
+    )
+    parts = []
+    for m in ("edges", "nodes"):
+        pts = [
+            f"{p['loss']:.3f}: {_fmt_interval(p['estimate'])} ({p.get('verdict', verdict(p['estimate']))})"
+            for p in fl[m]["points"]
+        ]
+        trend = fl[m]["per_0.1_nats"]
+        parts.append(
+            f"dense/sparse {m} at fixed held-out losses "
+            + ", ".join(pts)
+            + (f"; change per 0.1 nats of loss {_fmt_interval(trend)}" if trend else "")
+        )
+    pareto = [
+        f"{p['loss']:.3f}: {_fmt_interval(p['estimate'])}" for p in fl["edges_pareto"]["points"]
+    ]
+    parts.append(
+        "against the sparse Pareto curve (every sparse model; chosen on the outcome, not the "
+        "registered comparison), edges " + ", ".join(pareto)
+    )
+    return head + "; " + "; ".join(parts)
+
+
+def _axis_words(ax: dict, what: str, loss_digits=3) -> str:
+    return (
+        f"{what}, circuit edges change {_fmt_interval(ax['edges_factor'])} ({ax['edges_verdict']}) = "
+        f"nodes {_fmt_interval(ax['nodes_factor'])} ({ax['nodes_verdict']}) x edges per node "
+        f"{_fmt_interval(ax['edges_per_node_factor'])} ({ax['edges_per_node_verdict']}); held-out loss "
+        f"{_fmt_interval(ax['loss_change'], ' nats', loss_digits)} ({ax['loss_verdict']}, eval noise "
+        f"{ax['eval_noise']:.3f})"
+    )
+
+
+def sentence(cfg: StudyConfig, tasks, ms: dict) -> dict:
     """The answer in words, every number taken from the measures."""
-    r = ratio["ratio"]
-    if r is None:
+    ratio, nodes = ms["dense_sparse"], ms["dense_sparse_nodes"]
+    if ratio["ratio"] is None:
         head = "the dense/sparse circuit-size ratio could not be read by interpolation: " + (
             "no task entered the frontier"
             if not tasks
             else "the dense and sparse curves do not overlap in held-out loss (or too few circuits validated)"
         )
     else:
-        found = {
-            "found": "sparse models have smaller circuits"
-            if r["value"] > 1
-            else "sparse models have larger circuits",
-            "not found": "no dense/sparse difference found (the interval includes 1)",
-            "no interval": "no interval (one task and seed): a single comparison, not a finding",
-        }[ratio["verdict"]]
-        head = f"dense/sparse circuit edges at matched held-out loss: {_fmt_interval(r)}; {found}"
+        head = _ratio_words(ratio, "edges")
+        if nodes["ratio"] is not None:
+            head += f". Nodes beside it: {_ratio_words(nodes, 'nodes')}"
     if ratio["n_extrapolated"]:
         head += (
-            f" ({ratio['n_extrapolated']} extrapolated readings, geomean "
+            f" ({ratio['n_extrapolated']} extrapolated readings of edges, geomean "
             f"{ratio['extrapolated_geomean']:.2f}x, kept out of this number)"
         )
-    dens = (
-        f"per halving of density at d_model {cfg.base_width}, circuit edges change "
-        f"{_fmt_interval(density['edges_factor'])} ({density['edges_verdict']}); held-out loss "
-        f"{_fmt_interval(density['loss_change'], ' nats', 3)} ({density['loss_verdict']}, eval noise "
-        f"{density['eval_noise']:.3f})"
-    )
-    wid = (
-        f"per doubling of width at fixed nonzeros, circuit edges change "
-        f"{_fmt_interval(width['edges_factor'])} ({width['edges_verdict']}); held-out loss "
-        f"{_fmt_interval(width['loss_change'], ' nats', 3)} ({width['loss_verdict']})"
-    )
-    ctl_text = controls_text(ctl)
+    ctl_text = controls_text(ms["controls"])
     seeds = (
-        "one pretraining seed: intervals resample tasks only, so they cannot show whether the "
-        "result survives retraining; it shows what these particular models do"
+        "one pretraining seed: no interval can show whether the result survives retraining; "
+        "it shows what these particular models do"
         if cfg.seeds == 1
-        else f"{cfg.seeds} pretraining seeds, resampled in every interval"
+        else f"{cfg.seeds} pretraining seeds, the unit of every interval (Holm over the "
+        "study's verdicts)"
     )
     return {
         "sentence": ". ".join(x[0].upper() + x[1:] for x in (head, ctl_text, seeds)) + ".",
-        "density_trend": dens,
-        "width_effect": wid,
+        "fixed_loss": _fixed_loss_words(ms["fixed_loss"]),
+        "density_trend": _axis_words(
+            ms["density"], f"per halving of density at d_model {cfg.base_width}"
+        ),
+        "width_effect": _axis_words(ms["width"], "per doubling of width at fixed nonzeros"),
         "controls": ctl_text,
         "seeds": seeds,
+        "ratio": ratio["ratio"],
     }
 
 
@@ -499,17 +630,24 @@ def analyse(
     cfg: StudyConfig, models: list[dict], circuits: list[dict], eligibility: list[dict]
 ) -> StudyResults:
     tasks = frontier_tasks(cfg, eligibility)
-    ratio = dense_sparse(models, circuits, tasks)
-    density = density_trend(models, circuits, tasks)
-    width = width_effect(models, circuits, tasks)
-    ctl = controls(split_frontier(circuits)[0])
-    words = sentence(cfg, tasks, ratio, density, width, ctl)
+    frontier = split_frontier(circuits)[0]
+    ms = {
+        "dense_sparse": dense_sparse(models, circuits, tasks),
+        "dense_sparse_nodes": dense_sparse(models, circuits, tasks, "nodes"),
+        "fixed_loss": fixed_loss(cfg, models, circuits, tasks),
+        "density": density_trend(models, circuits, tasks),
+        "width": width_effect(models, circuits, tasks),
+        "controls": controls(frontier),
+    }
+    ms["holm"] = holm_family(ms)
+    words = sentence(cfg, tasks, ms)
     statuses = {}
     for c in circuits:
         statuses[c["status"]] = statuses.get(c["status"], 0) + 1
     return StudyResults(
         study={
             "preset": cfg.preset,
+            "protocol": cfg.protocol,
             "tasks": cfg.tasks,
             "seeds": list(range(cfg.seeds)),
             "targets": {t: cfg.target(t) for t in cfg.tasks},
@@ -521,10 +659,9 @@ def analyse(
         eligibility=eligibility,
         circuits=circuits,
         frontier=frontier_rows(models, circuits, tasks),
-        measures={"dense_sparse": ratio, "density": density, "width": width, "controls": ctl},
+        measures=ms,
         answer=words
         | {
-            "ratio": ratio["ratio"],
             "details": [
                 f"tasks in the frontier: {', '.join(tasks) or 'none'} (of {', '.join(cfg.tasks)})",
                 "target loss per task: " + ", ".join(f"{t}: {cfg.target(t)}" for t in cfg.tasks),

@@ -28,7 +28,13 @@ from ..errors import UserError
 from ..io import claim_run_dir, read_json, read_jsonl, staged_dir, write_json_atomic
 from ..model import SparseGPT
 from ..nodes import cached_node_means
-from ..prune import TargetUnreachable, empty_circuit_metrics, find_circuit, full_model_metrics
+from ..prune import (
+    TargetUnreachable,
+    empty_circuit_metrics,
+    encode_splits,
+    find_circuit,
+    full_model_metrics,
+)
 from ..prune_methods import PruneConfig
 from ..report import SECTION_FILE
 from ..sparsity import WeightSparsifier
@@ -86,7 +92,8 @@ def run_study(
     specs = model_specs(cfg)
     steps = {s.id: model_configs(cfg, s)[1].steps for s in specs}
     total = sum(steps.values()) + PRUNE_UNITS * len(specs) * len(cfg.tasks)
-    bar = tqdm(total=total, desc="study", unit="u", disable=not progress, dynamic_ncols=True)
+    # one unit a training step; a circuit search counts as PRUNE_UNITS of them
+    bar = tqdm(total=total, desc="study", unit=" step", disable=not progress, dynamic_ncols=True)
 
     t0 = time.perf_counter()
     todo = [s for s in specs if not (model_dir(cfg, s) / "done.json").exists()]
@@ -193,13 +200,19 @@ def model_row(spec: ModelSpec, mdir: Path, device) -> dict:
     )
 
 
-def prune_config(cfg: StudyConfig, task: str, seed: int) -> PruneConfig:
-    """The settings of one of the study's circuit searches (each over `cfg.k_coefs`)."""
-    return PruneConfig(**{**cfg.prune, "target_loss": cfg.target(task), "seed": seed})
+def prune_config(cfg: StudyConfig, task: str) -> PruneConfig:
+    """The settings of one of the study's circuit searches (each over its grid,
+    `cfg.k_coefs` x `cfg.mask_lrs`). The prompt pairs and the search's own randomness are
+    drawn from `cfg.pair_seed` and `cfg.search_seed`, set apart from the pretraining seed,
+    so every model of the family is measured on the same pairs."""
+    return PruneConfig(**{**cfg.prune, "target_loss": cfg.target(task), "seed": cfg.search_seed})
 
 
-def _encode(task: Task, tok, n_ctx: int, device):
-    return tuple(task.encode(tok, split, n_ctx).to(device) for split in ("train", "test"))
+def study_task(cfg: StudyConfig, name: str) -> Task:
+    """A task as every model of the study sees it: the same train, selection and test
+    pairs for all (drawn from `cfg.pair_seed`)."""
+    p = prune_config(cfg, name)
+    return get_task(name, p.n_train, p.n_test, cfg.pair_seed, p.n_select)
 
 
 def full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
@@ -212,9 +225,9 @@ def full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
     means = cached_node_means(mdir, model, tok, progress=False)
     rows = []
     for name in cfg.tasks:
-        pcfg = prune_config(cfg, name, spec.seed)
-        task = get_task(name, pcfg.n_train, pcfg.n_test, spec.seed)
-        pairs = _encode(task, tok, model.cfg.n_ctx, device)
+        pcfg = prune_config(cfg, name)
+        task = study_task(cfg, name)
+        pairs = encode_splits(task, tok, model.cfg.n_ctx, device)[:2]  # train, test
         m = full_model_metrics(model, *pairs, pcfg.calib_steps)
         empty = empty_circuit_metrics(model, *pairs, means, pcfg.calib_steps)
         target = cfg.target(name)
@@ -231,23 +244,28 @@ def full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
     return rows
 
 
-def nonsense_task(task: Task, seed: int) -> Task:
-    """The same prompts with each pair's answers swapped or not at random: labels with no
-    relation to the prompt, which a mask should not be able to make a small circuit for."""
+def _swapped(p: Pair) -> Pair:
+    # replace keeps the pair's other fields (an unpaired example stays one)
+    return dataclasses.replace(p, answer_a=p.answer_b, answer_b=p.answer_a)
+
+
+def nonsense_task(task: Task, seed: int, rate: float = 0.5) -> Task:
+    """The same prompts with each pair's answers swapped with probability `rate`: at 0.5,
+    labels with no relation to the prompt, which a mask should not be able to make a small
+    circuit for (at 0 it is the task itself: the case that shows the control can pass)."""
     rng = random.Random(seed)
-
-    def shuffled(pairs: list[Pair]) -> list[Pair]:
-        # replace keeps the pair's other fields (an unpaired example stays one)
-        return [
-            dataclasses.replace(p, answer_a=p.answer_b, answer_b=p.answer_a)
-            if rng.random() < 0.5
-            else p
-            for p in pairs
-        ]
-
-    return dataclasses.replace(
-        task, name=f"{task.name} (nonsense)", train=shuffled(task.train), test=shuffled(task.test)
+    return task.map_pairs(
+        lambda pairs: [_swapped(p) if rng.random() < rate else p for p in pairs],
+        f"{task.name} (nonsense)",
     )
+
+
+def inverted_task(task: Task) -> Task:
+    """Every pair's answers swapped: a consistent rule, readable from the same place of the
+    prompt, that the model was never trained on. A mask that can exploit any signal the
+    model carries (e.g. by ablating the nodes that push the right answer) could fit it; a
+    model trained on the inverted rule does it outright."""
+    return task.map_pairs(lambda pairs: [_swapped(p) for p in pairs], f"{task.name} (inverted)")
 
 
 def random_init_dir(cfg: StudyConfig, spec: ModelSpec) -> Path:
@@ -267,26 +285,41 @@ def random_init_dir(cfg: StudyConfig, spec: ModelSpec) -> Path:
     return out
 
 
-def _search(mdir: Path, task: Task, pcfg: PruneConfig, device, examples: bool = False, **kw):
-    """One circuit search on a model folder -> the Circuit (raises TargetUnreachable);
-    `examples` adds the viewer's example prompts."""
+def _search(
+    cfg: StudyConfig, mdir: Path, task: Task, pcfg: PruneConfig, device, examples=False, **kw
+):
+    """One circuit search on a model folder over the study's grid -> the Circuit (raises
+    TargetUnreachable); `examples` adds the viewer's example prompts."""
     model, tok = load(mdir, device=device)
-    train_b, test_b = _encode(task, tok, model.cfg.n_ctx, device)
+    train_b, test_b, select_b = encode_splits(task, tok, model.cfg.n_ctx, device)
     means = cached_node_means(mdir, model, tok, progress=False)
     text = (lambda i: tok.decode([i])) if examples else None
     c = find_circuit(
-        model, train_b, test_b, means, pcfg, False, task.name, str(mdir), token_text=text, **kw
+        model,
+        train_b,
+        test_b,
+        means,
+        pcfg,
+        False,
+        task.name,
+        str(mdir),
+        token_text=text,
+        k_coefs=cfg.k_coefs,
+        mask_lrs=cfg.mask_lrs,
+        select_b=select_b,
+        **kw,
     )
     c.model_dir = str(mdir)
     return c
 
 
-def _control(mdir: Path, task: Task, pcfg: PruneConfig, device) -> dict:
-    """A control pruned like the real circuit, with its chosen k_coef, to the same target;
-    the full model need not reach the target (that is the point of the control)."""
+def _control(cfg: StudyConfig, mdir: Path, task: Task, pcfg: PruneConfig, device) -> dict:
+    """A control pruned as the real circuit is: the same grid, splits and target; the
+    full model need not reach the target (that is the point of the control). Its best
+    circuit's size and losses are kept whether or not it validates."""
     light = dataclasses.replace(pcfg, random_draws=0, effect_nodes=0, example_pairs=0)
     try:
-        c = _search(mdir, task, light, device, require_full_model=False)
+        c = _search(cfg, mdir, task, light, device, require_full_model=False)
     except TargetUnreachable as e:
         return {"status": "unreachable", "n_edges": None, "message": str(e)}
     v = c.metrics["validation"]
@@ -294,8 +327,11 @@ def _control(mdir: Path, task: Task, pcfg: PruneConfig, device) -> dict:
         "status": v["status"],
         "n_edges": c.n_edges,
         "n_nodes": c.n_nodes,
+        "select_loss_calibrated": v["loss_calibrated"],
         "test_loss_calibrated": v["test_loss_calibrated"],
         "full_test_loss_calibrated": c.metrics["full"]["loss_calibrated"],
+        "k_coef": c.prune_config["k_coef"],
+        "mask_lr": c.prune_config["mask_lr"],
     }
 
 
@@ -358,7 +394,7 @@ def _circuit(
         return row
     cdir = out / "circuits" / spec.id / task_label(task_name)
     mdir = model_dir(cfg, spec)
-    pcfg = prune_config(cfg, task_name, spec.seed)
+    pcfg = prune_config(cfg, task_name)
     key = {
         "model": str(mdir),
         "weights": (mdir / "model.safetensors").stat().st_mtime_ns,
@@ -367,32 +403,40 @@ def _circuit(
         "task_content": _content_hash(task_name),
         "prune": dataclasses.asdict(pcfg),
         "k_coefs": cfg.k_coefs,
+        "mask_lrs": cfg.mask_lrs,
+        "pair_seed": cfg.pair_seed,
         "controls": cfg.controls,
     }
     if (cdir / "key.json").exists() and read_json(cdir / "key.json") == key:
         return read_json(cdir / "row.json") | {"in_frontier": eligible}  # the family decides
-    task = get_task(task_name, pcfg.n_train, pcfg.n_test, spec.seed)
+    task = study_task(cfg, task_name)
     try:
-        c = _search(mdir, task, pcfg, device, examples=True, k_coefs=cfg.k_coefs)
+        c = _search(cfg, mdir, task, pcfg, device, examples=True)
         c.save(cdir / "circuit.json")
         v = c.metrics["validation"]
         row.update(
             status=v["status"],
             message=None
             if v["status"] == "ok"
-            else f"{v['status']}: test loss {v['test_loss_calibrated']:.3f} against the limit "
-            f"{v['limit']:.3f} (target + 2 s.e.), {c.n_nodes} of {c.n_nodes_total} nodes kept",
+            else f"{v['status']}: {v['split']} loss {v['loss_calibrated']:.3f} against the "
+            f"limit {v['limit']:.3f} (target + 2 s.e.), {c.n_nodes} of {c.n_nodes_total} "
+            "nodes kept",
             n_nodes=c.n_nodes,
             n_edges=c.n_edges,
             metrics=c.metrics,
             path=str((cdir / "circuit.json").relative_to(out)),
             k_coef=c.prune_config["k_coef"],
+            mask_lr=c.prune_config["mask_lr"],
         )
         if cfg.controls:
-            chosen = dataclasses.replace(pcfg, k_coef=row["k_coef"])
-            controls = {"nonsense": _control(mdir, nonsense_task(task, spec.seed), chosen, device)}
+            controls = {
+                "nonsense": _control(cfg, mdir, nonsense_task(task, spec.seed), pcfg, device),
+                "inverted": _control(cfg, mdir, inverted_task(task), pcfg, device),
+            }
             if spec.seed == 0:  # one seed is enough for a model that never learned
-                controls["random_init"] = _control(random_init_dir(cfg, spec), task, chosen, device)
+                controls["random_init"] = _control(
+                    cfg, random_init_dir(cfg, spec), task, pcfg, device
+                )
             controls["random_circuits"] = c.metrics["random"]
             row["controls"] = controls
     except TargetUnreachable as e:

@@ -4,6 +4,7 @@ numbers quoted in README come from a file a command regenerates)."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no GUI backend is chosen on import
@@ -15,15 +16,21 @@ from ..markdown import table as _table
 from ..study_results import StudyResults
 from .config import StudyConfig
 from .legibility import legibility_measures
-from .measures import analyse, in_frontier, split_frontier
+from .matched import config_of, pareto
+from .measures import analyse, geomean, in_frontier, split_frontier
+from .protocol import protocol_lines
 
 SUMMARY_FILE = "summary.md"
 
 
 def _control_cell(x: dict | None) -> str:
+    """A control's best circuit: edges, status and test loss (or why there is none)."""
     if x is None:
         return "-"
-    return f"{x['n_edges']} ({x['status']})" if x.get("n_edges") is not None else x["status"]
+    if x.get("n_edges") is None:
+        return x["status"]
+    loss = x.get("test_loss_calibrated")
+    return f"{x['n_edges']} ({x['status']}" + (f", loss {_num(loss)})" if loss is not None else ")")
 
 
 def _empty(row: dict) -> str:
@@ -36,15 +43,26 @@ def _empty(row: dict) -> str:
 
 def summary_markdown(results: StudyResults) -> str:
     a, s, ms = results.answer, results.study, results.measures
+    cfg = StudyConfig.from_dict(s["config"], "results.json")
     lines = [
         f"# Study `{s['preset']}`: summary",
         "",
         f"**Answer.** {a['sentence']}",
         "",
+        f"- {a['fixed_loss']}",
         f"- {a['density_trend']}",
         f"- {a['width_effect']}",
         *(f"- {d}" for d in a["details"]),
         *(f"- {a[k]}" for k in ("legibility", "legibility_outside") if a.get(k)),
+        "",
+        *protocol_lines(cfg),
+        "",
+        "## Verdicts (Holm over the study's family)",
+        "",
+        *_table(
+            ["measure", "p", "Holm p", "verdict"],
+            [[h["name"], h["p"], h["p_holm"], h["verdict"]] for h in ms.get("holm", [])],
+        ),
         "",
         "## Models",
         "",
@@ -95,11 +113,14 @@ def summary_markdown(results: StudyResults) -> str:
                 "task",
                 "frontier",
                 "status",
+                "nodes",
                 "edges",
                 "k_coef",
+                "mask_lr",
                 "test loss",
                 "raw test loss",
                 "nonsense task",
+                "inverted rule",
                 "random init",
                 "random circuits reach",
             ],
@@ -109,11 +130,14 @@ def summary_markdown(results: StudyResults) -> str:
                     c["task"],
                     "yes" if in_frontier(c) else "no",
                     c["status"],
+                    c.get("n_nodes"),
                     c["n_edges"],
                     c.get("k_coef"),
+                    c.get("mask_lr"),
                     (c.get("metrics") or {}).get("circuit", {}).get("loss_calibrated"),
                     (c.get("metrics") or {}).get("circuit", {}).get("loss"),
                     _control_cell((c.get("controls") or {}).get("nonsense")),
+                    _control_cell((c.get("controls") or {}).get("inverted")),
                     _control_cell((c.get("controls") or {}).get("random_init")),
                     ((c.get("controls") or {}).get("random_circuits") or {}).get("reach_target"),
                 ]
@@ -129,9 +153,10 @@ def summary_markdown(results: StudyResults) -> str:
             f"{title}:",
             "",
             *_table(
-                ["x", "held-out loss", "eval s.e.", "geomean edges", "circuits"],
+                ["x", "held-out loss", "eval s.e.", "geomean nodes", "geomean edges", "circuits"],
                 [
-                    [p["x"], p["heldout_loss"], p["eval_se"], p["geomean_edges"], p["n_circuits"]]
+                    [p["x"], p["heldout_loss"], p["eval_se"], p.get("geomean_nodes")]
+                    + [p["geomean_edges"], p["n_circuits"]]
                     for p in ms[name]["points"]
                 ],
             ),
@@ -168,14 +193,14 @@ def _interval_cell(iv: dict | None) -> str:
 
 
 def legibility_markdown(leg: dict, circuits: list[dict], title: str = "Legibility") -> list[str]:
-    """Dense vs sparse legibility (95% intervals over tasks and seeds), then per circuit."""
+    """Dense vs sparse legibility (95% t-intervals across seeds), then per circuit."""
     if not leg["n_circuits"]:
         return [f"## {title}", "", "No validated circuit, so no node was explained.", ""]
     return [
         f"## {title}",
         "",
         f"A node is explained when one feature does it: {leg['criterion']}. "
-        "Intervals: 95% bootstrap over tasks and seeds.",
+        "Intervals: 95% t-intervals across pretraining seeds.",
         "",
         *_table(
             ["share explained", "dense", "sparse", "sparse - dense", "verdict"],
@@ -237,42 +262,85 @@ def write_summary(study_dir: str | Path, reanalyse: bool = False) -> Path:
     return out
 
 
+def _by_config(frontier: list[dict], size: str) -> list[dict]:
+    """Frontier rows averaged over seeds per configuration: mean held-out loss and the
+    geometric mean of the seeds' sizes (rows with no validated circuit left out)."""
+    groups: dict[str, list[dict]] = {}
+    for f in frontier:
+        if f.get(size) and f["heldout_loss"] is not None:
+            groups.setdefault(config_of(f["id"]), []).append(f)
+    return [
+        rows[0]
+        | {
+            "heldout_loss": statistics.fmean(r["heldout_loss"] for r in rows),
+            size: geomean([r[size] for r in rows]),
+            "n_seeds": len(rows),
+        }
+        for rows in groups.values()
+    ]
+
+
 def plot_frontier(results: StudyResults, path: Path) -> None:
-    fig = Figure(figsize=(6.5, 4.5), layout="tight")
-    ax = fig.subplots()
-    pts = [f for f in results.frontier if f["geomean_edges"] and f["heldout_loss"] is not None]
+    """Held-out loss against circuit size (edges, and nodes beside it), each point a
+    configuration averaged over its seeds: the dense curve, the sparse density and width
+    axes, the sparse Pareto curve over every sparse model, and the fixed losses the
+    dense/sparse ratio is read at."""
+    fig = Figure(figsize=(11, 4.5), layout="tight")
+    axes = fig.subplots(1, 2)
     curves = [
         ("dense", "dense, widths", "s-"),
         ("density", "sparse, densities", "o-"),
         ("l0", "sparse, widths at fixed nonzeros", "^--"),
     ]
-    for role, label, style in curves:
-        curve = sorted(
-            (f for f in pts if role in f.get("roles", [])), key=lambda f: f["heldout_loss"]
-        )
-        if curve:
-            ax.plot(
-                [f["geomean_edges"] for f in curve],
-                [f["heldout_loss"] for f in curve],
-                style,
-                label=label,
+    losses = (results.measures.get("fixed_loss") or {}).get("losses") or []
+    for ax, size, what in zip(
+        axes, ("geomean_edges", "geomean_nodes"), ("edges", "nodes"), strict=True
+    ):
+        pts = _by_config(results.frontier, size)
+        for role, label, style in curves:
+            curve = sorted(
+                (f for f in pts if role in f.get("roles", [])), key=lambda f: f["heldout_loss"]
             )
-            for f in curve:
-                ax.annotate(
-                    f"{f['d_model']}" + ("" if f["kind"] == "dense" else f"/{f['density']:.3g}"),
-                    (f["geomean_edges"], f["heldout_loss"]),
-                    fontsize=7,
-                    textcoords="offset points",
-                    xytext=(4, 4),
+            if curve:
+                ax.plot(
+                    [f[size] for f in curve], [f["heldout_loss"] for f in curve], style, label=label
                 )
-    ax.set_xscale("log")
-    ax.set_xlabel("circuit size (geometric-mean edges over validated frontier tasks)")
-    ax.set_ylabel("held-out pretraining loss (nats/token)")
-    ax.set_title("capability vs interpretability")
-    if pts:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(
-            0.5, 0.5, "no validated circuit on a frontier task", ha="center", transform=ax.transAxes
+                for f in curve:
+                    ax.annotate(
+                        f"{f['d_model']}"
+                        + ("" if f["kind"] == "dense" else f"/{f['density']:.3g}"),
+                        (f[size], f["heldout_loss"]),
+                        fontsize=7,
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                    )
+        front = pareto(
+            [(f["heldout_loss"], f[size], f["id"]) for f in pts if f["kind"] == "sparse"]
         )
-    save_figure_atomic(fig, path, dpi=120)
+        if len(front) >= 2:
+            ax.plot(
+                [v for _, v, _ in front],
+                [x for x, _, _ in front],
+                ":",
+                color="black",
+                label="sparse Pareto curve (all sparse models)",
+            )
+        for i, loss in enumerate(losses):
+            ax.axhline(
+                loss, color="grey", lw=0.6, ls="--", label="fixed losses" if i == 0 else None
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel(f"circuit size (geometric-mean {what} over validated frontier tasks)")
+        ax.set_ylabel("held-out pretraining loss (nats/token), mean over seeds")
+        ax.set_title(f"capability vs interpretability: {what}")
+        if pts:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(
+                0.5,
+                0.5,
+                "no validated circuit on a frontier task",
+                ha="center",
+                transform=ax.transAxes,
+            )
+    save_figure_atomic(fig, path, dpi=110)

@@ -46,19 +46,23 @@ def list_tasks() -> list[tuple[str, str]]:
     return [(name, gen.description) for name, gen in TASKS.items()]
 
 
-def get_task(name_or_path: str, n_train: int = 128, n_test: int = 128, seed: int = 0) -> Task:
+def get_task(
+    name_or_path: str, n_train: int = 128, n_test: int = 128, seed: int = 0, n_select: int = 0
+) -> Task:
     """A built-in task by name, or a user task from a .jsonl file.
 
     For a file, its own rows decide the number of pairs; n_train and n_test only set the
-    fraction that goes to the test split.
+    fraction that goes to the test split, and `n_select` selection pairs are taken from its
+    train pairs.
     """
     if name_or_path in TASKS:
-        return TASKS[name_or_path](n_train=n_train, n_test=n_test, seed=seed)
+        return TASKS[name_or_path](n_train=n_train, n_test=n_test, seed=seed, n_select=n_select)
     path = Path(name_or_path)
     if path.suffix == ".jsonl" or path.is_file():
         if n_train < 0 or n_test < 0 or n_train + n_test == 0:
             raise UserError(f"{path}: n_train and n_test must be >= 0 and not both 0")
-        return load_jsonl_task(path, n_test_frac=n_test / (n_train + n_test), seed=seed)
+        task = load_jsonl_task(path, n_test_frac=n_test / (n_train + n_test), seed=seed)
+        return task.with_selection(n_select, seed)
     raise UserError(
         f"unknown task {name_or_path!r}; known tasks: {', '.join(TASKS)} "
         "(or give a path to a .jsonl file)"

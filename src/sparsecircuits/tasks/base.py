@@ -8,6 +8,7 @@ prompts share and isolates the behaviour the key place controls.
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -80,10 +81,16 @@ class TaskBatch(TensorBatch):
         )
 
 
+SPLITS = ("train", "select", "test")
+
+
 @dataclass
 class Task:
-    """A named task with disjoint train and test pairs.
+    """A named task with disjoint train and test pairs, and optionally selection pairs.
 
+    Three splits keep every reported number held out: masks and calibrations are fitted on
+    `train`, a search's settings are chosen and its circuit validated on `select`, and
+    `test` is only reported. `select` is empty unless asked for (`n_select`).
     `notes` says what the key place is; `source` is the file a user task came from, so
     errors found at `encode` time can point at its lines.
     """
@@ -94,6 +101,36 @@ class Task:
     test: list[Pair]
     notes: str = ""
     source: str | None = None
+    select: list[Pair] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Pair]:
+        if name not in SPLITS:
+            raise UserError(
+                f"{self._label()}: split must be one of {', '.join(SPLITS)}, not {name!r}"
+            )
+        return getattr(self, name)
+
+    def map_pairs(self, fn, name: str) -> Task:
+        """The same task with every split's pairs passed through `fn(pairs) -> pairs`."""
+        return replace(self, name=name, **{s: fn(getattr(self, s)) for s in SPLITS})
+
+    def with_selection(self, n_select: int, seed: int) -> Task:
+        """`n_select` of the train pairs (a seeded choice) moved to the selection split: for
+        a task whose pairs come from a file, where no fresh pairs can be drawn."""
+        if n_select <= 0 or self.select:
+            return self
+        if n_select >= len(self.train):
+            raise UserError(
+                f"{self._label()}: {n_select} selection pairs leave no train pair "
+                f"({len(self.train)} train pairs)"
+            )
+        rng = random.Random(f"{self.name}/{seed}/select")
+        picked = set(rng.sample(range(len(self.train)), n_select))
+        return replace(
+            self,
+            train=[p for i, p in enumerate(self.train) if i not in picked],
+            select=[p for i, p in enumerate(self.train) if i in picked],
+        )
 
     def _label(self) -> str:
         return self.source if self.source is not None else f"task {self.name}"
@@ -108,9 +145,7 @@ class Task:
     ) -> TaskBatch:
         """Tokenize one split. Prompts and answers are encoded separately, without special
         tokens, and only each answer's first token is scored."""
-        if split not in ("train", "test"):
-            raise UserError(f"{self._label()}: split must be 'train' or 'test', not {split!r}")
-        pairs = self.train if split == "train" else self.test
+        pairs = self.split(split)
         if not pairs:
             raise UserError(f"{self._label()}: the {split} split has no pairs")
         answers = [a for pair in pairs for a in (pair.answer_a, pair.answer_b)]

@@ -35,23 +35,27 @@ from .snippets import (
 
 @dataclass(frozen=True)
 class TaskGenerator:
-    """A registered task: call it with (n_train, n_test, seed) to get a `Task`."""
+    """A registered task: call it with (n_train, n_test, seed, n_select) to get a `Task`."""
 
     name: str
     description: str
     notes: str
     make_pair: Callable[[random.Random], Pair]
 
-    def __call__(self, n_train: int = 128, n_test: int = 128, seed: int = 0) -> Task:
-        for what, n in (("n_train", n_train), ("n_test", n_test)):
+    def __call__(
+        self, n_train: int = 128, n_test: int = 128, seed: int = 0, n_select: int = 0
+    ) -> Task:
+        for what, n in (("n_train", n_train), ("n_test", n_test), ("n_select", n_select)):
             if not isinstance(n, int) or n < 0:
                 raise UserError(f"task {self.name}: {what} must be an integer >= 0, got {n!r}")
-        # The test split is drawn first from its own stream, so it does not depend on
-        # n_train; train pairs reusing a test prompt are skipped.
+        # Each split is drawn from its own stream, test first, then train, then selection,
+        # so neither test nor train depends on the later splits' sizes; a pair reusing an
+        # earlier split's prompt is skipped.
         seen: set[str] = set()
         test = self._draw(random.Random(f"{self.name}/{seed}/test"), n_test, seen)
         train = self._draw(random.Random(f"{self.name}/{seed}/train"), n_train, seen)
-        return Task(self.name, self.description, train, test, notes=self.notes)
+        select = self._draw(random.Random(f"{self.name}/{seed}/select"), n_select, seen)
+        return Task(self.name, self.description, train, test, notes=self.notes, select=select)
 
     def _draw(self, rng: random.Random, n: int, seen: set[str]) -> list[Pair]:
         return draw_distinct(
