@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_quote_task
+from sparsecircuits import stats
 from sparsecircuits.checkpoint import load
 from sparsecircuits.cli import main
 from sparsecircuits.errors import UserError
@@ -15,6 +16,7 @@ from sparsecircuits.study import (
     StudyConfig,
     add_legibility,
     analyse,
+    matched,
     measures,
     model_specs,
     nonsense_task,
@@ -22,8 +24,6 @@ from sparsecircuits.study import (
     study_config,
     write_summary,
 )
-from sparsecircuits import stats
-from sparsecircuits.study import matched
 from sparsecircuits.study import run as study_run
 from sparsecircuits.study_results import StudyResults
 from sparsecircuits.tasks import get_task
