@@ -11,7 +11,9 @@ import os
 import random
 import resource
 import shutil
+import signal
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -224,6 +226,7 @@ def test_full_disk_prune(disk, run, capsys):
         "--target-loss",
         "10",
         "--allow-trivial",
+        "--force",
     ]
     fails(capsys, args, str(disk / "c" / "circuit.json"), "No space left")
     assert (disk / "c" / "circuit.json").read_text() == "old" and no_temporaries(disk)
@@ -642,3 +645,55 @@ def test_explain_refuses_another_model_for_a_circuit(tmp_path, run, circuit, cor
     before = c.read_bytes()
     fails(capsys, ["explain", str(c), "--model", str(other)], str(other), "d_model")
     assert c.read_bytes() == before
+
+
+# ---------- issue 35, 4: two writers into one folder ----------
+
+QUICK_PRUNE = ["--task", TASK, "--steps", "2", "--n-train", "8", "--n-test", "8", "--quiet"]
+QUICK_PRUNE += ["--target-loss", "10", "--allow-trivial"]
+
+
+@contextlib.contextmanager
+def another_writer(folder: Path):
+    """Another process holding the folder's writer lock, as a command writing there would;
+    yields its pid."""
+    code = "import sys, time\nfrom sparsecircuits.io import writer_lock\n"
+    code += "with writer_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n"
+    p = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"held\n"
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+
+
+def test_a_second_writer_is_refused_by_name(tmp_path, run, corpus_dir, capsys):
+    r = copy_run(run, tmp_path / "r")
+    c = tmp_path / "c"
+    c.mkdir()
+    s = write_fake_study(tmp_path / "s")
+    with another_writer(r) as w1, another_writer(c) as w2, another_writer(s) as w3:
+        before = snapshot(tmp_path)
+        busy = "is being written by another process (pid {})"
+        fails(capsys, ["train", "--resume", "--out", str(r), "--quiet"], busy.format(w1.pid))
+        args = ["train", *TINY, "--data", str(corpus_dir), "--set", "seed=2", "--out", str(r)]
+        fails(capsys, args, f"{r} " + busy.format(w1.pid))
+        fails(capsys, ["prune", str(run), *QUICK_PRUNE, "--out", str(c)], busy.format(w2.pid))
+        fails(capsys, ["study", "--summary", "--out", str(s)], f"{s} " + busy.format(w3.pid))
+        assert snapshot(tmp_path) == before
+        w1.send_signal(signal.SIGKILL)  # a killed writer's lock goes with it
+        w1.wait()
+    assert main(["train", "--resume", "--out", str(r), "--quiet"]) == 0
+
+
+def test_prune_keeps_an_existing_circuit_unless_forced(tmp_path, run, circuit, capsys):
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "circuit.json").write_text("mine")
+    args = ["prune", str(run), *QUICK_PRUNE, "--out", str(c)]
+    fails(capsys, args, str(c / "circuit.json"), "--force")
+    assert (c / "circuit.json").read_text() == "mine"
+    assert main([*args, "--force"]) == 0
+    assert json.loads((c / "circuit.json").read_text())["task"] == TASK

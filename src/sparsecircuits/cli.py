@@ -25,7 +25,7 @@ from .explain import (
 )
 from .generate import generate
 from .importer import import_openai
-from .io import out_folder
+from .io import out_folder, writer_lock
 from .prune import prune
 from .prune_methods import PruneConfig
 from .report import build_report, serve
@@ -143,10 +143,20 @@ def _cmd_prune(args) -> None:
         refuse_trivial=not args.allow_trivial,
     )
     out = out_folder(args.out)
-    circuit = prune(
-        args.model_dir, args.task, cfg, progress=not args.quiet, device=args.device, data=args.data
-    )
-    path = circuit.save(out / "circuit.json")
+    with writer_lock(out):
+        if (out / "circuit.json").exists() and not args.force:
+            raise UserError(
+                f"{out / 'circuit.json'}: exists; pass --force to replace it, or choose another --out"
+            )
+        circuit = prune(
+            args.model_dir,
+            args.task,
+            cfg,
+            progress=not args.quiet,
+            device=args.device,
+            data=args.data,
+        )
+        path = circuit.save(out / "circuit.json")
     m = circuit.metrics
     print(
         f"task {circuit.task}, method {circuit.method}, target loss {circuit.target_loss} "
@@ -209,6 +219,11 @@ def _cmd_tasks(args) -> None:
 
 
 def _cmd_study(args) -> None:
+    with writer_lock(args.out):
+        _study(args)
+
+
+def _study(args) -> None:
     from .study import add_legibility, run_study, study_config, write_summary  # see the top
 
     if args.summary:  # only re-analyse a finished study: its summary and report
@@ -261,13 +276,15 @@ def _cmd_activations(args) -> None:
         if args.model_dirs:
             raise UserError("give either model folders or --study DIR, not both")
         out = Path(args.out) if args.out else Path(args.study) / "activations"
-        _, report = run_study_activations(args.study, out, cfg, args.device)
+        with writer_lock(out):
+            _, report = run_study_activations(args.study, out, cfg, args.device)
         print(f"report:  {report}")
     else:
         if not args.model_dirs or not args.out:
             raise UserError("activations needs MODEL_DIR ... --out DIR, or --study DIR")
         out = Path(args.out)
-        run_activations(args.model_dirs, out, cfg, args.device)
+        with writer_lock(out):
+            run_activations(args.model_dirs, out, cfg, args.device)
     print(f"written: {out / FILES['json']} and plots in {out}")
 
 
@@ -293,15 +310,16 @@ def _cmd_modularity(args) -> None:
         node_target=args.node_target,
         masks=MaskConfig(layers=tuple(args.layers), steps=args.mask_steps, l1=args.l1),
     )
-    results = run_modularity(
-        dirs,
-        out,
-        cfg,
-        resume=not args.no_resume,
-        force=args.force,
-        progress=not args.quiet,
-        device=args.device,
-    )
+    with writer_lock(out):
+        results = run_modularity(
+            dirs,
+            out,
+            cfg,
+            resume=not args.no_resume,
+            force=args.force,
+            progress=not args.quiet,
+            device=args.device,
+        )
     print(f"results: {out / 'modularity.json'} ({len(results.runs)} base models)")
     print(f"plot:    {out / 'ablation_matrix.png'}")
     if args.study:
@@ -317,14 +335,16 @@ def _cmd_explain(args) -> None:
             raise UserError(f"{target}: a model folder needs --node NAME (one or more)")
         if not (target / "model.safetensors").is_file():
             raise UserError(f"{target}: no model.safetensors (not a checkpoint folder)")
-        explanations = explain_checkpoint(target, list(dict.fromkeys(args.node)), args.task)
+        with writer_lock(target):  # its explanations.json cache
+            explanations = explain_checkpoint(target, list(dict.fromkeys(args.node)), args.task)
     elif target.is_file():
         if args.node or args.task:
             raise UserError(
                 f"{target}: a circuit.json explains all its nodes on its own task; "
                 "--node and --task go with a model folder"
             )
-        circuit = explain_circuit(target, args.model)  # stored into the file (atomic write)
+        with writer_lock(target.parent):
+            circuit = explain_circuit(target, args.model)  # stored into the file (atomic write)
         explanations = circuit.explanations
     else:
         raise UserError(f"{target}: no such file or folder")
@@ -416,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--n-train", type=int, default=PruneConfig.n_train)
     pr.add_argument("--n-test", type=int, default=PruneConfig.n_test)
     pr.add_argument("--out", required=True, help="folder for circuit.json")
+    pr.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the circuit.json already in --out (the file only, written when the "
+        "new search succeeds)",
+    )
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--data", nargs="+", help="text for node means (default: the run's corpus)")
     pr.add_argument(

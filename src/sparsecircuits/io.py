@@ -10,11 +10,13 @@ or malformed file into such an error too.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -113,6 +115,93 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+# The file in a folder being written that names its writer (see `writer_lock`).
+LOCK_FILE = ".sparsecircuits.lock"
+# Folders this process holds, with how many nested holds: a study's commands may take the
+# lock of a folder the process already writes (flock would refuse the second open).
+_HELD: dict[Path, int] = {}
+_HELD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def writer_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Be the one process writing `folder`, or refuse: two runs into one --out would each
+    think they wrote it, and the folder would hold a mix of both.
+
+    The lock is advisory (fcntl.flock on LOCK_FILE, which holds the writer's pid), and
+    the kernel drops it with its process, so a killed writer blocks nothing. On release the
+    lock file goes, and so does the folder if this made it and it is still empty (a start
+    that failed leaves nothing behind). A folder where no file can be made is not locked:
+    the first write there says why it fails.
+    """
+    folder = Path(folder)
+    key = folder.absolute()
+    with _HELD_LOCK:
+        nested = key in _HELD
+        _HELD[key] = _HELD.get(key, 0) + 1
+    if nested:
+        try:
+            yield
+        finally:
+            _release_count(key)
+        return
+    made = not folder.exists()
+    fd = None
+    try:
+        out_folder(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(folder, e) from None
+        fd = _lock_file(folder)
+        yield
+    finally:
+        _release_count(key)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(folder / LOCK_FILE)  # while still held: see _lock_file
+            os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+
+
+def _release_count(key: Path) -> None:
+    with _HELD_LOCK:
+        _HELD[key] -= 1
+        if not _HELD[key]:
+            del _HELD[key]
+
+
+def _lock_file(folder: Path) -> int | None:
+    """The locked descriptor of folder/LOCK_FILE, with this pid written in it (None where
+    the file cannot be made)."""
+    path = folder / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_UMASK)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{folder} is being written by another process (pid {pid})") from None
+        # The previous holder unlinks the file before it lets go: if it did so after this
+        # process opened it, this lock is on a file no one else will open; take the new one.
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            with contextlib.suppress(OSError):  # the pid is for the message only
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+
+
 def out_folder(out: str | os.PathLike) -> Path:
     """`out` as a folder to write into, checked before any work: not an existing file."""
     out = Path(out)
@@ -145,7 +234,7 @@ def claim_run_dir(
     """
     out = out_folder(out)
     path = out / marker
-    others = [p for p in out.iterdir() if p.name != marker] if out.is_dir() else []
+    others = [p for p in out.iterdir() if p.name not in (marker, LOCK_FILE)] if out.is_dir() else []
     hint = "choose another --out" + (
         ", or pass --force to start over there" if force is not None else ""
     )

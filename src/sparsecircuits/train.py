@@ -44,6 +44,7 @@ from .io import (
     staged_dir,
     write_json_atomic,
     write_jsonl_atomic,
+    writer_lock,
 )
 from .model import SparseGPT
 from .sparsity import WeightSparsifier, param_kind
@@ -244,9 +245,15 @@ def train(
     on_step=None,
 ) -> Path:
     """Train a model into `out` and return that folder. Safe to call again with
-    resume=True after an interruption: it continues from the newest checkpoint."""
+    resume=True after an interruption: it continues from the newest checkpoint. Another
+    process writing `out` is refused (io.writer_lock)."""
     out = Path(out)
     rank, world = _dist_info()
+    with writer_lock(out) if rank == 0 else nullcontext():
+        return _train(model_cfg, train_cfg, out, resume, device, progress, on_step, rank, world)
+
+
+def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, rank, world):
     if world > 1 and torch.cuda.is_available() and device in (None, "auto"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = pick_device(device)
