@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import resource
@@ -697,3 +698,15 @@ def test_prune_keeps_an_existing_circuit_unless_forced(tmp_path, run, circuit, c
     assert (c / "circuit.json").read_text() == "mine"
     assert main([*args, "--force"]) == 0
     assert json.loads((c / "circuit.json").read_text())["task"] == TASK
+
+
+# ---------- issue 35, 5: a diverging run ----------
+
+
+@pytest.mark.parametrize("lr", ["1e12", "1e308"])
+def test_training_stops_at_the_first_non_finite_loss(tmp_path, corpus_dir, capsys, lr):
+    out = tmp_path / "r"
+    args = ["train", *TINY, "--set", "steps=6", f"lr={lr}", "--data", str(corpus_dir)]
+    fails(capsys, [*args, "--out", str(out), "--quiet"], "lr", "diverged")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) < 6 and all(math.isfinite(row["train_loss"]) for row in rows)

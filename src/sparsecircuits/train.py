@@ -342,6 +342,13 @@ def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, r
             if world > 1:
                 dist.all_reduce(loss_value)
                 loss_value /= world
+            train_loss = float(loss_value)
+            if not math.isfinite(train_loss):
+                # Every later step would be NaN too, and the weights saved with it.
+                raise UserError(
+                    f"step {done}: training loss is {train_loss} (diverged); lower lr "
+                    f"(now {train_cfg.lr:g}) or grad_clip_rms"
+                )
             checkpoint_now = done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps
             if world > 1 and checkpoint_now:
                 _check_ranks_agree(model)
@@ -351,7 +358,7 @@ def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, r
             row = {
                 "step": done,
                 "tokens": tokens,
-                "train_loss": round(float(loss_value), 5),
+                "train_loss": round(train_loss, 5),
                 "lr": lr,
                 "density": sparsifier.density_scale(done),
                 "grad_rms": round(grad_rms, 5),
