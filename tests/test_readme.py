@@ -1,4 +1,6 @@
-"""README numbers come from results files a command regenerates (benchmarks/results.py)."""
+"""README and documentation numbers come from results files a command regenerates
+(benchmarks/results.py): every block between markers in README.md and docs/ equals its
+results file (benchmarks/update_readme.py pastes them), and each lives on one page."""
 
 import importlib.util
 from pathlib import Path
@@ -29,10 +31,51 @@ def test_blocks_are_replaced_from_their_results_file(tmp_path):
         _updater().regenerate(readme.replace("speed", "missing"), tmp_path)
 
 
-def test_readme_matches_the_results_files():
-    readme = (ROOT / "README.md").read_text()
-    regenerated = _updater().regenerate(readme, ROOT / "benchmarks" / "results")
-    assert regenerated == readme, "run: python benchmarks/update_readme.py"
+def test_answer_excerpt_is_the_answer_and_its_trends(tmp_path):
+    (tmp_path / "study.md").write_text(
+        "### Study\n\n**Answer.** 1.2x (95% interval 0.9-1.5x).\n\n"
+        "- per halving of density, 0.5x\n- tasks: a, b\n- per doubling of width, 0.7x\n\n"
+        "#### Models\n\n| a |\n"
+    )
+    page = "<!-- begin: study#answer -->\n<!-- end: study#answer -->\n"
+    out = _updater().regenerate(page, tmp_path)
+    assert out == (
+        "<!-- begin: study#answer -->\n**Answer.** 1.2x (95% interval 0.9-1.5x).\n\n"
+        "- per halving of density, 0.5x\n- per doubling of width, 0.7x\n"
+        "<!-- end: study#answer -->\n"
+    )
+    # an end marker must name the same excerpt
+    mixed = "<!-- begin: study#answer -->\nold\n<!-- end: study -->\n"
+    assert _updater().regenerate(mixed, tmp_path) == mixed
+    (tmp_path / "plain.md").write_text("no answer here\n")
+    with pytest.raises(SystemExit, match="no \\*\\*Answer"):
+        _updater().regenerate(page.replace("study", "plain"), tmp_path)
+
+
+def test_every_page_matches_the_results_files():
+    updater = _updater()
+    pages = updater.pages()
+    assert ROOT / "README.md" in pages and ROOT / "docs" / "performance.md" in pages
+    for path in pages:
+        text = path.read_text()
+        regenerated = updater.regenerate(text, ROOT / "benchmarks" / "results")
+        assert regenerated == text, f"{path}: run python benchmarks/update_readme.py"
+
+
+def test_every_block_lives_on_one_page_and_every_results_file_is_quoted():
+    updater = _updater()
+    seen: dict[str, str] = {}
+    text = ""
+    for path in updater.pages():
+        page = path.read_text()
+        text += page
+        for name in updater.blocks(page):
+            assert name not in seen, f"block {name} on {seen[name]} and {path.name}"
+            seen[name] = path.name
+    assert "study_standard#answer" in seen and seen["study_standard#answer"] == "README.md"
+    for source in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
+        # a results file is pasted as a block, or an earlier run a page names by its path
+        assert source.stem in seen or f"benchmarks/results/{source.name}" in text, source.name
 
 
 def test_prune_schedule_pairs_sizes_by_case_and_seed_with_an_interval():
