@@ -128,3 +128,56 @@ def test_every_public_name_is_in_the_api_reference():
     # `sparsecircuits.train` is also a module, so its function is named by its module path
     documented = set(re.findall(r"^::: sparsecircuits\.(?:\w+\.)?(\w+)$", api, re.M))
     assert documented == set(sparsecircuits.__all__)
+
+
+def imports_between_modules(package: Path) -> dict[str, set[str]]:
+    """Which top-level module (a subpackage counts as one) of the package imports which,
+    from the source: relative and absolute imports, at the top or inside functions."""
+    import ast
+
+    def unit(parts: list[str]) -> str | None:
+        if not parts:
+            return None
+        name = parts[0]
+        found = (package / name).is_dir() or (package / f"{name}.py").is_file()
+        return name if found else None
+
+    edges: dict[str, set[str]] = {}
+    for f in sorted(package.rglob("*.py")):
+        parts = list(f.relative_to(package).with_suffix("").parts)
+        me = parts[0]
+        edges.setdefault(me, set())
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                inside = parts[:-1][: len(parts) - node.level]
+                mod = inside + (node.module.split(".") if node.module else [])
+            elif (node.module or "").split(".")[0] == package.name:
+                mod = node.module.split(".")[1:]
+            else:
+                continue
+            names = [mod] if mod else [[a.name] for a in node.names]
+            for target in filter(None, (unit(n) for n in names)):
+                if target != me:
+                    edges[me].add(target)
+    return edges
+
+
+def test_the_layer_map_in_contributing_matches_the_imports():
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    block = text.split("<!-- layer map: checked by tests/test_docs.py -->", 1)[1]
+    layers = {}
+    for line in block.split("```")[1].strip().splitlines():
+        head, _, names = line.partition(":")
+        for name in names.split(","):
+            layers[name.strip()] = int(head.split()[1])
+    edges = imports_between_modules(ROOT / "src" / "sparsecircuits")
+    assert set(layers) == set(edges), "CONTRIBUTING.md's layer map lists every module once"
+    upward = [
+        f"{a} (layer {layers[a]}) imports {b} (layer {layers[b]})"
+        for a, targets in edges.items()
+        for b in targets
+        if layers[b] >= layers[a]
+    ]
+    assert not upward, "update CONTRIBUTING.md's layer map or the import: " + "; ".join(upward)
