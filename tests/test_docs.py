@@ -181,3 +181,22 @@ def test_the_layer_map_in_contributing_matches_the_imports():
         if layers[b] >= layers[a]
     ]
     assert not upward, "update CONTRIBUTING.md's layer map or the import: " + "; ".join(upward)
+
+
+def test_the_frontier_picture_reads_the_standard_study_summary(tmp_path):
+    """docs/images/frontier.png is drawn by benchmarks/readme_figures.py from the summary the
+    docs quote: its tables must still parse into one point per model."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "readme_figures", ROOT / "benchmarks" / "readme_figures.py"
+    )
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    summary = ROOT / "benchmarks" / "results" / "study_standard.md"
+    rows = figures.frontier_from_summary(summary.read_text())
+    assert rows and all(r["roles"] for r in rows)
+    assert {"dense", "density", "l0"} <= {role for r in rows for role in r["roles"]}
+    assert sum(r["geomean_edges"] is not None for r in rows) >= len(rows) // 2
+    out = figures.draw_frontier(summary, tmp_path / "frontier.png")
+    assert out.stat().st_size > 10_000 and (ROOT / "docs" / "images" / "frontier.png").exists()
