@@ -271,9 +271,12 @@ def test_cli_bad_files_are_one_line(tmp_path, capsys):
 
 
 def test_legibility_dense_vs_sparse_with_intervals():
+    import statistics
+
     from sparsecircuits.study.measures import legibility as study_legibility
 
-    models = [{"id": f"{k}{s}", "kind": k, "seed": s} for k in ("dense", "sparse") for s in (0, 1)]
+    seeds = (0, 1, 2)
+    models = [{"id": f"{k}{s}", "kind": k, "seed": s} for k in ("dense", "sparse") for s in seeds]
     circuits = []
     for task in ("t1", "t2", "t3"):
         for m in models:
@@ -286,12 +289,15 @@ def test_legibility_dense_vs_sparse_with_intervals():
     )
     leg = study_legibility(models, circuits)
     nodes = leg["node_fraction"]
-    assert leg["n_circuits"] == 12 and leg["criterion"] == "c"
+    assert leg["n_circuits"] == 18 and leg["criterion"] == "c"
     assert nodes["dense"]["value"] == pytest.approx(0.2)
-    assert nodes["sparse"]["value"] == pytest.approx(0.65)
-    assert nodes["sparse_minus_dense"]["value"] == pytest.approx(0.45)
-    assert nodes["sparse_minus_dense"]["low"] == pytest.approx(0.4) and nodes["verdict"] == "found"
-    assert (nodes["dense"]["n_tasks"], nodes["dense"]["n_seeds"]) == (3, 2)
+    assert nodes["sparse"]["value"] == pytest.approx(0.7)
+    # one difference per seed (0.4, 0.5, 0.6): a t-interval with df 2, not over the cells
+    diff = nodes["sparse_minus_dense"]
+    assert diff["value"] == pytest.approx(0.5) and diff["df"] == 2
+    half = 4.303 * statistics.stdev([0.4, 0.5, 0.6]) / 3**0.5
+    assert diff["low"] == pytest.approx(0.5 - half) and nodes["verdict"] == "found"
+    assert nodes["dense"]["n_seeds"] == 3
     assert leg["effect_fraction"]["dense"] is None
     assert leg["effect_fraction"]["verdict"] == "not measured"
 

@@ -265,6 +265,85 @@ def test_loss_changes_get_a_t_interval_across_seeds():
     assert "3 seeds, df 2" in measures._fmt_interval(iv, " nats", 3)
 
 
+def _curve_family(seeds=(0, 1, 2)):
+    """Dense losses 3.40-3.60, sparse 3.45-3.65 (overlap 3.45-3.60 in every seed); log
+    edges linear in loss on each curve, dense = 20000 e^(-10 (L - 3.4)), sparse = 10000
+    e^(-20 (L - 3.4)): dense/sparse = 2 e^(10 (L - 3.4)) at every loss L."""
+    fam = []
+    for i, loss in enumerate((3.40, 3.45, 3.50, 3.55, 3.60)):
+        fam.append(
+            (f"d{i}", ["dense"], 32 + 8 * i, 1.0, loss, [20000 * math.exp(-10 * (loss - 3.4))])
+        )
+    for i, loss in enumerate((3.45, 3.55, 3.65)):
+        edges = [10000 * math.exp(-20 * (loss - 3.4))]
+        fam.append((f"s{i}", ["density"], 64, 0.5 / 2**i, loss, edges))
+    return _rows(fam, ["t1"], seeds=seeds)
+
+
+def test_the_ratio_is_read_at_fixed_losses_inside_the_overlap():
+    models, circuits = _curve_family()
+    cfg = StudyConfig(loss_quantiles=[0.0, 0.5, 1.0])
+    fl = measures.fixed_loss(cfg, models, circuits, ["t1"])
+    ov = fl["overlap"]
+    assert ov["common"] == pytest.approx([3.45, 3.60]) and ov["width"] == pytest.approx(0.15)
+    # seed-mean losses inside the overlap: dense 3.45, 3.50, 3.55, 3.60; sparse 3.45, 3.55
+    assert len(ov["inside"]["dense"]) == 4 and len(ov["inside"]["sparse"]) == 2
+    assert fl["losses"] == pytest.approx([3.45, 3.525, 3.60])
+    for p in fl["edges"]["points"]:
+        # linear interpolation of log edges is exact on these curves (edges are rounded)
+        want = 2 * math.exp(10 * (p["loss"] - 3.4))
+        assert p["estimate"]["value"] == pytest.approx(want, rel=0.02)
+        assert p["estimate"]["n"] == 3 and p["n_readings"] == 3
+    # the ratio grows e-fold per 0.1 nats of loss
+    assert fl["edges"]["per_0.1_nats"]["value"] == pytest.approx(math.e, rel=0.05)
+    # a loss outside one seed's sparse curve is not read there (no extrapolation)
+    models = [m if m["id"] != "s2_s1" else m | {"heldout_loss": 3.58} for m in models]
+    assert matched.overlap(models)["common"] == pytest.approx([3.45, 3.58])
+    text = measures._fixed_loss_words(fl)
+    assert text.startswith("the curves overlap in every seed from 3.450 to 3.600 (0.150 nats")
+    assert "Pareto" in text
+
+
+def test_the_sparse_pareto_curve_keeps_the_undominated_models():
+    pts = [(3.4, 10.0, "a"), (3.5, 12.0, "b"), (3.6, 5.0, "c"), (3.7, 6.0, "d")]
+    assert matched.pareto(pts) == [(3.4, 10.0, "a"), (3.6, 5.0, "c")]
+    fam = [
+        ("d0", ["dense"], 32, 1.0, 3.40, [100]),
+        ("d1", ["dense"], 64, 1.0, 3.60, [400]),
+        ("s0", ["density"], 64, 0.5, 3.45, [50]),
+        ("s1", ["density"], 64, 0.25, 3.55, [60]),
+        ("w", ["l0"], 128, 0.03, 3.50, [20]),  # only on the Pareto curve: a width-axis model
+    ]
+    models, circuits = _rows(fam, ["t1"])
+    values = measures.ok_values(circuits)
+    front = [p[2] for p in matched.pareto_curve(models, values, 0, "t1")]
+    assert front == ["s0_s0", "w_s0"]  # s1 (3.55, 60 edges) is beaten by w (3.50, 20)
+
+
+def test_holm_decides_the_study_verdicts():
+    """Two effects whose intervals exclude no change (p 0.03 and 0.04 alone) are not
+    found once the family's Holm correction applies (0.06 each)."""
+
+    def est(p):
+        return {"value": 2.0, "low": 1.1, "high": 3.0, "p": p, "n": 5, "df": 4}
+
+    ms = {
+        "dense_sparse": {"ratio": est(0.03), "verdict": "found"},
+        "density": {"edges_factor": est(0.04), "edges_verdict": "found"},
+        "dense_sparse_nodes": {"ratio": est(0.03)},  # descriptive: not in the family
+    }
+    rows = {r["name"]: r for r in measures.holm_family(ms)}
+    assert rows["dense/sparse edges at matched loss"]["p_holm"] == pytest.approx(0.06)
+    assert rows["edges per halving of density"]["p_holm"] == pytest.approx(0.06)
+    nodes = rows["dense/sparse nodes at matched loss"]
+    assert nodes["family"] == "descriptive" and nodes["p_holm"] is None
+    assert nodes["verdict"] == "found"  # its own interval excludes 1
+    assert ms["dense_sparse"]["verdict"] == "not found" == ms["density"]["edges_verdict"]
+    ms["dense_sparse"]["ratio"]["p"] = 0.001
+    measures.holm_family(ms)
+    assert ms["dense_sparse"]["verdict"] == "found"  # 0.002 after Holm
+
+
 def test_a_loss_change_within_eval_noise_is_not_a_finding():
     fam = [
         ("a", ["l0"], 32, 0.5, 3.900, [10]),

@@ -46,13 +46,15 @@ def legibility_measures(results: StudyResults) -> None:
     the circuit rows: over frontier tasks (and there at the fixed held-out losses), and
     apart for circuits outside the frontier. Its verdicts join the study's Holm family,
     so the other verdicts and the answer are restated with it."""
-    cfg = StudyConfig.from_dict(results.study["config"], "results.json")
-    tasks = results.study["frontier_tasks"]
+    saved = results.study.get("config")
+    cfg = StudyConfig.from_dict(saved, "results.json") if saved is not None else None
+    tasks = results.study.get("frontier_tasks", [])
     frontier, outside = split_frontier(results.circuits)
     leg = legibility(results.models, frontier, cfg, tasks)
     results.measures["legibility"] = leg
     results.measures["holm"] = holm_family(results.measures)
-    results.answer.update(sentence(cfg, tasks, results.measures))
+    if cfg is not None and "fixed_loss" in results.measures:  # analysed by this version
+        results.answer.update(sentence(cfg, tasks, results.measures))
     results.answer["legibility"] = legibility_sentence(leg)
     if any(c["status"] == "ok" for c in outside):
         leg = legibility(results.models, outside)

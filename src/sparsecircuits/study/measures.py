@@ -18,8 +18,10 @@
 Every size is measured three ways (edges, the headline as in the paper; nodes; edges per
 node). The independent unit is the pretraining seed: each measure is one value per seed
 (a mean over tasks and models), and its interval is a 95% t-interval across seeds (df =
-seeds - 1). Every verdict of the study is one family for Holm's correction: an effect is
-"found" when its Holm-adjusted p is below 0.05, "not found" otherwise.
+seeds - 1). The registered primary verdicts (the headline edges ratio, its change with
+loss, the edges trends, the legibility contrasts) are one family for Holm's correction: such
+an effect is "found" when its Holm-adjusted p is below 0.05. The other verdicts are
+descriptive, judged on their unadjusted 95% intervals.
 """
 
 from __future__ import annotations
@@ -460,66 +462,66 @@ def _fmt_interval(iv: dict | None, unit: str = "x", digits: int = 2) -> str:
     )
 
 
-def holm_family(measures: dict) -> list[dict]:
-    """Every verdict of the study as one family: Holm-adjusted p-values written into each
-    estimate (`p_holm`), and each verdict recomputed from them. Returns the family's rows
-    (name, p, p_holm, verdict) for the summary."""
-    family = []  # (name, holder, key of the estimate, key of its verdict or None, null)
-    ds = measures.get("dense_sparse") or {}
+def _verdict_rows(measures: dict) -> list[tuple]:
+    """Every verdict of the study as (name, holder, estimate key, verdict key, null, in the
+    Holm family?). The family is the registered primary questions: the headline edges
+    ratio, its change with loss, the edges trends along density and width, and the two
+    legibility contrasts. The rest (nodes, edges per node, each fixed loss) are
+    descriptive: shown with their intervals, judged unadjusted, and named as such."""
+    rows = []
+    ds, dsn = measures.get("dense_sparse") or {}, measures.get("dense_sparse_nodes") or {}
     if ds:
-        family.append(("dense/sparse edges at matched loss", ds, "ratio", "verdict", 1.0))
-    for m in ("nodes",):
-        x = measures.get(f"dense_sparse_{m}")
-        if x:
-            family.append((f"dense/sparse {m} at matched loss", x, "ratio", "verdict", 1.0))
+        rows.append(("dense/sparse edges at matched loss", ds, "ratio", "verdict", 1.0, True))
+    if dsn:
+        rows.append(("dense/sparse nodes at matched loss", dsn, "ratio", "verdict", 1.0, False))
     fl = measures.get("fixed_loss") or {}
     for m in ("edges", "nodes"):
-        for p in (fl.get(m) or {}).get("points", []):
-            family.append(
-                (f"dense/sparse {m} at loss {p['loss']:.3f}", p, "estimate", "verdict", 1.0)
-            )
+        if m in fl:
+            trend = fl[m]
+            name = f"change of dense/sparse {m} per 0.1 nats"
+            rows.append((name, trend, "per_0.1_nats", "verdict", 1.0, m == "edges"))
+            for p in trend["points"]:
+                name = f"dense/sparse {m} at loss {p['loss']:.3f}"
+                rows.append((name, p, "estimate", "verdict", 1.0, False))
     for axis, what in (("density", "per halving of density"), ("width", "per doubling of width")):
         ax = measures.get(axis) or {}
         for m in MEASURES:
             if f"{m}_factor" in ax:
-                family.append(
-                    (f"{m.replace('_', ' ')} {what}", ax, f"{m}_factor", f"{m}_verdict", 1.0)
-                )
-    for key in ("legibility",):
-        leg = measures.get(key) or {}
-        for field in ("node_fraction", "effect_fraction"):
-            if field in leg:
-                family.append(
-                    (
-                        f"legibility {field} sparse - dense",
-                        leg[field],
-                        "sparse_minus_dense",
-                        "verdict",
-                        0.0,
-                    )
-                )
-                for p in (leg[field].get("at_losses") or {}).get("points") or []:
-                    family.append(
-                        (
-                            f"legibility {field} at loss {p['loss']:.3f}",
-                            p,
-                            "estimate",
-                            "verdict",
-                            0.0,
-                        )
-                    )
-    tested = [
-        (n, h, k, v, null) for n, h, k, v, null in family if (h.get(k) or {}).get("p") is not None
-    ]
-    adjusted = holm([h[k]["p"] for _, h, k, _, _ in tested])
-    rows = []
-    for (name, holder, key, vkey, null), p_holm in zip(tested, adjusted, strict=True):
-        holder[key]["p_holm"] = p_holm
-        holder[vkey] = verdict(holder[key], null)
-        rows.append(
-            {"name": name, "p": holder[key]["p"], "p_holm": p_holm, "verdict": holder[vkey]}
-        )
+                name = f"{m.replace('_', ' ')} {what}"
+                rows.append((name, ax, f"{m}_factor", f"{m}_verdict", 1.0, m == "edges"))
+    leg = measures.get("legibility") or {}
+    for field in ("node_fraction", "effect_fraction"):
+        if field in leg:
+            name = f"legibility {field}, sparse - dense"
+            rows.append((name, leg[field], "sparse_minus_dense", "verdict", 0.0, True))
+            for p in (leg[field].get("at_losses") or {}).get("points") or []:
+                name = f"legibility {field} at loss {p['loss']:.3f}"
+                rows.append((name, p, "estimate", "verdict", 0.0, False))
     return rows
+
+
+def holm_family(measures: dict) -> list[dict]:
+    """Holm's correction over the study's family of primary verdicts (`_verdict_rows`):
+    the adjusted p is written into each estimate (`p_holm`) and each verdict recomputed
+    from it; descriptive verdicts are judged on their unadjusted intervals. Returns every
+    verdict's row (name, p, p_holm, family, verdict) for the summary."""
+    rows = [r for r in _verdict_rows(measures) if (r[1].get(r[2]) or {}).get("p") is not None]
+    primary = [r for r in rows if r[5]]
+    adjusted = dict(
+        zip(map(id, primary), holm([h[k]["p"] for _, h, k, *_ in primary]), strict=True)
+    )
+    out = []
+    for row in rows:
+        name, holder, key, vkey, null, in_family = row
+        est = holder[key]
+        est["p_holm"] = adjusted.get(id(row))
+        holder[vkey] = verdict(est, null)
+        family = "Holm" if in_family else "descriptive"
+        out.append(
+            {"name": name, "p": est["p"], "p_holm": est["p_holm"], "family": family}
+            | {"verdict": holder[vkey]}
+        )
+    return out
 
 
 def _ratio_words(ds: dict, what: str) -> str:

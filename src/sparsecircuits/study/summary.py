@@ -59,9 +59,15 @@ def summary_markdown(results: StudyResults) -> str:
         "",
         "## Verdicts (Holm over the study's family)",
         "",
+        "The registered primary questions form one family, corrected by Holm; the other "
+        "verdicts are descriptive (unadjusted). A verdict is `found` when its (Holm) p < 0.05.",
+        "",
         *_table(
-            ["measure", "p", "Holm p", "verdict"],
-            [[h["name"], h["p"], h["p_holm"], h["verdict"]] for h in ms.get("holm", [])],
+            ["measure", "family", "p", "Holm p", "verdict"],
+            [
+                [h["name"], h.get("family", "Holm"), h["p"], h["p_holm"], h["verdict"]]
+                for h in ms.get("holm", [])
+            ],
         ),
         "",
         "## Models",
