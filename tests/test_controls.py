@@ -13,7 +13,7 @@ from sparsecircuits.nodes import compute_node_means, node_sites
 from sparsecircuits.planted import SOFT, planted_batch, planted_model
 from sparsecircuits.prune import TargetUnreachable, find_circuit
 from sparsecircuits.prune_methods import PruneConfig
-from sparsecircuits.study import inverted_task, measures, nonsense_task
+from sparsecircuits.study import answer, inverted_task, measures, nonsense_task
 from sparsecircuits.tasks import TaskBatch, get_task
 from test_planted import PLANTED, TARGET, planted
 
@@ -80,7 +80,7 @@ def test_the_inverted_rule_control_comes_close_only_where_the_model_learned_that
     assert ctl["close"]["inverted"] == ["flipped/t"]
     assert on_flipped["status"] == "ok" and on_flipped["n_nodes"] == len(PLANTED)
     assert ctl["best"]["inverted"]["best_test_loss"] == on_flipped["test_loss_calibrated"]
-    assert "inverted best test loss" in measures.controls_text(ctl)
+    assert "inverted best test loss" in answer.controls_text(ctl)
 
 
 def test_the_nonsense_control_comes_close_when_its_labels_keep_the_rule():

@@ -16,6 +16,7 @@ from sparsecircuits.study import (
     StudyConfig,
     add_legibility,
     analyse,
+    answer,
     matched,
     measures,
     model_specs,
@@ -261,8 +262,8 @@ def test_loss_changes_get_a_t_interval_across_seeds():
     assert measures._loss_verdict(iv, 0.5) == "within eval noise"
     one = matched.seed_estimate({0: 0.05})
     assert measures._loss_verdict(one, 0.001) == "above eval noise, one seed (no interval)"
-    assert "95% t-interval" in measures._fmt_interval(iv, " nats", 3)
-    assert "3 seeds, df 2" in measures._fmt_interval(iv, " nats", 3)
+    assert "95% t-interval" in answer.fmt_interval(iv, " nats", 3)
+    assert "3 seeds, df 2" in answer.fmt_interval(iv, " nats", 3)
 
 
 def _curve_family(seeds=(0, 1, 2)):
@@ -299,7 +300,7 @@ def test_the_ratio_is_read_at_fixed_losses_inside_the_overlap():
     # a loss outside one seed's sparse curve is not read there (no extrapolation)
     models = [m if m["id"] != "s2_s1" else m | {"heldout_loss": 3.58} for m in models]
     assert matched.overlap(models)["common"] == pytest.approx([3.45, 3.58])
-    text = measures._fixed_loss_words(fl)
+    text = answer._fixed_loss_words(fl)
     assert text.startswith("the curves overlap in every seed from 3.450 to 3.600 (0.150 nats")
     assert "Pareto" in text
 

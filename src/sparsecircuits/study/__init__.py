@@ -10,9 +10,9 @@ and measure the capability-interpretability frontier (held-out loss vs circuit s
     legibility  every circuit's nodes explained, dense vs sparse legibility into results.json
 """
 
+from .answer import analyse
 from .config import STUDY_PRESETS, ModelSpec, StudyConfig, model_dir, model_specs, study_config
 from .legibility import add_legibility
-from .measures import analyse
 from .run import inverted_task, nonsense_task, run_study
 from .summary import plot_frontier, summary_markdown, write_summary
 

@@ -17,8 +17,9 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..explain import circuit_legibility
 from ..study_results import StudyResults
+from .answer import legibility_sentence, sentence
 from .config import StudyConfig
-from .measures import holm_family, legibility, legibility_sentence, sentence, split_frontier
+from .measures import holm_family, legibility, split_frontier
 
 
 def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults:

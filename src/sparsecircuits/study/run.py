@@ -42,8 +42,9 @@ from ..study_results import StudyResults
 from ..tasks import Pair, Task, get_task
 from ..threads import in_processes
 from ..train import train
+from .answer import analyse
 from .config import ModelSpec, StudyConfig, model_configs, model_dir, model_specs, task_label
-from .measures import analyse, frontier_tasks, reaches
+from .measures import frontier_tasks, reaches
 from .summary import plot_frontier, write_summary
 
 PRUNE_UNITS = 200  # a circuit search weighs about as much as this many training steps

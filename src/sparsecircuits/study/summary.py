@@ -14,10 +14,11 @@ from ..io import save_figure_atomic, write_text_atomic
 from ..markdown import num as _num
 from ..markdown import table as _table
 from ..study_results import StudyResults
+from .answer import analyse
 from .config import StudyConfig
 from .legibility import legibility_measures
 from .matched import config_of, pareto
-from .measures import analyse, geomean, in_frontier, split_frontier
+from .measures import geomean, in_frontier, split_frontier
 from .protocol import protocol_lines
 
 SUMMARY_FILE = "summary.md"
