@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import write_quote_task
 from sparsecircuits import stats
@@ -597,6 +598,32 @@ def test_models_that_reach_a_task_outside_the_frontier_get_their_circuits(
     off = dataclasses.replace(tiny_study, outside_frontier=False)
     res = run_study(off, tmp_path / "off", progress=False)
     assert {c["status"] for c in res.circuits} == {"not_eligible"}
+
+
+def test_every_search_uses_the_same_pairs_and_the_full_grid(tmp_path, tiny_study, monkeypatch):
+    """Across pretraining seeds, every model's circuit and each of its controls are
+    searched on the same prompt pairs with the same search seed, over the whole
+    k_coef x mask_lr grid (controls included), with selection pairs given."""
+    cfg = dataclasses.replace(
+        tiny_study, seeds=2, l0_widths=[32], densities=[0.5], mask_lrs=[0.05, 0.2]
+    )
+    calls = []
+    real = study_run.find_circuit
+
+    def recording(model, train_b, test_b, means, pcfg, *a, **kw):
+        calls.append((kw["task_name"] if "task_name" in kw else a[1], train_b, test_b, pcfg, kw))
+        return real(model, train_b, test_b, means, pcfg, *a, **kw)
+
+    monkeypatch.setattr(study_run, "find_circuit", recording)
+    run_study(cfg, tmp_path / "s", progress=False)
+    assert {m.seed for m in model_specs(cfg)} == {0, 1}
+    assert len(calls) >= 2 * len(model_specs(cfg))  # real circuits and controls
+    for name, train_b, test_b, pcfg, kw in calls:
+        assert kw["k_coefs"] == cfg.k_coefs and kw["mask_lrs"] == [0.05, 0.2]
+        assert kw["select_b"] is not None and pcfg.seed == cfg.search_seed
+        if "(" not in name:  # the real task (controls relabel the same prompts)
+            assert torch.equal(train_b.tokens, calls[0][1].tokens)
+            assert torch.equal(test_b.correct, calls[0][2].correct)
 
 
 def test_parallel_jobs_fill_the_caches_the_serial_study_reads(tmp_path, tiny_study, monkeypatch):
