@@ -306,6 +306,29 @@ def test_the_ratio_is_read_at_fixed_losses_inside_the_overlap():
     assert "Pareto" in text
 
 
+def test_legibility_is_read_at_the_fixed_losses_as_size_is():
+    """Dense circuits explain 0.2 of their nodes at every loss, sparse ones 0.2 + (L - 3.4):
+    sparse - dense at a fixed loss L is L - 3.4, read per seed on both curves."""
+    models, circuits = _curve_family()
+    loss_of = {m["id"]: m["heldout_loss"] for m in models}
+    for c in circuits:
+        sparse = c["model"].startswith("s")
+        frac = 0.2 + (loss_of[c["model"]] - 3.4 if sparse else 0.0)
+        c["legibility"] = {"node_fraction": frac, "effect_fraction": None, "criterion": "c"}
+    cfg = StudyConfig(loss_quantiles=[0.0, 1.0])
+    leg = measures.legibility(models, circuits, cfg, ["t1"])
+    points = leg["node_fraction"]["at_losses"]["points"]
+    assert [p["loss"] for p in points] == pytest.approx([3.45, 3.60])
+    for p in points:
+        assert p["estimate"]["value"] == pytest.approx(p["loss"] - 3.4)
+        assert p["estimate"]["n"] == 3 and not p["estimate"]["log"]
+    # it joins the verdicts (descriptive), and the sentence reads it
+    ms = {"legibility": leg}
+    names = {r["name"]: r for r in measures.holm_family(ms)}
+    assert names["legibility node_fraction at loss 3.450"]["family"] == "descriptive"
+    assert "at fixed held-out losses, sparse - dense 3.450: 0.05" in answer.legibility_sentence(leg)
+
+
 def test_the_sparse_pareto_curve_keeps_the_undominated_models():
     pts = [(3.4, 10.0, "a"), (3.5, 12.0, "b"), (3.6, 5.0, "c"), (3.7, 6.0, "d")]
     assert matched.pareto(pts) == [(3.4, 10.0, "a"), (3.6, 5.0, "c")]
