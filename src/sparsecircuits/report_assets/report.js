@@ -78,9 +78,12 @@
     const lines = [];
     if (a.ratio) {
       const r = a.ratio;
-      const iv = isNum(r.low) ? `95% interval ${fmt(r.low, 3)}–${fmt(r.high, 3)}` : "no interval";
-      lines.push(`Dense/sparse circuit-size ratio (interpolated): ${fmt(r.value, 3)}× (${iv}, n = ${r.n})`);
+      const iv = isNum(r.low)
+        ? `95% t-interval ${fmt(r.low, 3)}–${fmt(r.high, 3)} across ${r.n} seeds`
+        : `n = ${r.n}, no interval`;
+      lines.push(`Dense/sparse circuit edges at matched held-out loss: ${fmt(r.value, 3)}× (${iv})`);
     }
+    if (a.fixed_loss) lines.push(a.fixed_loss);
     if (a.density_trend) lines.push(a.density_trend);
     if (a.width_effect) lines.push(a.width_effect);
     if (a.controls) lines.push(`Controls: ${a.controls}`);
