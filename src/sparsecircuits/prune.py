@@ -34,7 +34,7 @@ import torch
 from .checkpoint import deterministic, load, pick_device
 from .circuit import Circuit, Node, circuit_edges
 from .errors import UserError
-from .nodes import ablation_hooks, cached_node_means, channels, node_sites
+from .nodes import ablation_hooks, cached_node_means, channels, node_sites, parse_node
 from .prune_methods import METHODS, Problem, PruneConfig
 from .tasks import Task, TaskBatch, get_task, pair_loss, task_logit_diff
 
@@ -213,7 +213,7 @@ def bisect_budget(
     """Smallest k whose train loss reaches the target (loss assumed to fall with k) ->
     (k, history, reached). The loss is calibrated at every step, or raw when
     `cfg.calibrate_in_bisection` is off (calibration then comes after, as in the paper)."""
-    total = sum(s.width for s in problem.sites)
+    total = problem.n_allowed()  # forbidden nodes rank last and are never kept
     history = []
 
     def loss_at(k):
@@ -313,13 +313,16 @@ def find_circuit(
     require_full_model: bool = True,
     mask_lrs: list[float] | None = None,
     select_b: TaskBatch | None = None,
+    forbidden: set[str] | None = None,
 ) -> Circuit:
     """The work of `prune` on objects in memory: any SparseGPT, encoded pairs, node means.
     `token_text(id) -> str` (the tokenizer's decode) adds example prompts for the viewer.
     `k_coefs` x `mask_lrs`: the grid to search (default: cfg's own values alone), chosen
     among and validated on `select_b` (default: the test pairs). A control (a nonsense
     task, a random-init model) passes require_full_model=False: the full model cannot do
-    it, but a mask might still manufacture the behaviour, which is what the control asks."""
+    it, but a mask might still manufacture the behaviour, which is what the control asks.
+    `forbidden` node names stay mean-ablated throughout (mask training, bisection, the full
+    model's check, validation and the controls): the search for a backup circuit."""
     _check_config(cfg)
     t0 = time.perf_counter()
     model.requires_grad_(False)  # only masks learn
@@ -327,7 +330,7 @@ def find_circuit(
     deterministic(device)  # same seed -> same circuit
     sites = node_sites(model.cfg)
     means = {h: m.to(device) for h, m in means.items()}
-    problem = Problem(model, sites, means, train_b)
+    problem = Problem(model, sites, means, train_b, _allowed(sites, forbidden, device))
     train_eval, test_eval = Evaluator(problem, train_b), Evaluator(problem, test_b)
     select_eval = Evaluator(problem, select_b) if select_b is not None else test_eval
     full = problem.full_masks(1.0)
@@ -383,7 +386,11 @@ def find_circuit(
     removed = {h: 1.0 - m for h, m in masks.items()}
     g = torch.Generator().manual_seed(cfg.seed + 1)
     rand_masks = [
-        top_k_masks(problem, {s.hook: torch.rand(s.width, generator=g) for s in sites}, k)
+        top_k_masks(
+            problem,
+            _forbidden_last(problem, {s.hook: torch.rand(s.width, generator=g) for s in sites}),
+            k,
+        )
         for _ in range(cfg.random_draws)
     ]
     random_runs = []
@@ -430,6 +437,8 @@ def find_circuit(
             for t in tries
         ],
     }
+    if forbidden:
+        metrics["forbidden"] = sorted(forbidden)
 
     kept = best["kept"]
     nodes = [
@@ -467,7 +476,7 @@ def _search(
     the selection pairs, the test pairs measured for the record, and whether the circuit
     collapsed (kept `collapse_frac` of all nodes)."""
     torch.manual_seed(cfg.seed)
-    scores = METHODS[cfg.method](problem, cfg, progress)
+    scores = _forbidden_last(problem, METHODS[cfg.method](problem, cfg, progress))
     k, history, reached = bisect_budget(problem, scores, train_eval, cfg)
     masks = top_k_masks(problem, scores, k)
     _, scale, shift = calibrate(train_eval.diff(masks), train_eval.batch, cfg.calib_steps)
@@ -502,6 +511,29 @@ def _search(
         limit=limit,
         status=status,
     )
+
+
+def _allowed(sites, forbidden: set[str] | None, device) -> dict[str, torch.Tensor] | None:
+    """{hook: 1.0 per node, 0.0 where forbidden}; None when nothing is forbidden."""
+    if not forbidden:
+        return None
+    allowed = {s.hook: torch.ones(s.width, device=device) for s in sites}
+    for name in forbidden:
+        hook, i = parse_node(name)
+        if hook not in allowed or not 0 <= i < allowed[hook].numel():
+            raise UserError(f"forbidden node {name!r} is not a node of this model")
+        allowed[hook][i] = 0.0
+    return allowed
+
+
+def _forbidden_last(problem: Problem, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Scores with every forbidden node at -inf, so no top-k takes one before the others."""
+    if problem.allowed is None:
+        return scores
+    return {
+        h: torch.where(problem.allowed[h].to(sc.device) > 0, sc.float(), float("-inf"))
+        for h, sc in scores.items()
+    }
 
 
 def _ranked_circuit_nodes(problem: Problem, masks, scores, limit: int) -> list[tuple]:

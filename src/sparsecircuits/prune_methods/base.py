@@ -58,17 +58,28 @@ class Problem:
     sites: list[NodeSite]
     means: dict[str, torch.Tensor]
     batch: TaskBatch
+    # {hook: 0/1 per node}: forbidden nodes (0) stay mean-ablated whatever their mask says,
+    # in training, bisection and validation alike (None: every node may be kept)
+    allowed: dict[str, torch.Tensor] | None = None
 
     def logits(
         self, masks: dict[str, torch.Tensor], batch: TaskBatch | None = None
     ) -> torch.Tensor:
         """Logits at each prompt's last position [2N, vocab], with every node scaled by its
-        mask (0 = mean-ablated)."""
+        mask (0 = mean-ablated) and a forbidden node held at 0."""
         batch = batch if batch is not None else self.batch
+        if self.allowed is not None:
+            masks = {h: m * self.allowed[h] for h, m in masks.items()}
         hooks = ablation_hooks(self.sites, self.means, masks)
         # causal: the padding after the longest prompt's last token changes nothing read here
         tokens = batch.tokens[:, : int(batch.last_pos.max()) + 1]
         return self.model.run_with_hooks(tokens, fwd_hooks=hooks, positions=batch.last_pos)
+
+    def n_allowed(self) -> int:
+        """How many nodes a circuit may keep (all but the forbidden ones)."""
+        if self.allowed is None:
+            return sum(s.width for s in self.sites)
+        return int(sum(float(a.sum()) for a in self.allowed.values()))
 
     def full_masks(
         self, value: float = 1.0, requires_grad: bool = False

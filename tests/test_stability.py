@@ -1,0 +1,201 @@
+"""Circuit stability (sparsecircuits.stability) on ground truth: the planted model, whose
+one minimal circuit is known (tests/test_planted.py), and a planted model with a backup
+path (a second head doing the same thing through its own channels)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+
+from sparsecircuits.errors import UserError
+from sparsecircuits.nodes import compute_node_means, node_sites
+from sparsecircuits.planted import (
+    D_MODEL,
+    KEY_SCORE,
+    QUERIES,
+    SOFT,
+    A,
+    B,
+    X,
+    Y,
+    planted_batch,
+    planted_model,
+)
+from sparsecircuits.prune import TargetUnreachable, find_circuit
+from sparsecircuits.prune_methods import Problem, PruneConfig
+from sparsecircuits.stability import Setup, StabilityConfig, analyse, sets
+from test_planted import PLANTED, TARGET, planted
+
+COPY_A = PLANTED
+# The backup copy: head 1 reads its own key sign (5), key marker (6) and query marker (8)
+# channels and writes its own answer channel (9), which the unembedding reads as X - Y.
+COPY_B = {
+    "blocks.0.ln1.hook_normalized[5]",
+    "blocks.0.ln1.hook_normalized[6]",
+    "blocks.0.ln1.hook_normalized[8]",
+    "blocks.0.attn.hook_q[2]",
+    "blocks.0.attn.hook_k[2]",
+    "blocks.0.attn.hook_v[2]",
+    "blocks.0.hook_attn_out[9]",
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def backup_model():
+    """The planted model with its distractors removed and a second copy of the mechanism:
+    either copy alone does the task (as the planted head alone does), so there are two
+    minimal circuits, disjoint, and no node every working circuit needs."""
+    m = planted_model(SOFT)
+    with torch.no_grad():
+        emb = m.embed.weight
+        emb[:, 5] = 0.0  # no filler feature: channel 5 is the copy's key sign
+        emb[A, 5], emb[B, 5] = 1.0, -1.0
+        emb[[A, B], 6] = 1.0
+        emb[list(QUERIES), 8] = 1.0
+        emb[:, 0] = 0.0
+        emb[:, 0] = (D_MODEL - emb.pow(2).sum(1)).sqrt()  # every embedding norm sqrt(d)
+        attn = m.blocks[0].attn
+        for w in (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight):
+            w[2:].zero_()
+        attn.o_proj.weight[:, 2:].zero_()
+        gain = math.sqrt(KEY_SCORE * math.sqrt(m.cfg.d_head))
+        attn.q_proj.weight[2, 8] = gain
+        attn.k_proj.weight[2, 6] = gain
+        attn.v_proj.weight[2, 5] = 1.0
+        attn.o_proj.weight[9, 2] = 1.0
+        attn.sink_logit.copy_(torch.tensor([SOFT, SOFT]))
+        m.blocks[0].mlp.fc_in.weight.zero_()
+        m.blocks[0].mlp.fc_out.weight.zero_()
+        W_U = m.unembed.weight
+        W_U[:, [6, 8, 9]] = 0.0
+        W_U[X, 9], W_U[Y, 9] = 6.0, -6.0
+    return m.eval().requires_grad_(False)
+
+
+@functools.cache
+def backup_setup() -> Setup:
+    m = backup_model()
+    windows = [planted_batch(64, 100 + i).tokens for i in range(2)]
+    means = compute_node_means(m, windows, node_sites(m.cfg), progress=False)
+    return _setup(m, means)
+
+
+def _cfg(**kw) -> PruneConfig:
+    return PruneConfig(
+        target_loss=TARGET, steps=300, random_draws=0, effect_nodes=0, example_pairs=0, **kw
+    )
+
+
+def _setup(model, means) -> Setup:
+    return Setup(
+        model,
+        means,
+        planted_batch(64, 1),
+        planted_batch(64, 2),
+        None,
+        _cfg(),
+        "planted",
+        "planted",
+        train_pairs=lambda seed: planted_batch(64, 1000 + seed),
+    )
+
+
+def test_set_measures():
+    a, b, c = {"x", "y"}, {"x", "y", "z"}, {"x"}
+    assert sets.jaccard(a, b) == pytest.approx(2 / 3)
+    assert sets.jaccard(set(), set()) == 1.0
+    pj = sets.pairwise_jaccard([a, b, c])
+    assert (
+        pj["pairs"] == 3 and pj["min"] == pytest.approx(1 / 3) and pj["max"] == pytest.approx(2 / 3)
+    )
+    assert pj["mean"] == pytest.approx((2 / 3 + 1 / 2 + 1 / 3) / 3)
+    assert sets.core([a, b, c]) == {"x"} and sets.union([a, b, c]) == {"x", "y", "z"}
+    assert sets.frequency([a, b, c]) == {"x": 1.0, "y": 2 / 3, "z": 1 / 3}
+    assert list(sets.frequency([a, b, c])) == ["x", "y", "z"]  # most frequent first
+    assert sets.most_kept([a, b, c]) == "x"
+    assert sets.most_kept([a, b, c], exclude={"x"}) == "y"
+    assert sets.most_kept([set()]) is None
+
+
+def test_forbidden_nodes_stay_mean_ablated():
+    p = planted(SOFT)
+    q0 = "blocks.0.attn.hook_q[0]"
+    allowed = {s.hook: torch.ones(s.width) for s in p.sites}
+    allowed["blocks.0.attn.hook_q"][0] = 0.0
+    free = Problem(p.model, p.sites, p.means, p.test)
+    held = Problem(p.model, p.sites, p.means, p.test, allowed)
+    ones = free.full_masks(1.0)
+    without = {h: m.clone() for h, m in ones.items()}
+    without["blocks.0.attn.hook_q"][0] = 0.0
+    assert torch.allclose(held.logits(ones), free.logits(without))
+    assert not torch.allclose(free.logits(ones), free.logits(without))
+    assert held.n_allowed() == free.n_allowed() - 1
+    # a planted node forbidden: the model without it cannot reach the target
+    with pytest.raises(TargetUnreachable):
+        find_circuit(p.model, p.train, p.test, p.means, _cfg(), progress=False, forbidden={q0})
+    with pytest.raises(UserError, match="not a node of this model"):
+        find_circuit(
+            p.model, p.train, p.test, p.means, _cfg(), False, forbidden={"blocks.0.attn.hook_q[99]"}
+        )
+
+
+def test_planted_circuit_is_the_core_across_search_and_pair_seeds():
+    p = planted(SOFT)
+    setup = _setup(p.model, p.means)
+    result = analyse(setup, StabilityConfig(runs=5, backup=False))
+    for rs, varies in ((result.search, "search_seed"), (result.pairs, "pair_seed")):
+        assert rs.varies == varies and rs.n_ok == 5
+        assert rs.node_jaccard["mean"] == 1.0 and rs.node_jaccard["min"] == 1.0
+        assert rs.edge_jaccard["min"] == 1.0
+        assert set(rs.core) == PLANTED == set(rs.union)
+        assert set(rs.frequency) == PLANTED and set(rs.frequency.values()) == {1.0}
+        assert rs.core_metrics["loss_calibrated"] < TARGET and rs.core_metrics["within_target"]
+        assert rs.union_metrics["loss_calibrated"] < TARGET
+    # each set varies exactly one seed
+    assert len({r.search_seed for r in result.search.runs}) == 5
+    assert {r.pair_seed for r in result.search.runs} == {0}
+    assert {r.search_seed for r in result.pairs.runs} == {0}
+    assert len({r.pair_seed for r in result.pairs.runs}) == 5
+    # the runs' circuits have the planted head's edges, the same in every run
+    assert ["blocks.0.attn.hook_v[0]", "blocks.0.hook_attn_out[4]"] in result.search.runs[0].edges
+
+
+def test_backup_search_finds_the_second_copy_and_no_core():
+    setup = backup_setup()
+    result = analyse(setup, StabilityConfig(runs=2, backup_runs=1, max_rounds=4))
+    first = [set(r.nodes) for r in result.search.runs if r.ok]
+    assert first and all(s >= COPY_A for s in first)  # the first copy, found every time
+    b = result.backup
+    assert b.rounds[0].forbidden_node in COPY_A
+    found = [set(r.nodes) for r in b.rounds[0].runs.runs if r.ok]
+    assert found == [COPY_B]  # with the first copy broken, the backup copy is the circuit
+    assert b.rounds[1].forbidden_node in COPY_B and not b.rounds[1].reached
+    assert b.stopped == "unreachable" and len(b.rounds) == 2
+    assert b.forbidden == [b.rounds[0].forbidden_node, b.rounds[1].forbidden_node]
+    assert b.core == []  # two disjoint circuits: no node every working circuit needs
+    assert b.distinct >= 2
+
+
+def test_records_round_trip(tmp_path):
+    from sparsecircuits.stability import SearchRun, Stability, StabilityResults
+    from sparsecircuits.stability.repeat import run_set
+
+    setup = backup_setup()
+    runs = [SearchRun(0, 0, "ok", sorted(COPY_A)), SearchRun(1, 0, "unreachable")]
+    rs = run_set(setup, "search_seed", runs, measure_losses=False)
+    st = Stability("m", None, "planted", TARGET, {}, 40, rs, None, None)
+    res = StabilityResults(setup={}, entries=[st.to_json()], comparison={}, verdict="", seconds=0)
+    res.save(tmp_path / "s.json")
+    back = StabilityResults.load(tmp_path / "s.json").stabilities()[0]
+    assert back.search.runs[1].status == "unreachable" and back.search.core == sorted(COPY_A)
+    assert back == st
