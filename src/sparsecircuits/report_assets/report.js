@@ -16,6 +16,16 @@
   const COLLAPSE_ABOVE = 400; // more nodes than this and individual circles become unreadable
 
   const modelsById = new Map(DATA.models.map((m) => [m.id, m]));
+  // Repeat-run stability (the stability analysis's section carries it on a table):
+  // "model|task" -> {runs, frequency: {node: share of runs that kept it}, core: Set}.
+  const STABILITY = new Map();
+  for (const sec of DATA.sections || []) {
+    for (const t of sec.tables || []) {
+      for (const [key, s] of Object.entries(t.node_frequency || {})) {
+        STABILITY.set(key, { runs: s.runs, frequency: s.frequency || {}, core: new Set(s.core || []) });
+      }
+    }
+  }
 
   // ---------- small helpers ----------
 
@@ -343,6 +353,7 @@
     shapeOf: null, // per drawn node/group: its SVG shape
     selectedKey: null,
     colorByAuc: false, // fill nodes by their explanation's AUC instead of their site
+    stability: null, // the circuit's repeat runs (STABILITY), if the analysis ran
   };
   const graphHost = document.getElementById("graph");
   const panel = document.getElementById("panel");
@@ -350,6 +361,7 @@
   const slider = document.getElementById("edge-slider");
   const collapseBox = document.getElementById("collapse");
   const aucBox = document.getElementById("color-auc");
+  const stabilityBox = document.getElementById("by-stability");
 
   // A node's explanation, and whether one feature explains it (the criterion of explain.py).
   function explanationOf(i) {
@@ -414,6 +426,7 @@
       configureSlider();
       draw();
     });
+    stabilityBox.addEventListener("change", () => draw());
     aucBox.addEventListener("change", () => {
       viewer.colorByAuc = aucBox.checked;
       document.getElementById("auc-legend").hidden = !aucBox.checked;
@@ -433,6 +446,8 @@
     const row = DATA.circuits[i];
     select.value = String(i);
     viewer.view = row.view;
+    viewer.stability = STABILITY.get(`${row.model}|${row.task}`) || null;
+    document.getElementById("stability-control").hidden = !viewer.stability;
     viewer.pinned = false;
     viewer.selectedKey = null;
     const err = document.getElementById("viewer-error");
@@ -597,10 +612,16 @@
 
     const nodes = svgEl("g", {}, svg);
     const labels = svgEl("g", {}, svg);
+    const stab = stabilityBox.checked ? viewer.stability : null;
     for (let i = 0; i < n; i++) {
       const e = explanationOf(i);
+      // With repeat runs: radius and opacity by the share of runs that kept the node.
+      const f = stab ? (stab.frequency[v.nodes.name[i]] ?? 0) : 1;
+      const core = stab && stab.core.has(v.nodes.name[i]);
       const circle = svgEl("circle", {
-        class: "node", cx: x[i], cy: y[i], r: radius,
+        class: core ? "node core" : "node", cx: x[i], cy: y[i],
+        r: stab ? radius * (0.4 + 0.6 * f) : radius, "fill-opacity": stab ? 0.3 + 0.7 * f : 1,
+        "data-frequency": stab ? String(f) : "",
         fill: viewer.colorByAuc ? aucColor(e) : SITE_COLORS[SITES.indexOf(v.nodes.site[i])],
         "data-node": v.nodes.name[i], "data-auc": e && isNum(e.auc) ? String(e.auc) : "",
       }, nodes);
@@ -770,6 +791,7 @@
       ["score", fmt(nodes.score[i])],
       ["ablation effect", isNum(eff) ? `${eff >= 0 ? "+" : ""}${fmt(eff)} task loss` : "not measured"],
       ["edges", `${fmtInt(nIn)} in, ${fmtInt(nOut)} out`],
+      ...(viewer.stability ? [["repeat runs", stabilityText(nodes.name[i])]] : []),
     ]));
     panel.lastChild.title = "ablation effect: rise in task loss when this node alone is removed";
     showExplanation(explanationOf(i));
@@ -805,6 +827,13 @@
       );
       if (!acts) box.appendChild(el("div", { class: "muted" }, "No activations recorded for this node."));
     }
+  }
+
+  function stabilityText(name) {
+    const s = viewer.stability;
+    const f = s.frequency[name] ?? 0;
+    const kept = Math.round(f * s.runs);
+    return `kept by ${kept} of ${s.runs} searches (other seeds)${s.core.has(name) ? ": core" : ""}`;
   }
 
   function tokenList(pairs) {

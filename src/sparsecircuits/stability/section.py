@@ -90,6 +90,17 @@ def write_report_section(
                 "union alone (loss)",
             ],
             "rows": [_set_row(_label(s, by_id), s, rs) for s in stab for rs in (s.search, s.pairs)],
+            # for the circuit viewer (report.js): nodes sized by how often the search-seed
+            # runs kept them, the core ringed
+            "node_frequency": {
+                f"{s.model_id}|{s.task}": {
+                    "runs": s.search.n_ok,
+                    "frequency": s.search.frequency,
+                    "core": s.search.core,
+                }
+                for s in stab
+                if s.model_id and s.search and s.search.n_ok
+            },
         },
         {
             "caption": "Backup circuits: forbid the most-kept node, search again",
