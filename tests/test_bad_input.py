@@ -710,3 +710,101 @@ def test_training_stops_at_the_first_non_finite_loss(tmp_path, corpus_dir, capsy
     fails(capsys, [*args, "--out", str(out), "--quiet"], "lr", "diverged")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) < 6 and all(math.isfinite(row["train_loss"]) for row in rows)
+
+
+# ---------- issue 35, 6 and 8: sizes past the machine's memory, pipes and devices ----------
+
+
+def peak_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["d_model=65536"],
+        ["d_mlp=1000000000"],
+        ["n_layer=1000000"],
+        ["batch_size=10000000"],
+        ["n_ctx=4096", "batch_size=100000"],
+    ],
+)
+def test_a_config_past_the_machines_memory_is_refused_before_allocating(tmp_path, capsys, sets):
+    out = tmp_path / "r"
+    before = peak_kib()
+    fails(capsys, ["train", *TINY, "--set", *sets, "--out", str(out)], "GiB available", "n_ctx")
+    assert peak_kib() - before < 2**20 and not out.exists()  # under 1 GiB
+
+
+def test_eval_batch_past_the_machines_memory_is_refused(run, capsys):
+    before = peak_kib()
+    argv = ["eval", str(run), "--batch-size", "100000000", "--device", "cpu"]
+    fails(capsys, argv, "--batch-size 100000000", "GiB available")
+    assert peak_kib() - before < 2**20
+
+
+def test_config_naming_a_device_a_pipe_or_a_huge_file(tmp_path, capsys):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as f:
+        f.truncate(200 * 2**20)  # sparse: no disk, but 200 MB to read
+    before = peak_kib()
+    for path, words in [("/dev/zero", "not a regular file"), (fifo, "not a regular file")]:
+        fails(capsys, ["train", "--config", str(path), "--out", str(tmp_path / "r")], words)
+    fails(capsys, ["train", "--config", str(huge), "--out", str(tmp_path / "r")], "200 MiB")
+    assert peak_kib() - before < 2**20 and not (tmp_path / "r").exists()
+
+
+def test_a_task_field_longer_than_any_context_is_refused(tmp_path, run, capsys):
+    task = tmp_path / "t.jsonl"
+    rows = [{"prompt": "x = '" + "a" * 2_000_000, "correct": "'", "incorrect": '"'}] * 2
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fails(
+        capsys, ["prune", str(run), "--task", str(task), "--out", str(tmp_path / "c")], f"{task}:1"
+    )
+
+
+def test_report_images_that_are_huge_pipes_or_nul_named_are_that_sections_error(tmp_path):
+    study = write_fake_study(tmp_path / "s")
+    sec = study / "activations" / "section.json"
+    with (study / "activations" / "big.png").open("wb") as f:
+        f.truncate(300 * 2**20)
+    os.mkfifo(study / "activations" / "pipe.png")
+    before = peak_kib()
+    cases = [("big.png", "300 MiB"), ("pipe.png", "not a regular file")]
+    for name, words in [*cases, ("a\0b", "not a file in the section's folder")]:
+        sec.write_text(json.dumps({"title": "t", "images": [{"caption": "c", "file": name}]}))
+        report = build_report(study)
+        assert report.stat().st_size < 20 * 2**20 and words in report.read_text()
+    assert peak_kib() - before < 2**20
+
+
+def test_view_answers_a_nul_path_with_404(tmp_path, capfd):
+    study = write_fake_study(tmp_path / "s")
+    with Server(study) as base:
+        assert fetch(base + "%00")[0] == 404
+        assert fetch(base + "report.html%00.x")[0] == 404
+    assert "Traceback" not in capfd.readouterr().err
+
+
+# ---------- issue 35, 9: bytes that are not UTF-8 ----------
+
+
+def test_resume_after_a_torn_metrics_line_of_any_bytes(tmp_path, run):
+    r = copy_run(run, tmp_path / "r")
+    with (r / "metrics.jsonl").open("ab") as f:
+        f.write(b'{"step": 4, "lo\xff\xfe')
+    assert main(["train", "--resume", "--out", str(r), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+
+
+def test_task_files_with_bad_text_name_the_line(tmp_path, capsys):
+    good = json.dumps({"prompt": "x = 'a", "correct": "'", "incorrect": '"'}) + "\n"
+    surrogate = tmp_path / "s.jsonl"
+    surrogate.write_text(good + '{"prompt": "\\ud800", "correct": "a", "incorrect": "b"}\n')
+    fails(capsys, ["tasks", "show", str(surrogate)], f"{surrogate}:2", "'prompt'")
+    latin = tmp_path / "l.jsonl"
+    latin.write_bytes(good.encode() * 2 + b'{"prompt": "caf\xe9"}\n')
+    fails(capsys, ["tasks", "show", str(latin)], f"{latin}:3", "UTF-8")

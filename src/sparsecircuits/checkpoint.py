@@ -41,6 +41,42 @@ def pick_device(device: str | None) -> torch.device:
     return d
 
 
+def available_memory(device: torch.device) -> int:
+    """Bytes free for a new allocation on `device`: the GPU's free memory, or the machine's
+    available memory (within a container's limit, where it sets one)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        fields = dict(
+            line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line
+        )
+        have = int(fields["MemAvailable"].split()[0]) * 1024
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            have = min(have, int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return have
+
+
+def check_memory(need: int, device: torch.device, what: str) -> None:
+    """Refuse before allocating what cannot fit: past the machine's memory a run is killed
+    or pushes everything else into swap, with no message from us."""
+    have = available_memory(device)
+    if need > have:
+        where = "this machine" if device.type == "cpu" else str(device)
+        gib = need / 2**30 if need < 2**1000 else float("inf")  # a typo's size overflows
+        raise UserError(
+            f"{what} needs about {gib:,.1f} GiB of memory; {where} has "
+            f"{have / 2**30:,.1f} GiB available"
+        )
+
+
 def deterministic(device: torch.device) -> None:
     """Same inputs -> same results on `device`, for training and circuit search alike.
     On a CPU some kernels (e.g. the accumulating scatter behind the bigram table and

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -65,15 +66,40 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
+# The most any file this package reads whole may hold: results and circuits are a few MB.
+MAX_READ = 64 * 2**20
+
+
+def read_regular(path: str | os.PathLike, what: str = "file", limit: int = MAX_READ) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else a one-line UserError: a
+    FIFO would block forever and a device (/dev/zero) never end, and a huge file would
+    fill memory before its content is checked. `what` names the expected file."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{path}: is a folder, expected a {what}")
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{path}: not a regular file (a pipe or a device); expected a {what}")
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if len(data) > limit:
+        raise UserError(
+            f"{path}: {max(st.st_size, len(data)) / 2**20:,.0f} MiB, more than the "
+            f"{limit / 2**20:,.0f} MiB a {what} may hold"
+        )
+    return data
+
+
 def read_json(path: str | os.PathLike) -> dict:
     """Read a JSON object, turning a missing or malformed file into a one-line UserError."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, expected a JSON file") from None
+        obj = json.loads(read_regular(path, "JSON file").decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
@@ -102,16 +128,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_regular(path, "JSON Lines file").split(b"\n")
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
+        try:  # line by line: a torn last line may end inside a UTF-8 character
+            rows.append(json.loads(line.decode("utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             if n < len(lines):  # only an unterminated last line is torn
-                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+                reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+                raise UserError(f"{path}:{n}: invalid JSON ({reason})") from None
     return rows
 
 

@@ -32,12 +32,15 @@ from pathlib import Path
 
 from .config import OLD_NODE_SITES
 from .errors import UserError
-from .io import read_json, write_json_atomic, write_text_atomic
+from .io import read_json, read_regular, write_json_atomic, write_text_atomic
 from .record import finite
 from .study_results import StudyResults
 
 REPORT_FILE = "report.html"
 SECTION_FILE = "section.json"
+# A section's plots are a few hundred KB; a file far larger is not one, and would be inlined
+# whole (base64) into report.html.
+MAX_IMAGE = 16 * 2**20
 # Node sites of one layer in forward order (the same as nodes.SITE_KINDS, which a test checks),
 # kept here so the report's page data is defined next to the page that reads it.
 SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
@@ -126,7 +129,7 @@ def analysis_sections(study_dir: Path) -> list[dict]:
                 raise UserError(f"{path}: a section needs a 'title' string")
             images = []
             for img in sec.get("images") or []:
-                data = _section_file(path, img["file"]).read_bytes()
+                data = read_regular(_section_file(path, img["file"]), "image", MAX_IMAGE)
                 uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
                 images.append({"caption": str(img.get("caption", "")), "src": uri})
             sections.append(
@@ -153,6 +156,8 @@ def _section_file(section: Path, name) -> Path:
     """A file a section names, which must lie inside the section's folder: a section.json is
     data, and must not pull /etc/passwd or another folder's files into the page."""
     folder = section.parent.resolve()
+    if "\0" in str(name):  # no file has such a name, and resolve() would raise
+        raise UserError(f"{section}: image {name!r} is not a file in the section's folder")
     path = (folder / str(name)).resolve()
     if Path(str(name)).is_absolute() or not path.is_relative_to(folder) or path == folder:
         raise UserError(f"{section}: image {name!r} is not a file in the section's folder")
@@ -311,7 +316,11 @@ class _StudyHandler(http.server.SimpleHTTPRequestHandler):
             self.send_error(421, "this server answers only to 127.0.0.1 and localhost")
             return None
         root = Path(self.directory).resolve()
-        path = Path(self.translate_path(self.path)).resolve()
+        translated = self.translate_path(self.path)
+        if "\0" in translated:  # GET /%00: no such file, and resolve() would raise
+            self.send_error(404, "not a file of this study")
+            return None
+        path = Path(translated).resolve()
         if path == root:
             self.send_response(302)
             self.send_header("Location", "/" + REPORT_FILE)

@@ -12,7 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .errors import UserError
-from .io import atomic_path
+from .io import atomic_path, read_regular
 
 EOT = "<|endoftext|>"
 
@@ -49,9 +49,8 @@ def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    data = read_regular(path, "tokenizer.json")  # a FIFO named tokenizer.json would hang
     try:
-        return Tokenizer.from_file(str(path))
+        return Tokenizer.from_str(data.decode("utf-8"))
     except Exception as e:  # the Rust side raises a bare Exception
         raise UserError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None

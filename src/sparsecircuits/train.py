@@ -28,13 +28,21 @@ from tqdm import tqdm
 
 from . import threads
 from .checkpoint import (  # pick_device re-exported
+    check_memory,
     deterministic,
     load_tensors,
     pick_device,
     save_checkpoint,
     save_tensors,
 )
-from .config import TOKENIZER_KEY, ModelConfig, TrainConfig, config_to_dict
+from .config import (
+    TOKENIZER_KEY,
+    ModelConfig,
+    TrainConfig,
+    config_to_dict,
+    memory_estimate,
+    param_count,
+)
 from .corpus import TokenData, describe, prepare
 from .errors import UserError
 from .io import (
@@ -258,6 +266,14 @@ def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, r
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = pick_device(device)
     train_cfg = runnable_precision(train_cfg, device)  # config.json records what ran
+    local = train_cfg.batch_size // world
+    check_memory(
+        memory_estimate(model_cfg, local, training=True),
+        device,
+        f"training this config ({param_count(model_cfg):,} parameters; batch_size {local} "
+        f"x n_ctx {model_cfg.n_ctx}, d_model {model_cfg.d_model}, n_layer {model_cfg.n_layer}, "
+        f"n_head {model_cfg.n_head}, d_mlp {model_cfg.d_mlp})",
+    )
     cfg_dict = config_to_dict(model_cfg, train_cfg)
     if train_cfg.batch_size % world:
         raise UserError(f"batch_size={train_cfg.batch_size} is not divisible by {world} processes")

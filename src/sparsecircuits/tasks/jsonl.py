@@ -16,30 +16,29 @@ import random
 from pathlib import Path
 
 from ..errors import UserError
+from ..io import read_regular
 from .base import Pair, Task
 
 REQUIRED = ("prompt", "correct", "incorrect")
 OPTIONAL = ("prompt_alt",)
+# Prompts must fit a context of at most 4096 tokens; a field far longer than that is a
+# mistake, and a 50 MB one made the tokenizer abort the process.
+MAX_FIELD_CHARS = 65536
 
 
 def read_objects(path: Path, check=None) -> list[tuple[int, dict]]:
     """(line number, JSON object) for every non-blank line of a JSONL file; `check(path, n,
     row)`, if given, vets each row as it is read, so the first problem in the file is the
     one reported."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, expected a .jsonl file") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
+    data = read_regular(path, ".jsonl file").removeprefix(b"\xef\xbb\xbf")  # a BOM
     rows = []
     # Split on "\n" only: str.splitlines would also break on U+2028, which JSON strings
-    # may contain unescaped.
-    for n, line in enumerate(text.split("\n"), 1):
+    # may contain unescaped. Each line decoded alone, so an error names its line.
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{path}:{n}: not UTF-8 text") from None
         if not line.strip():
             continue
         try:
@@ -65,6 +64,15 @@ def _check_row(path: Path, n: int, row: dict) -> None:
     for key, value in row.items():
         if not isinstance(value, str) or not value:
             raise UserError(f"{path}:{n}: field {key!r} must be a non-empty string")
+        if len(value) > MAX_FIELD_CHARS:
+            raise UserError(
+                f"{path}:{n}: field {key!r} holds {len(value):,} characters, more than "
+                f"{MAX_FIELD_CHARS:,} (no context is that long)"
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate such as "\ud800", legal in JSON
+            raise UserError(f"{path}:{n}: field {key!r} is not valid Unicode text") from None
     if row["correct"] == row["incorrect"]:
         raise UserError(f"{path}:{n}: 'correct' and 'incorrect' are the same")
 
