@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from . import threads
-from .checkpoint import checkpoint_corpus, load, load_config
-from .config import PRESETS, resolve
+from .checkpoint import check_memory, checkpoint_corpus, load, load_config
+from .config import PRESETS, memory_estimate, resolve
 from .errors import UserError
 from .explain import (
     explain_checkpoint,
@@ -84,7 +84,11 @@ def _json_list(items) -> str:
 def _cmd_eval(args) -> None:
     if args.batches < 1 or args.batch_size < 1:
         raise UserError("--batches and --batch-size must be at least 1")
-    model, tok = load(args.model_dir, device=pick_device(args.device))
+    device = pick_device(args.device)
+    cfg, _ = load_config(args.model_dir)
+    need = memory_estimate(cfg, args.batch_size, training=False)
+    check_memory(need, device, f"eval --batch-size {args.batch_size} (n_ctx {cfg.n_ctx})")
+    model, tok = load(args.model_dir, device=device)
     rows = density_report(model)
     width = max(len(r["name"]) for r in rows)
     print(f"{'parameter':<{width}}  {'kind':<6}  {'nonzero':>10}  {'of':>10}  density")
