@@ -199,3 +199,170 @@ def test_records_round_trip(tmp_path):
     back = StabilityResults.load(tmp_path / "s.json").stabilities()[0]
     assert back.search.runs[1].status == "unreachable" and back.search.core == sorted(COPY_A)
     assert back == st
+
+
+def _fake_study(root) -> str:
+    """A study folder with two pretraining seeds of two dense and two sparse models, whose
+    held-out losses overlap, and a validated frontier circuit of each on one task."""
+    import json
+
+    models, circuits = [], []
+    losses = {"w32_dense": 3.0, "w64_dense": 2.6, "w64_d0.5": 2.95, "w64_d0.25": 2.65}
+    for seed in (0, 1):
+        for cfg_id, loss in losses.items():
+            dense = "dense" in cfg_id
+            mid = f"{cfg_id}_s{seed}"
+            models.append(
+                {
+                    "id": mid,
+                    "label": mid,
+                    "kind": "dense" if dense else "sparse",
+                    "seed": seed,
+                    "dir": f"models/{mid}",
+                    "heldout_loss": loss + 0.01 * seed,
+                    "roles": ["dense"] if dense else ["density"],
+                }
+            )
+            circuits.append(
+                {"model": mid, "task": "var_if", "status": "ok", "in_frontier": True}
+                | {"k_coef": 0.01, "mask_lr": 0.05, "path": None}
+            )
+    circuits.append({"model": "w64_dense_s0", "task": "for_while", "status": "unreachable"})
+    results = {
+        "models": models,
+        "circuits": circuits,
+        "frontier": [],
+        "answer": {},
+        "study": {"preset": "quick", "config": {"seeds": 2}},
+        "schema_version": 2,
+    }
+    (root / "results.json").write_text(json.dumps(results))
+    return str(root)
+
+
+def _fake_stability(model_dir, task, cfg, pcfg, model_id=None, device="cpu"):
+    """What `one` returns, without searching: sparse circuits agree more across seeds."""
+    from sparsecircuits.stability import RunSet, SearchRun, Stability
+
+    sparse = "_d0." in model_id
+    shared = {f"n{i}" for i in range(6 if sparse else 2)}
+    runs = [
+        SearchRun(s, 0, "ok", sorted(shared | {f"x{s}_{i}" for i in range(2 + int(model_id[-1]))}))
+        for s in range(cfg.runs)
+    ]
+    from sparsecircuits.stability.repeat import run_set
+
+    setup = backup_setup()
+    rs: RunSet = run_set(setup, "search_seed", runs, measure_losses=False)
+    return Stability(str(model_dir), model_id, task, pcfg.target_loss, {}, 100, rs, None, None)
+
+
+def test_cli_stability_over_a_study_compares_dense_and_sparse(tmp_path, monkeypatch, capsys):
+    import json
+
+    import sparsecircuits.stability.run as run_mod
+    from sparsecircuits.cli import main
+    from sparsecircuits.stability import StabilityResults
+
+    calls = []
+
+    def fake(*a, **kw):
+        calls.append(a[4] if len(a) > 4 else kw.get("model_id"))
+        return _fake_stability(*a, **kw)
+
+    monkeypatch.setattr(run_mod, "one", fake)
+    study = _fake_study(tmp_path)
+    assert main(["stability", "--study", study, "--runs", "3", "--quiet"]) == 0
+    assert len(calls) == 8  # every validated frontier circuit, not the unreachable one
+    res = StabilityResults.load(tmp_path / "stability" / "stability.json")
+    points = res.comparison["measures"]["search_node_jaccard"]["matched"]["points"]
+    assert points and all(p["estimate"]["n"] == 2 for p in points)
+    assert all(p["estimate"]["low"] > 0 for p in points)  # sparse higher, in both seeds
+    assert res.verdict.startswith("Sparse circuits are more stable than dense ones")
+    section = json.loads((tmp_path / "stability" / "section.json").read_text())
+    assert section["title"].startswith("Circuit stability") and res.verdict in section["paragraphs"]
+    assert "more stable" in capsys.readouterr().out
+    assert (tmp_path / "report.html").is_file()
+    # a second call resumes: nothing is searched again
+    assert main(["stability", "--study", study, "--runs", "3", "--quiet"]) == 0
+    assert len(calls) == 8
+    capsys.readouterr()
+    assert main(["stability", "m", "--study", study]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_viewer_sizes_nodes_by_repeat_run_frequency_and_rings_the_core(tmp_path):
+    """The report's circuit viewer reads the stability section's node frequencies."""
+    import json
+
+    from sparsecircuits import report
+    from sparsecircuits.stability import RunSet, SearchRun, Stability, StabilityResults
+    from sparsecircuits.stability.section import write_report_section
+    from study_fixture import SMALL, write_fake_study
+    from test_report import CHROMIUM, circuit_row, page_data
+
+    pw = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("no chromium")
+    study = write_fake_study(tmp_path / "study")
+    data = json.loads((study / "results.json").read_text())
+    row = next(c for c in data["circuits"] if (c["model"], c["task"]) == SMALL)
+    names = [n["name"] for n in json.loads((study / row["path"]).read_text())["nodes"]]
+    core, rest = names[:3], names[3:]
+    runs = [SearchRun(s, 0, "ok", core + rest[s::2]) for s in range(2)]
+    rs = RunSet("search_seed", runs, 2, None, None, core, names, {}, [0, 0])
+    rs.frequency = {n: 1.0 for n in core} | {n: 0.5 for n in rest}
+    st = Stability("m", SMALL[0], SMALL[1], 0.3, {}, 100, rs, None, None)
+    res = StabilityResults({"config": {"runs": 2}}, [st.to_json()], {}, "v", 1.0)
+    (study / "stability").mkdir()
+    write_report_section(res, study / "stability")
+    page_html = report.build_report(study)
+    i, _ = circuit_row(page_data(page_html.read_text()), SMALL)
+    with pw.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        page = b.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_html.as_uri())
+        page.select_option("#circuit-select", str(i))
+        assert page.locator("#stability-control").is_visible()
+        assert page.locator("circle.node.core").count() == len(core)
+        r_core = float(page.get_attribute(f'circle.node[data-node="{core[0]}"]', "r"))
+        r_half = float(page.get_attribute(f'circle.node[data-node="{rest[0]}"]', "r"))
+        assert r_half < r_core
+        page.hover(f'circle.node[data-node="{core[0]}"]')
+        assert "kept by 2 of 2 searches (other seeds): core" in page.text_content("#panel")
+        page.uncheck("#by-stability")  # back to plain circles
+        assert page.locator("circle.node.core").count() == 0
+        b.close()
+    assert not errors
+
+
+@pytest.mark.parametrize("variant", ["renamed", "wrapped"])
+def test_rephrasings_keep_every_built_in_task_rule(variant):
+    """Each surface variant changes the prompts of every built-in task, keeps the pairs'
+    answers apart, and can be undone: renaming is a bijection on names applied to prompts
+    and answers alike; wrapping only puts one line of code before both prompts of a pair."""
+    from sparsecircuits.stability.rephrase import _renamer, _renaming, rephrase
+    from sparsecircuits.tasks import TASKS, get_task
+
+    undo = _renamer(_renaming(-1))
+    for name in TASKS:
+        task = get_task(name, 16, 16, 0)
+        r = rephrase(task, variant)
+        assert r.name == f"{name} ({variant})"
+        assert len(r.train) == len(task.train) and len(r.test) == len(task.test)
+        changed = 0
+        for p, q in zip(task.train + task.test, r.train + r.test, strict=True):
+            assert q.answer_a != q.answer_b
+            if variant == "renamed":
+                back = [undo(x) for x in (q.prompt_a, q.prompt_b, q.answer_a, q.answer_b)]
+                assert back == [p.prompt_a, p.prompt_b, p.answer_a, p.answer_b]
+            else:
+                head = q.prompt_a[: len(q.prompt_a) - len(p.prompt_a)]
+                assert head and q.prompt_a == head + p.prompt_a and q.prompt_b == head + p.prompt_b
+                assert (q.answer_a, q.answer_b) == (p.answer_a, p.answer_b)
+            changed += q.prompt_a != p.prompt_a
+        assert changed >= len(task.train + task.test) // 2, name
+    with pytest.raises(UserError, match="unknown rephrasing"):
+        rephrase(get_task("for_while", 2, 2, 0), "shouted")

@@ -332,6 +332,58 @@ def _cmd_modularity(args) -> None:
         print(line)
 
 
+def _cmd_stability(args) -> None:
+    from .stability import StabilityConfig  # see the top
+    from .stability.run import run_model, run_study
+
+    if bool(args.study) == bool(args.model_dir):
+        raise UserError("stability needs MODEL_DIR --task T --out DIR, or --study DIR (not both)")
+    cfg = StabilityConfig(
+        runs=args.runs,
+        target_loss=args.target_loss,
+        backup=not args.no_backup,
+        backup_runs=args.backup_runs,
+        max_rounds=args.max_rounds,
+        max_circuits=args.max_circuits,
+        prune={"steps": args.steps} if args.steps else {},
+        rephrasings=[v for v in args.rephrasings.split(",") if v],
+    )
+    if args.study:
+        out = Path(args.out) if args.out else Path(args.study) / "stability"
+        with writer_lock(out):
+            results = run_study(args.study, out, cfg, not args.quiet, args.device)
+    else:
+        if not args.task or not args.out:
+            raise UserError("stability MODEL_DIR needs --task T and --out DIR")
+        cfg.pair_seed, cfg.search_seed = args.pair_seed, args.search_seed
+        if args.k_coef is not None:
+            cfg.prune["k_coef"] = args.k_coef
+        out = Path(args.out)
+        with writer_lock(out):
+            results = run_model(args.model_dir, args.task, out, cfg, args.device)
+    print(
+        f"results: {out / 'stability.json'} ({len(results.entries)} circuits, "
+        f"{results.seconds:.0f} s)"
+    )
+    if args.study:
+        print(f"report:  {build_report(args.study)}")
+    for e in results.stabilities():
+        for rs in (e.search, e.pairs, e.rephrasing):
+            if rs and rs.node_jaccard:
+                j = rs.node_jaccard
+                print(
+                    f"{e.model_id or e.model} {e.task}, {rs.varies}: node Jaccard "
+                    f"{j['mean']:.2f} ({j['min']:.2f}-{j['max']:.2f}), core {len(rs.core)}, "
+                    f"union {len(rs.union)}"
+                )
+        if e.backup:
+            print(
+                f"  backup: {len(e.backup.rounds)} rounds, stopped {e.backup.stopped}, "
+                f"irreducible core {len(e.backup.core)} nodes"
+            )
+    print(results.verdict)
+
+
 def _cmd_explain(args) -> None:
     target = Path(args.target)
     if target.is_dir():
@@ -554,6 +606,30 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--force", action="store_true", help="replace another run in --out")
     mo.add_argument("--quiet", action="store_true")
     mo.set_defaults(fn=_cmd_modularity)
+
+    sb = sub.add_parser(
+        "stability", help="repeat-run stability of circuits, backup circuits, dense vs sparse"
+    )
+    sb.add_argument("model_dir", nargs="?", metavar="MODEL_DIR", help="one checkpoint")
+    sb.add_argument("--study", help="every validated frontier circuit of the study's curves")
+    sb.add_argument("--task", help="the task (with MODEL_DIR): built-in name or .jsonl")
+    sb.add_argument("--out", help="output folder (default with --study: DIR/stability)")
+    sb.add_argument("--runs", type=int, default=5, help="searches per repeat set")
+    sb.add_argument("--target-loss", type=float, help="default: the study's / prune's")
+    sb.add_argument("--k-coef", type=float, help="the one k_coef of every search (MODEL_DIR)")
+    sb.add_argument("--steps", type=int, help="mask-training steps per search")
+    sb.add_argument("--pair-seed", type=int, default=0)
+    sb.add_argument("--search-seed", type=int, default=0)
+    sb.add_argument(
+        "--rephrasings", default="renamed,wrapped", help="prompt variants ('' for none)"
+    )
+    sb.add_argument("--no-backup", action="store_true", help="skip the backup rounds")
+    sb.add_argument("--backup-runs", type=int, default=3, help="searches per backup round")
+    sb.add_argument("--max-rounds", type=int, default=8, help="backup rounds at most")
+    sb.add_argument("--max-circuits", type=int, help="with --study: the first N circuits")
+    sb.add_argument("--device", default="cpu", help="cpu | auto | cuda | cuda:N")
+    sb.add_argument("--quiet", action="store_true")
+    sb.set_defaults(fn=_cmd_stability)
 
     ex = sub.add_parser(
         "explain", help="which simple concept of Python code each node tracks, and how well"

@@ -19,6 +19,7 @@ from .records import Stability
 MEASURES = {
     "search_node_jaccard": "node Jaccard across search seeds (pairwise mean)",
     "pair_node_jaccard": "node Jaccard across train-pair samples (pairwise mean)",
+    "rephrase_node_jaccard": "node Jaccard across prompt rephrasings (pairwise mean)",
     "search_edge_jaccard": "edge Jaccard across search seeds (pairwise mean)",
     "core_share": "core / mean circuit size across search seeds",
 }
@@ -26,7 +27,7 @@ PRIMARY = "search_node_jaccard"
 
 
 def measure(st: Stability, name: str) -> float | None:
-    rs = st.pairs if name.startswith("pair") else st.search
+    rs = {"pair": st.pairs, "rephrase": st.rephrasing}.get(name.split("_")[0], st.search)
     if rs is None or rs.n_ok < 2:
         return None
     if name == "core_share":

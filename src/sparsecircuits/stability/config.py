@@ -22,6 +22,8 @@ class StabilityConfig:
     # search runs one setting (k_coef, mask_lr) so that runs differ only in their seed; with
     # a study it is the one its circuit was chosen at.
     prune: dict = field(default_factory=dict)
+    # surface variants of the prompts (rephrase.VARIANTS), each searched once at search_seed
+    rephrasings: list[str] = field(default_factory=lambda: ["renamed", "wrapped"])
     backup: bool = True  # the backup-circuit rounds (forbid the most-kept node, search again)
     backup_runs: int = 3  # searches per backup round (search seeds search_seed + 0, 1, ...)
     max_rounds: int = 8  # backup rounds at most, when the target stays reachable

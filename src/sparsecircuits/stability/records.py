@@ -26,6 +26,7 @@ class SearchRun:
     test_loss_calibrated: float | None = None
     forbidden: int = 0  # how many nodes were forbidden
     seconds: float = 0.0
+    variant: str | None = None  # the prompts' surface variant (rephrase.py); None: original
 
     @property
     def ok(self) -> bool:
@@ -108,6 +109,8 @@ class Stability:
     status: str = "ok"  # ok | unreachable | trivial | error
     message: str | None = None
     seconds: float = 0.0
+    # the original prompts (search-seed run 0) and each surface variant, one search seed
+    rephrasing: RunSet | None = None
 
     def to_json(self) -> dict:
         return _json(self)
@@ -115,7 +118,7 @@ class Stability:
     @classmethod
     def from_json(cls, d: dict) -> Stability:
         d = dict(d)
-        for key in ("search", "pairs"):
+        for key in ("search", "pairs", "rephrasing"):
             d[key] = RunSet.from_json(d[key]) if d.get(key) else None
         d["backup"] = Backup.from_json(d["backup"]) if d.get("backup") else None
         return cls(**d)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from . import sets
@@ -38,6 +39,23 @@ def search_seed_set(setup: Setup, cfg: StabilityConfig) -> RunSet:
     """`cfg.runs` searches on the same pairs, search seeds search_seed + 0, 1, ..."""
     runs = [search(setup, cfg.search_seed + i, cfg.pair_seed)[0] for i in range(cfg.runs)]
     return run_set(setup, "search_seed", runs)
+
+
+def rephrasing_set(setup: Setup, first: RunSet, cfg: StabilityConfig) -> RunSet | None:
+    """The original prompts' circuit (search-seed run 0) and one search per surface
+    variant of the prompts (`cfg.rephrasings`), each searched, validated and measured on
+    its own variant's pairs at the base search seed; the core and union are measured on the
+    original test pairs. None when the setup has no text to rephrase."""
+    if setup.rephrased is None or not cfg.rephrasings:
+        return None
+    runs = [first.runs[0]]
+    for variant in cfg.rephrasings:
+        train, test, select = setup.rephrased(variant)
+        on_variant = dataclasses.replace(setup, train=train, test=test, select=select)
+        run = search(on_variant, cfg.search_seed, cfg.pair_seed)[0]
+        run.variant = variant
+        runs.append(run)
+    return run_set(setup, "rephrasing", runs)
 
 
 def pair_seed_set(setup: Setup, cfg: StabilityConfig) -> RunSet | None:

@@ -33,6 +33,7 @@ from ..prune import (
 from ..prune_methods import Problem, PruneConfig
 from ..tasks import TaskBatch, get_task
 from .records import SearchRun
+from .rephrase import rephrase
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Setup:
     where: str = "model"
     # pair seed -> train pairs drawn from it (disjoint from the selection and test pairs)
     train_pairs: Callable[[int], TaskBatch] | None = None
+    # rephrasing -> (train, test, selection) pairs of that surface variant (rephrase.py)
+    rephrased: Callable[[str], tuple] | None = None
 
     @property
     def n_nodes_total(self) -> int:
@@ -73,9 +76,21 @@ def setup_from_dir(
             raise UserError(f"{task}: pair seed {seed} leaves no train pair apart from the test")
         return dataclasses.replace(base, train=train).encode(tok, "train", n_ctx).to(device)
 
+    def rephrased(variant: str) -> tuple:
+        return encode_splits(rephrase(base, variant, pair_seed), tok, n_ctx, device)
+
     means = cached_node_means(model_dir, model, tok, progress=False)
     return Setup(
-        model, means, train_b, test_b, select_b, cfg, base.name, str(model_dir), train_pairs
+        model,
+        means,
+        train_b,
+        test_b,
+        select_b,
+        cfg,
+        base.name,
+        str(model_dir),
+        train_pairs,
+        rephrased,
     )
 
 

@@ -52,6 +52,7 @@ def write_report_section(
     searched = sum(
         len(s.search.runs if s.search else [])
         + len(s.pairs.runs if s.pairs else [])
+        + max(0, len(s.rephrasing.runs) - 1 if s.rephrasing else 0)
         + sum(len(r.runs.runs) for r in (s.backup.rounds if s.backup else []))
         for s in stab
     )
@@ -61,7 +62,8 @@ def write_report_section(
         f"{cfg.get('runs')} times on the same prompt pairs with other search seeds (mask noise, "
         f"pair order), and {cfg.get('runs')} times at one search seed with other train pairs "
         "(the selection and test pairs fixed), at the one setting (k_coef, mask_lr) its circuit "
-        "was found at. Per set: pairwise Jaccard of the node and edge sets of the circuits "
+        "was found at; and once per surface rephrasing of the prompts (names renamed, other "
+        "surrounding code), beside the original. Per set: pairwise Jaccard of the node and edge sets of the circuits "
         "that validated (mean, min-max), the core (nodes in every circuit) and the union (in "
         "any), and the calibrated test loss of the core alone and the union alone. Backup "
         "rounds (after Hao & Goldstein): the node most often kept is forbidden (held "
@@ -89,7 +91,12 @@ def write_report_section(
                 "core alone (loss)",
                 "union alone (loss)",
             ],
-            "rows": [_set_row(_label(s, by_id), s, rs) for s in stab for rs in (s.search, s.pairs)],
+            "rows": [
+                _set_row(_label(s, by_id), s, rs)
+                for s in stab
+                for rs in (s.search, s.pairs, s.rephrasing)
+                if rs
+            ],
             # for the circuit viewer (report.js): nodes sized by how often the search-seed
             # runs kept them, the core ringed
             "node_frequency": {
