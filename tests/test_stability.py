@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,6 +247,7 @@ def _fake_stability(model_dir, task, cfg, pcfg, model_id=None, device="cpu"):
     """What `one` returns, without searching: sparse circuits agree more across seeds."""
     from sparsecircuits.stability import RunSet, SearchRun, Stability
 
+    model_id = model_id or Path(model_dir).name
     sparse = "_d0." in model_id
     shared = {f"n{i}" for i in range(6 if sparse else 2)}
     runs = [
@@ -291,6 +293,15 @@ def test_cli_stability_over_a_study_compares_dense_and_sparse(tmp_path, monkeypa
     capsys.readouterr()
     assert main(["stability", "m", "--study", study]) == 2
     assert "not both" in capsys.readouterr().err
+    # one model: its sets and backup, no comparison
+    out = tmp_path / "one"
+    argv = ["stability", str(tmp_path / "w64_d0.5_s1"), "--task", "var_if", "--out", str(out)]
+    assert main(argv + ["--runs", "4", "--k-coef", "0.02"]) == 0
+    one = StabilityResults.load(out / "stability.json")
+    assert len(calls) == 9 and one.comparison == {} and one.verdict.startswith("one model")
+    assert one.setup["config"]["runs"] == 4 and one.setup["config"]["prune"]["k_coef"] == 0.02
+    assert "var_if, search_seed: node Jaccard" in capsys.readouterr().out
+    assert (out / "section.json").is_file()
 
 
 def test_viewer_sizes_nodes_by_repeat_run_frequency_and_rings_the_core(tmp_path):
