@@ -808,3 +808,32 @@ def test_task_files_with_bad_text_name_the_line(tmp_path, capsys):
     latin = tmp_path / "l.jsonl"
     latin.write_bytes(good.encode() * 2 + b'{"prompt": "caf\xe9"}\n')
     fails(capsys, ["tasks", "show", str(latin)], f"{latin}:3", "UTF-8")
+
+
+# ---------- issue 35, 7: a config.json edited to other sizes than its weights ----------
+
+
+def edit_config(run: Path, **model) -> None:
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"].update(model)
+    (run / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    "sizes", [{"n_layer": 3}, {"d_model": 64}, {"n_head": 4}, {"d_head": 8}, {"d_mlp": 256}]
+)
+def test_resume_refuses_a_config_edited_to_other_sizes(tmp_path, run, capsys, sizes):
+    r = copy_run(run, tmp_path / "r")
+    edit_config(r, **sizes)
+    before = snapshot(r)
+    fails(capsys, ["train", "--resume", "--out", str(r), "--quiet"], "model.safetensors")
+    fails(capsys, ["eval", str(r), "--device", "cpu"], "model.safetensors", "config.json implies")
+    assert snapshot(r) == before
+
+
+def test_a_raised_n_layer_is_refused_before_building_the_model(tmp_path, run, capsys):
+    r = copy_run(run, tmp_path / "r")
+    edit_config(r, n_layer=1_000_000)
+    before = peak_kib()
+    fails(capsys, ["sample", str(r), "--device", "cpu"], "holds 2 layers", "n_layer=1000000")
+    assert peak_kib() - before < 2**20

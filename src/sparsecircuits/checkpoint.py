@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
@@ -172,6 +172,51 @@ def load_checked_tokenizer(
     return tokenizer
 
 
+def check_sizes(cfg: ModelConfig, path: Path) -> None:
+    """The weights file against config.json's sizes, from its header alone: an edited
+    n_layer or d_model is refused before a model of that size is built (even on the meta
+    device, a million layers take minutes and gigabytes)."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+    layers = len({k.split(".")[1] for k in shapes if k.startswith("blocks.")})
+    if layers != cfg.n_layer:
+        raise UserError(f"{path}: holds {layers} layers, config.json implies n_layer={cfg.n_layer}")
+    d, width = cfg.d_model, cfg.n_head * cfg.d_head
+    for k, want in {
+        "embed.weight": [cfg.vocab_size, d],
+        "blocks.0.attn.q_proj.weight": [width, d],
+        "blocks.0.attn.o_proj.weight": [d, width],
+        "blocks.0.mlp.fc_in.weight": [cfg.d_mlp, d],
+    }.items():
+        if k in shapes and shapes[k] != want:
+            raise UserError(f"{path}: {k} has shape {shapes[k]}, config.json implies {want}")
+
+
+def check_state(model: SparseGPT, state: dict[str, torch.Tensor], where: Path) -> None:
+    """Every tensor the model needs, no other, each of its shape and finite."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        raise UserError(
+            f"{where}: does not match config.json (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    for k, v in own.items():
+        if state[k].shape != v.shape:
+            raise UserError(
+                f"{where}: {k} has shape {list(state[k].shape)}, "
+                f"config.json implies {list(v.shape)}"
+            )
+        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
+            # NaN weights would flow on into NaN losses, samples and circuit.json numbers.
+            raise UserError(f"{where}: {k} holds NaN or infinite values")
+
+
 def load_config(path: str | Path) -> tuple[ModelConfig, TrainConfig | None]:
     path = Path(path)
     if not path.is_dir():
@@ -188,27 +233,14 @@ def load(
     path = Path(path)
     device = pick_device(device)
     cfg, train_cfg = load_config(path)
+    where = path / "model.safetensors"
+    check_sizes(cfg, where)
     # Shapes only, no memory: a config.json claiming a huge model costs nothing until the
     # tensors on disk are found to match it.
     with torch.device("meta"):
         model = SparseGPT(cfg)
-    state = load_tensors(path / "model.safetensors")
-    where = path / "model.safetensors"
-    missing = sorted(set(model.state_dict()) - set(state))
-    extra = sorted(set(state) - set(model.state_dict()))
-    if missing or extra:
-        raise UserError(
-            f"{where}: does not match config.json (missing {missing[:3]}, unexpected {extra[:3]})"
-        )
-    for k, v in model.state_dict().items():
-        if state[k].shape != v.shape:
-            raise UserError(
-                f"{where}: {k} has shape {list(state[k].shape)}, "
-                f"config.json implies {list(v.shape)}"
-            )
-        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
-            # NaN weights would flow on into NaN losses, samples and circuit.json numbers.
-            raise UserError(f"{where}: {k} holds NaN or infinite values")
+    state = load_tensors(where)
+    check_state(model, state, where)
     model.load_state_dict(state, assign=True)
     tokenizer = load_checked_tokenizer(path, cfg, train_cfg)
     return model.to(device).eval(), tokenizer

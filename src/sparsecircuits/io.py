@@ -266,8 +266,9 @@ def claim_run_dir(
         ", or pass --force to start over there" if force is not None else ""
     )
     fresh = True
+    raw = None
     if path.exists() and others:
-        saved = read_json(path) if settings is not None else None
+        saved = raw = read_json(path) if settings is not None else None
         if saved_as is not None and isinstance(saved, dict):
             saved = saved_as(saved)
         if saved == settings and resume:
@@ -289,7 +290,7 @@ def claim_run_dir(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise write_error(out, e) from None
-    if settings is not None:
+    if settings is not None and (fresh or raw != settings):  # as it is: not even reformatted
         write_json_atomic(path, settings)
     return not fresh
 

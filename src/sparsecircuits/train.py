@@ -29,6 +29,8 @@ from tqdm import tqdm
 from . import threads
 from .checkpoint import (  # pick_device re-exported
     check_memory,
+    check_sizes,
+    check_state,
     deterministic,
     load_tensors,
     pick_device,
@@ -190,7 +192,9 @@ def _find_resume(out: Path) -> Path | None:
 
 def _load_resume(d: Path, model, opt) -> dict:
     state = read_json(d / "state.json")
-    model.load_state_dict(load_tensors(d / "model.safetensors"))
+    weights = load_tensors(d / "model.safetensors")
+    check_state(model, weights, d / "model.safetensors")  # a size edited in config.json
+    model.load_state_dict(weights)
     flat = load_tensors(d / "optimizer.safetensors")
     opt_state: dict[int, dict] = {}
     for key, v in flat.items():
@@ -236,11 +240,6 @@ def _check_ranks_agree(model: SparseGPT) -> None:
     dist.all_gather(gathered, fp)
     if any(not torch.equal(g, gathered[0]) for g in gathered):
         raise RuntimeError("data-parallel ranks diverged: weights differ between processes")
-
-
-def _settings(saved: dict) -> dict:
-    """A run's config.json as the config it was trained with (without the tokenizer's record)."""
-    return {k: v for k, v in saved.items() if k != TOKENIZER_KEY}
 
 
 def train(
@@ -297,10 +296,17 @@ def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, r
     # After the data checks, so a start that fails on its data leaves no folder behind (the
     # tokenization is cached: a retry with another --out does not repeat it).
     if rank == 0:
-        claim_run_dir(
-            out, cfg_dict, resume, None, marker="config.json", kind="run", saved_as=_settings
-        )
+        # The tokenizer's record (save_checkpoint) stays in the claimed config.json, so a
+        # resume that stops before its first save leaves the file as it was.
+        settings, marker = cfg_dict, out / "config.json"
+        record = read_json(marker).get(TOKENIZER_KEY) if marker.is_file() else None
+        if record is not None:
+            settings = {**cfg_dict, TOKENIZER_KEY: record}
+        claim_run_dir(out, settings, resume, None, marker="config.json", kind="run")
 
+    resume_dir = _find_resume(out) if resume else None
+    if resume_dir is not None:  # before building a model of an edited config.json's size
+        check_sizes(model_cfg, resume_dir / "model.safetensors")
     deterministic(device)  # same seed -> same weights
     torch.manual_seed(train_cfg.seed)
     model = SparseGPT(model_cfg).to(device)
@@ -309,7 +315,6 @@ def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, r
     opt = make_optimizer(model, train_cfg)
     start, tokens = 0, 0
     metrics_path = out / "metrics.jsonl"
-    resume_dir = _find_resume(out) if resume else None
     if resume_dir is not None:
         state = _load_resume(resume_dir, model, opt)
         start, tokens = state["step"], state["tokens"]
