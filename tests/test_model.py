@@ -101,7 +101,7 @@ def test_hook_replacement_changes_output_and_hooks_are_removed():
     patched = model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_q", kill_channel)])
     assert not torch.allclose(clean, patched)
     assert torch.equal(model(x), clean)  # hooks gone after the call
-    assert all(not h._forward_hooks for h in model.hook_dict.values())
+    assert all(not h.has_hooks for h in model.hook_dict.values())
 
 
 def test_hooks_removed_even_when_the_hook_raises():
@@ -112,7 +112,67 @@ def test_hooks_removed_even_when_the_hook_raises():
 
     with pytest.raises(RuntimeError):
         model.run_with_hooks(tokens(), fwd_hooks=[("hook_embed", boom)])
-    assert all(not h._forward_hooks for h in model.hook_dict.values())
+    assert all(not h.has_hooks for h in model.hook_dict.values())
+
+
+def test_backward_hooks_and_cached_gradients_match_plain_autograd():
+    """incl_bwd caches each activation's gradient; a bwd hook sees (and may replace) the
+    same gradient torch.autograd computes for that activation."""
+    model = small(afrac=None)
+    x = tokens()
+    name = "blocks.0.hook_resid_mid"
+
+    def loss_of(logits):
+        return logits[:, -1].logsumexp(-1).sum()
+
+    # plain autograd: keep the activation, differentiate the loss with respect to it
+    kept = {}
+
+    def keep(act, hook):
+        act.retain_grad()
+        kept["act"] = act
+
+    loss_of(model.run_with_hooks(x, fwd_hooks=[(name, keep)])).backward()
+    want = kept["act"].grad.clone()
+    model.zero_grad()
+
+    _, cache = model.run_with_cache(x, incl_bwd=True, backward_of=loss_of)
+    assert torch.allclose(cache[name + "_grad"], want, atol=1e-6)
+    assert cache[name].shape == cache[name + "_grad"].shape
+    model.zero_grad()
+
+    seen = []
+    model.run_with_hooks(
+        x, bwd_hooks=[(name, lambda g, h: seen.append((h.name, g)))], backward_of=loss_of
+    )
+    assert seen[0][0] == name and torch.allclose(seen[0][1], want, atol=1e-6)
+    assert all(not h.has_hooks for h in model.hook_dict.values())
+    model.zero_grad()
+
+    # a bwd hook that zeroes the gradient there cuts every parameter upstream of it off
+    model.run_with_hooks(
+        x, bwd_hooks=[(name, lambda g, h: torch.zeros_like(g))], backward_of=loss_of
+    )
+    grad = model.blocks[0].attn.q_proj.weight.grad
+    assert grad is None or not grad.any()
+
+
+def test_the_activation_cache_reads_like_transformerlens():
+    model = small()
+    _, cache = model.run_with_cache(tokens())
+    assert torch.equal(cache["q", 0], cache["blocks.0.attn.hook_q"])
+    assert torch.equal(cache["embed"], cache["hook_embed"])
+    stacked = cache.stack_activation("resid_post")
+    assert stacked.shape == (2, 2, 10, 32)
+    assert torch.equal(stacked[1], cache["blocks.1.hook_resid_post"])
+    resid = cache.accumulated_resid()
+    assert resid.shape[0] == 3 and torch.equal(resid[-1], cache["resid_post", 1])
+    one = model.run_with_cache(tokens()[:1])[1].remove_batch_dim()
+    assert one["q", 0].shape == (10, 2, 16)
+    with pytest.raises(KeyError, match="per-layer site"):
+        cache["q"]
+    with pytest.raises(KeyError, match="not in the cache"):
+        model.run_with_cache(tokens(), names_filter="hook_embed")[1]["q", 0]
 
 
 def test_unknown_hook_name_is_reported():

@@ -154,9 +154,7 @@ class Attention(nn.Module):
         return self.sparse_out(self.o_proj(z.reshape(B, Q, self.n_head * self.d_head)))
 
     def _pattern_hooked(self) -> bool:
-        return any(
-            h._forward_hooks for h in (self.hook_attn_scores, self.hook_pattern, self.hook_sink)
-        )
+        return any(h.has_hooks for h in (self.hook_attn_scores, self.hook_pattern, self.hook_sink))
 
     def _sdpa(self, q, k, v, visible):
         """The same attention through the fused kernel, used when nothing reads the pattern.
