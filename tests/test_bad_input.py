@@ -837,3 +837,56 @@ def test_a_raised_n_layer_is_refused_before_building_the_model(tmp_path, run, ca
     before = peak_kib()
     fails(capsys, ["sample", str(r), "--device", "cpu"], "holds 2 layers", "n_layer=1000000")
     assert peak_kib() - before < 2**20
+
+
+def test_sample_prompt_that_is_not_utf8(run, capsys):
+    prompt = os.fsdecode(b"def \xff")  # as Python decodes such a command-line argument
+    fails(capsys, ["sample", str(run), "--prompt", prompt], "--prompt", "UTF-8")
+
+
+def test_out_path_that_is_not_utf8(tmp_path, corpus_dir, capsys):
+    out = Path(os.fsdecode(bytes(tmp_path) + b"/r\xff"))
+    args = ["train", *TINY, "--data", str(corpus_dir), "--out", str(out)]
+    fails(capsys, args, "--out", "UTF-8")
+    fails(capsys, args, "--out", "UTF-8")  # the retry is refused for the same reason
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------- issue 35, 10: numbers out of range ----------
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["sample", "{run}", "--temperature", "nan"], "--temperature nan"),
+        (["sample", "{run}", "--temperature", "-1"], "--temperature -1"),
+        (["sample", "{run}", "--top-k", "-5"], "--top-k -5"),
+        (["sample", "{run}", "--seed", "99999999999999999999"], "--seed"),
+        (["sample", "{run}", "--max-new-tokens", "-1"], "--max-new-tokens -1"),
+        (["sample", "{run}", "-n", "-1"], "-n -1"),
+        (["prune", "{run}", "--task", TASK, "--seed", "99999999999999999999"], "--seed"),
+        (["prune", "{run}", "--task", TASK, "--steps", "-1"], "--steps -1"),
+        (["eval", "{run}", "--threads", "100000"], "--threads 100000"),
+        (["train", *TINY, "--set", "n_head=99999999999999999999"], "n_head"),
+        (["train", *TINY, "--set", "batch_size=99999999999999999999"], "batch_size"),
+    ],
+)
+def test_numbers_out_of_range_name_their_flag(tmp_path, run, capsys, argv, words):
+    argv = [a.format(run=run) for a in argv] + ["--out", str(tmp_path / "o")]
+    if argv[0] == "sample" or argv[0] == "eval":
+        argv = argv[:-2]
+    fails(capsys, argv, words)
+    assert not (tmp_path / "o").exists()
+
+
+# ---------- issue 35, 11: paths the system cannot name ----------
+
+
+@pytest.mark.parametrize("too_long", ["x" * 300, "/".join(["y" * 200] * 25)])
+def test_paths_too_long_are_one_line(tmp_path, run, corpus_dir, capsys, too_long):
+    bad = str(tmp_path / too_long)
+    fails(capsys, ["train", *TINY, "--data", str(corpus_dir), "--out", bad], "path too long")
+    fails(capsys, ["prune", str(run), "--task", TASK, "--out", bad], "path too long")
+    fails(capsys, ["eval", bad], "path too long")
+    fails(capsys, ["study", "--summary", "--out", bad], "path too long")
+    assert list(tmp_path.iterdir()) == []

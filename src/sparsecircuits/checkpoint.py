@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from .config import TOKENIZER_KEY, ModelConfig, TrainConfig, config_to_dict, load_config_file
 from .corpus import prepare
 from .errors import UserError, write_error
-from .io import atomic_path, file_digest, read_json, write_json_atomic
+from .io import atomic_path, check_path, file_digest, read_json, write_json_atomic
 from .model import SparseGPT
 from .tokenizer import load_tokenizer, save_tokenizer
 
@@ -218,7 +218,7 @@ def check_state(model: SparseGPT, state: dict[str, torch.Tensor], where: Path) -
 
 
 def load_config(path: str | Path) -> tuple[ModelConfig, TrainConfig | None]:
-    path = Path(path)
+    path = check_path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such checkpoint folder")
     if not (path / "config.json").is_file():

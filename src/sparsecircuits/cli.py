@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -108,7 +109,27 @@ def _cmd_eval(args) -> None:
     )
 
 
+def _in_range(flag: str, value: float, lo: float, hi: float = math.inf) -> None:
+    """A number option within [lo, hi]: NaN, a negative count or a seed past 64 bits would
+    crash deep inside torch, or be ignored without a word."""
+    if not (lo <= value <= hi):  # False for NaN too
+        bound = f"at least {lo}" if hi == math.inf else f"from {lo} to {hi}"
+        raise UserError(f"{flag} {value}: expected a number {bound}")
+
+
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
+
+
 def _cmd_sample(args) -> None:
+    _in_range("--max-new-tokens", args.max_new_tokens, 1)
+    _in_range("-n", args.n, 1)
+    _in_range("--temperature", args.temperature, 0, 1e6)  # 0: greedy
+    _in_range("--top-k", args.top_k, 0)  # 0: no top-k
+    _in_range("--seed", args.seed, 0, MAX_SEED - args.n)  # sample i uses seed + i
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the terminal's encoding could not decode
+        raise UserError("--prompt: not valid UTF-8 text") from None
     model, tok = load(args.model_dir, device=pick_device(args.device))
     if tok is None:
         raise UserError(f"{args.model_dir}: no tokenizer.json, so text cannot be sampled")
@@ -136,6 +157,8 @@ def _cmd_import(args) -> None:
 
 
 def _cmd_prune(args) -> None:
+    _in_range("--steps", args.steps, 1)
+    _in_range("--seed", args.seed, 0, MAX_SEED)
     cfg = PruneConfig(
         target_loss=args.target_loss,
         method=args.method,
@@ -667,20 +690,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+MAX_THREADS = 1024
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
 
 
+def _error(message: str) -> None:
+    # A path of non-UTF-8 bytes holds surrogates, which a strict stderr cannot print.
+    printable = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    print(f"error: {printable}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        threads.set_threads(args.threads)
     try:
+        if args.threads:
+            # far past any machine's cores: torch's thread pool crashed (exit 139) at 100000
+            _in_range("--threads", args.threads, 1, MAX_THREADS)
+            threads.set_threads(args.threads)
         args.fn(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(str(e))
+        return 2
+    except OSError as e:  # a file problem no check foresaw: still one line naming the file
+        _error(f"{e.filename or ''}: {e.strerror or e}")
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command with --resume to continue", file=sys.stderr)

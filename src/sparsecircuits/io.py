@@ -161,7 +161,7 @@ def writer_lock(folder: str | os.PathLike) -> Iterator[None]:
     that failed leaves nothing behind). A folder where no file can be made is not locked:
     the first write there says why it fails.
     """
-    folder = Path(folder)
+    folder = out_folder(folder)
     key = folder.absolute()
     with _HELD_LOCK:
         nested = key in _HELD
@@ -175,7 +175,6 @@ def writer_lock(folder: str | os.PathLike) -> Iterator[None]:
     made = not folder.exists()
     fd = None
     try:
-        out_folder(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -229,9 +228,23 @@ def _lock_file(folder: Path) -> int | None:
         os.close(fd)
 
 
+def check_path(path: str | os.PathLike) -> Path:
+    """`path`, if the system can name it: a name over 255 bytes or a path over 4095 fails
+    every call with it (even exists()), so it is refused here with one line."""
+    path = Path(path)
+    raw = os.fsencode(path)
+    if len(raw) > 4095 or any(len(name) > 255 for name in raw.split(b"/")):
+        raise UserError(f"{path}: path too long (a name over 255 bytes or over 4095 in all)")
+    return path
+
+
 def out_folder(out: str | os.PathLike) -> Path:
     """`out` as a folder to write into, checked before any work: not an existing file."""
-    out = Path(out)
+    out = check_path(out)
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:  # bytes of another encoding: torch and tokenizers refuse them
+        raise UserError(f"{out}: --out must be a UTF-8 path") from None
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; --out needs a folder")
     return out
