@@ -208,7 +208,7 @@ def analyse(
 ) -> StudyResults:
     tasks = frontier_tasks(cfg, eligibility)
     frontier = split_frontier(circuits)[0]
-    ms = {
+    ms: dict = {
         "dense_sparse": dense_sparse(models, circuits, tasks),
         "dense_sparse_nodes": dense_sparse(models, circuits, tasks, "nodes"),
         "fixed_loss": fixed_loss(cfg, models, circuits, tasks),
@@ -218,7 +218,7 @@ def analyse(
     }
     ms["holm"] = holm_family(ms)
     words = sentence(cfg, tasks, ms)
-    statuses = {}
+    statuses: dict[str, int] = {}
     for c in circuits:
         statuses[c["status"]] = statuses.get(c["status"], 0) + 1
     return StudyResults(

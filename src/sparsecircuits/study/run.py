@@ -228,9 +228,9 @@ def full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
     for name in cfg.tasks:
         pcfg = prune_config(cfg, name)
         task = study_task(cfg, name)
-        pairs = encode_splits(task, tok, model.cfg.n_ctx, device)[:2]  # train, test
-        m = full_model_metrics(model, *pairs, pcfg.calib_steps)
-        empty = empty_circuit_metrics(model, *pairs, means, pcfg.calib_steps)
+        train_b, test_b, _ = encode_splits(task, tok, model.cfg.n_ctx, device)
+        m = full_model_metrics(model, train_b, test_b, pcfg.calib_steps)
+        empty = empty_circuit_metrics(model, train_b, test_b, means, pcfg.calib_steps)
         target = cfg.target(name)
         rows.append(
             {"model": spec.id, "task": name, "target_loss": target}
