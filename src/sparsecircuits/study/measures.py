@@ -231,7 +231,7 @@ def _axis(models, circuits, tasks, role: str, x_of, per: float) -> dict:
         if len({x for x, _ in lp}) >= 2:
             loss_units[s] = per * _slope(*zip(*lp, strict=True))
     edges, nodes = ok_values(circuits, "edges"), ok_values(circuits, "nodes")
-    points: dict[float, dict[str, list]] = {}
+    points: dict = {}
     for m in models:
         if role in m.get("roles", []):
             p = points.setdefault(x_of(m), {"losses": [], "se": [], "edges": [], "nodes": []})
