@@ -890,3 +890,48 @@ def test_paths_too_long_are_one_line(tmp_path, run, corpus_dir, capsys, too_long
     fails(capsys, ["eval", bad], "path too long")
     fails(capsys, ["study", "--summary", "--out", bad], "path too long")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------- issue 35, 12 and 13: edited records, a user's own file, an unwritable cache ----------
+
+
+def test_empty_data_list_is_refused(tmp_path, capsys):
+    fails(capsys, ["train", *TINY, "--set", "data=[]", "--out", str(tmp_path / "r")], "data")
+    assert not (tmp_path / "r").exists()
+
+
+def test_half_precision_weights_load_as_float32(tmp_path, run, capsys):
+    r = copy_run(run, tmp_path / "r")
+    set_weights(r, lambda v: v.half())
+    args = ["prune", str(r), *QUICK_PRUNE, "--out", str(tmp_path / "c")]
+    assert main(args) == 0, capsys.readouterr().err
+    assert main(["eval", str(r), "--device", "cpu", "--batches", "1"]) == 0
+
+
+def test_integer_or_double_weights_load_only_when_exact(tmp_path, run, capsys):
+    r = copy_run(run, tmp_path / "r")
+    set_weights(r, lambda v: v.round().int() if v.dim() == 2 else v)  # integers: exact
+    assert main(["sample", str(r), "--device", "cpu", "--max-new-tokens", "2"]) == 0
+    set_weights(r, lambda v: v.double() + 1e-12 if v.dim() == 2 else v)  # not exact
+    before = snapshot(r)
+    fails(capsys, ["sample", str(r), "--device", "cpu"], "model.safetensors", "float64")
+    assert snapshot(r) == before
+
+
+def test_train_does_not_claim_a_users_own_config_json(tmp_path, corpus_dir, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": 1}')
+    args = ["train", *TINY, "--data", str(corpus_dir), "--out", str(out)]
+    fails(capsys, args, str(out / "config.json"), "not a run")
+    assert (out / "config.json").read_text() == '{"mine": 1}'
+
+
+def test_explain_prints_its_answer_when_the_cache_cannot_be_written(tmp_path, run, capsys):
+    r = copy_run(run, tmp_path / "r")
+    (r / "explanations.json").mkdir()  # where the cache goes, a folder nothing replaces
+    (r / "explanations.json" / "x").write_text("x")
+    assert main(["explain", str(r), "--node", "blocks.0.mlp.hook_post[0]"]) == 0
+    captured = capsys.readouterr()
+    assert "blocks.0.mlp.hook_post[0]" in captured.out
+    assert "note: " in captured.err and "not cached" in captured.err

@@ -217,6 +217,24 @@ def check_state(model: SparseGPT, state: dict[str, torch.Tensor], where: Path) -
             raise UserError(f"{where}: {k} holds NaN or infinite values")
 
 
+def _as_model_dtypes(model: SparseGPT, state: dict[str, torch.Tensor], where: Path) -> dict:
+    """`state` in the model's dtypes (fp32): an fp16 or integer file would load, then fail
+    (or silently compute differently) in the first matmul that mixes it with fp32. Only a
+    tensor whose every value survives the cast is cast; others are refused by name."""
+    out = {}
+    for k, v in model.state_dict().items():
+        t = state[k]
+        if t.dtype != v.dtype:
+            cast = t.to(v.dtype)
+            if not torch.equal(cast.to(t.dtype), t):
+                raise UserError(
+                    f"{where}: {k} is {t.dtype}, not exactly representable as {v.dtype}"
+                )
+            t = cast
+        out[k] = t
+    return out
+
+
 def load_config(path: str | Path) -> tuple[ModelConfig, TrainConfig | None]:
     path = check_path(path)
     if not path.is_dir():
@@ -241,7 +259,7 @@ def load(
         model = SparseGPT(cfg)
     state = load_tensors(where)
     check_state(model, state, where)
-    model.load_state_dict(state, assign=True)
+    model.load_state_dict(_as_model_dtypes(model, state, where), assign=True)
     tokenizer = load_checked_tokenizer(path, cfg, train_cfg)
     return model.to(device).eval(), tokenizer
 

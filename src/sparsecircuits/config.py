@@ -123,6 +123,10 @@ class TrainConfig:
         if isinstance(self.data_ext, str):
             self.data_ext = [e for e in self.data_ext.split(",") if e]
         _check_fields(self)
+        if self.data == []:
+            raise UserError(
+                "data must name at least one file or folder (null: the standard library)"
+            )
         _check_choice("precision", self.precision, ("fp32", "bf16"))
 
     @property

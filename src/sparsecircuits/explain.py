@@ -51,6 +51,7 @@ from __future__ import annotations
 import bisect
 import functools
 import keyword
+import sys
 import tokenize
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -700,7 +701,10 @@ def explain_checkpoint(
     if missing:
         contexts, text = checkpoint_contexts(model_dir, model, tokenizer, task, settings, prune_cfg)
         cache.update(explain_nodes(model, contexts, missing, text, settings=settings))
-        write_json_atomic(path, {"key": key, "nodes": cache})
+        try:
+            write_json_atomic(path, {"key": key, "nodes": cache})
+        except UserError as e:  # a read-only model folder: the answer stands, uncached
+            print(f"note: {e}; the explanations were not cached", file=sys.stderr)
     return {n: cache[n] for n in nodes}
 
 

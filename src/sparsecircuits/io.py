@@ -296,6 +296,12 @@ def claim_run_dir(
             )
     elif others and not force:
         raise UserError(f"{out}: exists and is not a {kind} folder; {hint}")
+    elif path.exists() and settings is not None and not force:
+        # Only the marker: a start that failed, if the file is one of ours (its keys are
+        # among a run's); a user's own file of that name is not replaced.
+        saved = read_json(path)
+        if not set(saved) <= set(settings):
+            raise UserError(f"{path}: not a {kind}'s {marker} (a file of yours?); {hint}")
     try:
         for name in clear if fresh else ():
             p = out / name
