@@ -458,6 +458,14 @@ def test_bad_options(run, capsys, argv, words):
     fails(capsys, [a.format(run=run) for a in argv], words)
 
 
+@pytest.mark.parametrize("flag", ["--n-train", "--n-test", "--n-select"])
+def test_prune_pairs_past_the_bound_are_refused_before_any_work(run, tmp_path, capsys, flag):
+    """prune --n-train 100000 grew to 3.9 GB in 2 minutes: a split is bounded, by name."""
+    argv = ["prune", str(run), "--task", TASK, flag, "100000", "--out", str(tmp_path / "c")]
+    fails(capsys, argv, flag, "16384")
+    assert not (tmp_path / "c" / "circuit.json").exists()
+
+
 @pytest.mark.parametrize("command", [["study"], ["modularity", "{run}"]])
 def test_a_bad_device_leaves_no_folder(run, tmp_path, capsys, command):
     out = tmp_path / "s"

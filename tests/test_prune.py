@@ -222,6 +222,25 @@ def test_cli_prune_prints_the_table(trained, quote_task, tmp_path, capsys):
     assert Circuit.load(tmp_path / "c" / "circuit.json").method == "attribution"
 
 
+def test_cli_prune_searches_a_grid_chosen_on_selection_pairs(trained, quote_task, tmp_path, capsys):
+    target = reachable_target(trained, quote_task)
+    argv = ["prune", str(trained), "--task", quote_task, "--target-loss", str(target)]
+    argv += ["--steps", "5", "--n-train", "8", "--n-select", "2", "--n-test", "4", "--quiet"]
+    argv += ["--k-coefs", "1e-3", "1e-2", "--mask-lrs", "0.05", "0.2"]
+    assert main(argv + ["--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "validation (select pairs)" in out and "of 4 settings" in out
+    c = Circuit.load(tmp_path / "c" / "circuit.json")
+    grid = c.metrics["grid"]
+    assert [(g["k_coef"], g["mask_lr"]) for g in grid] == [
+        (1e-3, 0.05),
+        (1e-3, 0.2),
+        (1e-2, 0.05),
+        (1e-2, 0.2),
+    ]
+    assert c.metrics["validation"]["split"] == "select"
+
+
 def test_circuit_json_with_old_site_names_loads(tmp_path):
     """circuit.json files written before the rename spell attn_q/k/v as q/k/v."""
     names = ["blocks.0.attn.hook_q[1]", "blocks.0.attn.hook_v[2]", "blocks.0.hook_mlp_out[3]"]

