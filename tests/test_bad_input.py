@@ -382,6 +382,16 @@ def test_section_images_stay_in_their_folder(tmp_path, capsys):
         assert "T1VUU0lERQ" not in html and "cm9vd" not in html  # base64 of OUTSIDE, root
 
 
+def test_a_results_row_edited_to_garbage_is_one_line(tmp_path, capsys):
+    study = write_fake_study(tmp_path / "s")
+    data = json.loads((study / "results.json").read_text())
+    data["circuits"][0]["metrics"] = "garbage"
+    (study / "results.json").write_text(json.dumps(data))
+    before = snapshot(study)
+    fails(capsys, ["study", "--out", str(study), "--summary"], "circuits[0]", "'metrics'")
+    assert snapshot(study) == before
+
+
 def test_report_paths_are_relative_to_the_study(tmp_path):
     study = write_fake_study(tmp_path / "s")
     results = json.loads((study / "results.json").read_text())

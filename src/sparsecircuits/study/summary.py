@@ -249,6 +249,21 @@ def reanalysed(results: StudyResults, source: str = "results.json") -> StudyResu
     return fresh
 
 
+def check_rows(results: StudyResults, path: Path) -> None:
+    """Every row of results.json an object, and a circuit's metrics, controls and
+    legibility objects where present: an edited file gets one line naming the row."""
+    for name in ("models", "eligibility", "circuits"):
+        for i, row in enumerate(getattr(results, name)):
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: {name}[{i}] is not a JSON object")
+            for key in ("metrics", "controls", "legibility"):
+                if row.get(key) is not None and not isinstance(row[key], dict):
+                    raise UserError(
+                        f"{path}: {name}[{i}] ({row.get('model')}, {row.get('task')}): "
+                        f"'{key}' is not a JSON object"
+                    )
+
+
 def write_summary(study_dir: str | Path, reanalyse: bool = False) -> Path:
     """Write DIR/summary.md from DIR/results.json; with `reanalyse`, the results are first
     recomputed by this version (`reanalysed`) and written back (`study --summary`). A study
@@ -256,6 +271,7 @@ def write_summary(study_dir: str | Path, reanalyse: bool = False) -> Path:
     study_dir = Path(study_dir)
     path = study_dir / "results.json"
     results = StudyResults.of_study(study_dir)
+    check_rows(results, path)
     try:
         if reanalyse:
             results = reanalysed(results, str(path))
