@@ -12,15 +12,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_config
+from ..checkpoint import load_checked_tokenizer, load_config
 from ..config import model_name
+from ..errors import UserError
 from ..fer import fer_measures
 from ..nodes import ablation_hooks, compute_node_means, node_sites, parse_node
 from ..prune import TargetUnreachable, TaskTrivial, find_circuit
 from ..prune_methods import PruneConfig
 from ..tasks import Task, TaskBatch, prompt_windows, task_accuracy
 from ..tasks.compound import FACTORS, CompoundTask, compound_accuracy
-from ..tokenizer import load_tokenizer
 from ..weightmask import (
     Ablation,
     continuous_sparsification,
@@ -210,7 +210,9 @@ def one_run(task: CompoundTask, model_dir: Path, regime: str, seed: int, cfg, de
     """One base model of `regime` built from `model_dir` with `seed`, analysed on `device`."""
     model_cfg, train_cfg = load_config(model_dir)
     density = train_cfg.density if train_cfg is not None else 1.0
-    tokenizer = load_tokenizer(model_dir / "tokenizer.json")
+    tokenizer = load_checked_tokenizer(model_dir, model_cfg, train_cfg)
+    if tokenizer is None:
+        raise UserError(f"{model_dir}: no tokenizer.json to encode the task's prompts")
     n_ctx = model_cfg.n_ctx
     batches = {s: task.encode(tokenizer, s, n_ctx).to(device) for s in ("train", "test")}
     train_subs = shuffled_labels(task, seed) if regime == "shuffled" else task.sub

@@ -14,7 +14,6 @@ so a killed study resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 import time
 from pathlib import Path
@@ -25,7 +24,14 @@ from tqdm import tqdm
 
 from ..checkpoint import checkpoint_corpus, load, load_config, pick_device, save_checkpoint
 from ..errors import UserError
-from ..io import claim_run_dir, read_json, read_jsonl, staged_dir, write_json_atomic
+from ..io import (
+    claim_run_dir,
+    file_digest,
+    read_json,
+    read_jsonl,
+    staged_dir,
+    write_json_atomic,
+)
 from ..model import SparseGPT
 from ..nodes import cached_node_means
 from ..prune import (
@@ -338,12 +344,7 @@ def _control(cfg: StudyConfig, mdir: Path, task: Task, pcfg: PruneConfig, device
 
 def _content_hash(task: str) -> str | None:
     """The hash of a user task file's bytes (None for a built-in task)."""
-    if not task.endswith(".jsonl"):
-        return None
-    try:
-        return hashlib.blake2b(Path(task).read_bytes(), digest_size=16).hexdigest()
-    except OSError as e:
-        raise UserError(f"{task}: cannot read the task file ({e.strerror})") from None
+    return file_digest(task) if task.endswith(".jsonl") else None
 
 
 def _circuit(
