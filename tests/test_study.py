@@ -304,6 +304,8 @@ def test_the_ratio_is_read_at_fixed_losses_inside_the_overlap():
     text = answer._fixed_loss_words(fl)
     assert text.startswith("the curves overlap in every seed from 3.450 to 3.600 (0.150 nats")
     assert "Pareto" in text
+    # 4 dense but 2 sparse models inside: the family is short of the rule
+    assert "short of the rule of >= 0.1 nats with >= 3 of each kind" in text
 
 
 def test_legibility_is_read_at_the_fixed_losses_as_size_is():

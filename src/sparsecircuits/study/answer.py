@@ -22,6 +22,10 @@ from .measures import (
     width_effect,
 )
 
+# The family a loss-resolved comparison needs (issue 30): this much overlap in held-out
+# loss, with this many models of each kind inside it.
+OVERLAP_NATS, OVERLAP_MODELS = 0.1, 3
+
 
 def outside_line(circuits: list[dict]) -> str | None:
     """How many circuits were searched outside the frontier and how many validated."""
@@ -75,12 +79,12 @@ def legibility_sentence(leg: dict, prefix: str = "Legibility") -> str:
         text = (
             f"share of {what} explained: dense {fmt_interval(x['dense'], '', 2)}, sparse "
             f"{fmt_interval(x['sparse'], '', 2)}, sparse - dense "
-            f"{fmt_interval(x['sparse_minus_dense'], '', 2)} ({x['verdict']})"
+            f"{judged(x['sparse_minus_dense'], x['verdict'], '', 2)}"
         )
         at = [p for p in ((x.get("at_losses") or {}).get("points") or []) if p["estimate"]]
         if at:
             text += "; at fixed held-out losses, sparse - dense " + ", ".join(
-                f"{p['loss']:.3f}: {fmt_interval(p['estimate'], '', 2)} ({p.get('verdict', verdict(p['estimate'], 0.0))})"
+                f"{p['loss']:.3f}: {judged(p['estimate'], p.get('verdict', verdict(p['estimate'], 0.0)), '', 2)}"
                 for p in at
             )
         parts.append(text)
@@ -92,11 +96,18 @@ def fmt_interval(iv: dict | None, unit: str = "x", digits: int = 2) -> str:
         return "not measured"
     core = f"{iv['value']:.{digits}f}{unit}"
     if iv["low"] is None:
-        return f"{core} (n={iv['n']}, too few seeds for an interval)"
+        return f"{core} (one seed: no interval)"
     return (
         f"{core} (95% t-interval {iv['low']:.{digits}f} to {iv['high']:.{digits}f}{unit}, "
         f"{iv['n']} seeds, df {iv['df']})"
     )
+
+
+def judged(est: dict | None, word: str, unit: str = "x", digits: int = 2) -> str:
+    """An estimate with its interval and its verdict word (none where one seed gives no
+    interval: the interval's absence says it)."""
+    text = fmt_interval(est, unit, digits)
+    return text if word in ("no interval", "not measured") else f"{text} ({word})"
 
 
 def _ratio_words(ds: dict, what: str) -> str:
@@ -128,14 +139,18 @@ def _fixed_loss_words(fl: dict) -> str:
         return "the dense and sparse curves do not overlap in held-out loss in every seed, so no fixed loss was read"
     lo, hi = ov["common"]
     inside = ov["inside"]
+    n_dense, n_sparse = len(inside["dense"]), len(inside["sparse"])
+    rule = ov["width"] >= OVERLAP_NATS and min(n_dense, n_sparse) >= OVERLAP_MODELS
     head = (
         f"the curves overlap in every seed from {lo:.3f} to {hi:.3f} ({ov['width']:.3f} nats; "
-        f"{len(inside['dense'])} dense and {len(inside['sparse'])} sparse models inside by seed-mean loss)"
+        f"{n_dense} dense and {n_sparse} sparse models inside by seed-mean loss: "
+        f"{'meets' if rule else 'short of'} the rule of >= {OVERLAP_NATS} nats with >= "
+        f"{OVERLAP_MODELS} of each kind)"
     )
     parts = []
     for m in ("edges", "nodes"):
         pts = [
-            f"{p['loss']:.3f}: {fmt_interval(p['estimate'])} ({p.get('verdict', verdict(p['estimate']))})"
+            f"{p['loss']:.3f}: {judged(p['estimate'], p.get('verdict', verdict(p['estimate'])))}"
             for p in fl[m]["points"]
         ]
         trend = fl[m]["per_0.1_nats"]
@@ -156,9 +171,9 @@ def _fixed_loss_words(fl: dict) -> str:
 
 def _axis_words(ax: dict, what: str, loss_digits=3) -> str:
     return (
-        f"{what}, circuit edges change {fmt_interval(ax['edges_factor'])} ({ax['edges_verdict']}) = "
-        f"nodes {fmt_interval(ax['nodes_factor'])} ({ax['nodes_verdict']}) x edges per node "
-        f"{fmt_interval(ax['edges_per_node_factor'])} ({ax['edges_per_node_verdict']}); held-out loss "
+        f"{what}, circuit edges change {judged(ax['edges_factor'], ax['edges_verdict'])} = "
+        f"nodes {judged(ax['nodes_factor'], ax['nodes_verdict'])} x edges per node "
+        f"{judged(ax['edges_per_node_factor'], ax['edges_per_node_verdict'])}; held-out loss "
         f"{fmt_interval(ax['loss_change'], ' nats', loss_digits)} ({ax['loss_verdict']}, eval noise "
         f"{ax['eval_noise']:.3f})"
     )
