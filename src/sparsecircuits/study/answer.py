@@ -47,17 +47,15 @@ def controls_text(
     none: str = "no frontier circuit validated, so no controls in the comparison",
 ) -> str:
     """`controls` in words: which controls come close, on how many validated circuits
-    (`none` when there was no validated circuit to control), and each one's best loss."""
+    (`none` when there was no validated circuit to control); and for each, how often its
+    own circuit validated, how large against the real one, and its best test loss."""
     close = [
         f"{name.replace('_', ' ')} on {len(v)} of {ctl['n_checked']} ({', '.join(v[:3])}"
         + (", ...)" if len(v) > 3 else ")")
         for name, v in ctl["close"].items()
         if v
     ]
-    best = "; ".join(
-        f"{name.replace('_', ' ')} best test loss {b['best_test_loss']:.3f} (median {b['median_test_loss']:.3f})"
-        for name, b in ctl.get("best", {}).items()
-    )
+    best = "; ".join(_control_words(name, b) for name, b in ctl.get("best", {}).items())
     best = f" ({best})" if best else ""
     if close:
         return (
@@ -67,6 +65,18 @@ def controls_text(
     if ctl["n_checked"]:
         return f"no control came close on {ctl['n_checked']} validated circuits{best}"
     return none
+
+
+def _control_words(name: str, b: dict) -> str:
+    text = f"{name.replace('_', ' ')} validated on {b.get('n_validated', 0)} of {b.get('n', '?')}"
+    if b.get("edges_x"):
+        low, mid, high = b["edges_x"]
+        text += f" at {low:.1f}-{high:.1f}x the real circuit's edges (median {mid:.1f}x)"
+    if b["best_test_loss"] is None:
+        return text + " (no budget reached the target)"
+    return text + (
+        f", best test loss {b['best_test_loss']:.3f} (median {b['median_test_loss']:.3f})"
+    )
 
 
 def legibility_sentence(leg: dict, prefix: str = "Legibility") -> str:

@@ -321,15 +321,19 @@ def controls(circuits: list[dict]) -> dict:
     }
     best = {}
     for name in CONTROLS:
+        got = [(r, r[f"{name}_best"]) for r in rows if r.get(f"{name}_best")]
         losses = [
-            r[f"{name}_best"]["test_loss_calibrated"]
-            for r in rows
-            if r.get(f"{name}_best") and r[f"{name}_best"]["test_loss_calibrated"] is not None
+            b["test_loss_calibrated"] for _, b in got if b["test_loss_calibrated"] is not None
         ]
-        if losses:
+        # how much larger than the real circuit a control's validated circuit is
+        sizes = [b["n_edges"] / max(r["n_edges"], 1) for r, b in got if b["status"] == "ok"]
+        if got:
             best[name] = {
-                "best_test_loss": min(losses),
-                "median_test_loss": statistics.median(losses),
+                "n": len(got),
+                "n_validated": len(sizes),
+                "best_test_loss": min(losses) if losses else None,
+                "median_test_loss": statistics.median(losses) if losses else None,
+                "edges_x": [min(sizes), statistics.median(sizes), max(sizes)] if sizes else None,
             }
     return {"rows": rows, "close": close, "n_checked": len(rows), "best": best}
 
