@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from sparsecircuits.config import resolve
 
@@ -63,6 +64,15 @@ def write_corpus(root: Path, n_files: int = 30, seed: int = 0) -> Path:
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SPARSECIRCUITS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny tensors: one thread is fastest and does not fight other work for the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ decide while test pairs are only reported, and the k_coef x mask_lr grid."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -14,18 +15,14 @@ from sparsecircuits.planted import SOFT, planted_batch, planted_model
 from sparsecircuits.prune import TargetUnreachable, find_circuit
 from sparsecircuits.prune_methods import PruneConfig
 from sparsecircuits.study import answer, inverted_task, measures, nonsense_task
+from sparsecircuits.study.run import control_record
 from sparsecircuits.tasks import TaskBatch, get_task
 from test_planted import PLANTED, TARGET, planted
 
 CFG = PruneConfig(method="masks", target_loss=TARGET, steps=300, random_draws=0, effect_nodes=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inverted(b: TaskBatch) -> TaskBatch:
@@ -39,13 +36,7 @@ def control_row(model, train, test, means) -> dict:
         c = find_circuit(model, train, test, means, CFG, progress=False, require_full_model=False)
     except TargetUnreachable:
         return {"status": "unreachable", "n_edges": None, "test_loss_calibrated": None}
-    v = c.metrics["validation"]
-    return {
-        "status": v["status"],
-        "n_edges": c.n_edges,
-        "n_nodes": c.n_nodes,
-        "test_loss_calibrated": v["test_loss_calibrated"],
-    }
+    return control_record(c)
 
 
 def flipped_model():
@@ -150,12 +141,9 @@ def test_the_grid_spans_k_coef_and_mask_lr():
         select_b=planted_batch(64, 3),
     )
     grid = c.metrics["grid"]
-    assert [(g["k_coef"], g["mask_lr"]) for g in grid] == [
-        (1e-3, 0.05),
-        (1e-3, 0.2),
-        (1e-2, 0.05),
-        (1e-2, 0.2),
-    ]
+    assert [(g["k_coef"], g["mask_lr"]) for g in grid] == list(
+        itertools.product([1e-3, 1e-2], [0.05, 0.2])
+    )
     ok = [g for g in grid if g["status"] == "ok"]
     best = min(ok, key=lambda g: g["n_edges"])
     assert c.n_edges == best["n_edges"]

@@ -156,13 +156,7 @@ def planted(sink_logit: float | None) -> Planted:
     return Planted(model, sites, means, planted_batch(64, 1), planted_batch(64, 2))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread is fastest and does not fight other work for the cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 BOTH = pytest.mark.parametrize("sink", [SOFT, SATURATED], ids=["soft", "saturated"])

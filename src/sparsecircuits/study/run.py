@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..checkpoint import checkpoint_corpus, load, load_config, pick_device, save_checkpoint
+from ..circuit import Circuit
 from ..errors import UserError
 from ..io import (
     claim_run_dir,
@@ -329,6 +330,11 @@ def _control(cfg: StudyConfig, mdir: Path, task: Task, pcfg: PruneConfig, device
         c = _search(cfg, mdir, task, light, device, require_full_model=False)
     except TargetUnreachable as e:
         return {"status": "unreachable", "n_edges": None, "message": str(e)}
+    return control_record(c)
+
+
+def control_record(c: Circuit) -> dict:
+    """What a control keeps of its best circuit: status, size, losses, chosen setting."""
     v = c.metrics["validation"]
     return {
         "status": v["status"],
