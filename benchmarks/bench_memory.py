@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from sparsecircuits.checkpoint import pick_device
 from sparsecircuits.config import resolve
+from sparsecircuits.device import pick_device
 from sparsecircuits.model import SparseGPT
 from sparsecircuits.sparsity import WeightSparsifier
 from sparsecircuits.train import make_optimizer, train_step

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
-from sparsecircuits.checkpoint import load, pick_device
+from sparsecircuits.checkpoint import load
 from sparsecircuits.cli import main as cli
 from sparsecircuits.config import resolve
+from sparsecircuits.device import pick_device
 from sparsecircuits.model import SparseGPT
 from sparsecircuits.sparsity import WeightSparsifier
 from sparsecircuits.study import StudyConfig, add_legibility, run_study

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from . import threads
-from .checkpoint import check_memory, checkpoint_corpus, load, load_config
+from .checkpoint import checkpoint_corpus, load, load_config
 from .config import PRESETS, memory_estimate, resolve
+from .device import check_memory, pick_device
 from .errors import UserError
 from .explain import (
     explain_checkpoint,
@@ -33,7 +34,7 @@ from .report import build_report, serve
 from .sparsity import density_report
 from .tasks import get_task, list_tasks, task_accuracy, task_loss
 from .tokenizer import eot_id
-from .train import heldout_loss, pick_device, train
+from .train import heldout_loss, train
 from .weightmask import MaskConfig
 
 # The study, activations and modularity commands import their module when they run: those

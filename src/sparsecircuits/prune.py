@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import deterministic, load, pick_device
+from .checkpoint import load
 from .circuit import Circuit, Node, circuit_edges
+from .device import deterministic, pick_device
 from .errors import UserError
 from .nodes import ablation_hooks, cached_node_means, channels, node_sites, parse_node
 from .prune_methods import METHODS, Problem, PruneConfig

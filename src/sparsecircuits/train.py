@@ -27,13 +27,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import threads
-from .checkpoint import (  # pick_device re-exported
-    check_memory,
+from .checkpoint import (
     check_sizes,
     check_state,
-    deterministic,
     load_tensors,
-    pick_device,
     save_checkpoint,
     save_tensors,
 )
@@ -46,6 +43,7 @@ from .config import (
     param_count,
 )
 from .corpus import TokenData, describe, prepare
+from .device import check_memory, deterministic, pick_device
 from .errors import UserError
 from .io import (
     claim_run_dir,

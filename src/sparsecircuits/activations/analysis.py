@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import checkpoint_corpus, load, load_config, pick_device
+from ..checkpoint import checkpoint_corpus, load, load_config
 from ..config import model_name, seedless_key
+from ..device import pick_device
 from ..errors import UserError
 from ..io import claim_run_dir
 from ..report import build_report

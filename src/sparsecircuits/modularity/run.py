@@ -10,8 +10,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..checkpoint import load_config, pick_device
+from ..checkpoint import load_config
 from ..config import seedless_key
+from ..device import pick_device
 from ..errors import UserError
 from ..fer import validate_on_planted
 from ..io import claim_run_dir, read_jsonl, write_jsonl_atomic

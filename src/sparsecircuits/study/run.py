@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..checkpoint import checkpoint_corpus, load, load_config, pick_device, save_checkpoint
+from ..checkpoint import checkpoint_corpus, load, load_config, save_checkpoint
 from ..circuit import Circuit
+from ..device import pick_device
 from ..errors import UserError
 from ..io import (
     claim_run_dir,
