@@ -200,7 +200,8 @@ class TokenData:
     cache_dir: Path
 
     @staticmethod
-    def _windows(data: np.ndarray, starts: torch.Tensor, n_ctx: int) -> torch.Tensor:
+    def windows(data: np.ndarray, starts: torch.Tensor, n_ctx: int) -> torch.Tensor:
+        """[len(starts), n_ctx + 1] windows of token ids `data` starting at `starts`."""
         idx = starts.numpy()[:, None] + np.arange(n_ctx + 1)[None, :]
         return torch.from_numpy(data[idx].astype(np.int64))
 
@@ -215,7 +216,7 @@ class TokenData:
             )
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         starts = torch.randint(0, len(data) - n_ctx - 1, (batch_size,), generator=g)
-        return self._windows(data, starts, n_ctx)
+        return self.windows(data, starts, n_ctx)
 
     def eval_batches(self, batches: int, batch_size: int, n_ctx: int):
         """The held-out windows every run evaluates (by EVAL_SEED, whatever the run's seed):

@@ -125,7 +125,7 @@ def compute_node_means(
     return {h: (s / count).float() for h, s in sums.items()}
 
 
-def _weights_digest(model_dir: Path) -> str:
+def weights_digest(model_dir: Path) -> str:
     return hashlib.blake2b(
         (model_dir / "model.safetensors").read_bytes(), digest_size=16
     ).hexdigest()
@@ -153,7 +153,7 @@ def cached_node_means(
     model_dir = Path(model_dir)
     sites = node_sites(model.cfg)
     path = model_dir / MEANS_FILE
-    digest = _weights_digest(model_dir)
+    digest = weights_digest(model_dir)
     meta_key = f"{digest}:{batches}x{batch_size}:{data}"
     if path.exists():
         try:

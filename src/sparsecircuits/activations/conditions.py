@@ -100,7 +100,7 @@ def prose_windows(data: TokenData, n: int, n_ctx: int, seed: int) -> torch.Tenso
         return None
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(ids) - n_ctx - 1, (n,), generator=g)
-    return TokenData._windows(ids, starts, n_ctx)[:, :-1]
+    return TokenData.windows(ids, starts, n_ctx)[:, :-1]
 
 
 @dataclass
