@@ -8,7 +8,8 @@ channels (the ground truth: the former keep it, the latter lose it).
 
     python benchmarks/explain_criterion.py [--seeds 5]
 
-The features and the planted nodes are the ground-truth test's (tests/test_explain.py).
+The features and the planted nodes are the ground truth of sparsecircuits.explain.planted_truth,
+which tests/test_explain.py checks too.
 Writes benchmarks/results/explain_criterion.{md,json} (README quotes the .md).
 """
 
@@ -18,14 +19,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results import save_results  # noqa: E402
 from sparsecircuits.explain import CRITERION, LEGIBLE_AUC, is_explained  # noqa: E402
+from sparsecircuits.explain.planted_truth import KNOWN, explain_planted  # noqa: E402
 from sparsecircuits.fer import rotate_hidden  # noqa: E402
 from sparsecircuits.planted import planted_model  # noqa: E402
-from test_explain import KNOWN, _explain  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     models = [("planted", planted_model())]
     models += [(f"rotated seed {s}", rotate_hidden(planted_model(), s)) for s in range(args.seeds)]
     for name, model in models:
-        e = _explain(model)
+        e = explain_planted(model)
         by_auc = [n for n, x in e.items() if x["auc"] >= LEGIBLE_AUC]
         both = [n for n in by_auc if is_explained(e[n])]
         extra = ", ".join(

@@ -17,9 +17,7 @@ from sparsecircuits.explain import (
     LEGIBLE_AUC,
     LEGIBLE_PR,
     Context,
-    Feature,
     direct_tokens,
-    explain_nodes,
     explanation_table,
     feature_aucs,
     is_explained,
@@ -27,53 +25,15 @@ from sparsecircuits.explain import (
     make_context,
     node_activations,
 )
+from sparsecircuits.explain.planted_truth import KNOWN, NAMES, explain_planted
 from sparsecircuits.fer import rotate_hidden
 from sparsecircuits.nodes import node_sites
-from sparsecircuits.planted import FILLERS, QUERIES, A, B, planted_batch, planted_model
+from sparsecircuits.planted import planted_batch, planted_model
 from sparsecircuits.study_results import StudyResults
-
-NAMES = ["A", "B", "X", "Y", "f0", "f1", "f2", "f3", "Q0", "Q1", "Q2", "Q3"]
-
-
-def _is(name, ids):
-    return Feature(name, name, lambda ctx: [t in ids for t in ctx.ids])
-
-
-def _query_after(key):
-    return Feature(
-        f"query after {NAMES[key]}",
-        "a query with this key earlier",
-        lambda ctx: [t in QUERIES and key in ctx.ids[:i] for i, t in enumerate(ctx.ids)],
-    )
-
-
-FEATURES = [
-    _is("key A", {A}),
-    _is("key B", {B}),
-    _is("key", {A, B}),
-    _is("query", set(QUERIES)),
-    _is("filler", set(FILLERS)),
-    _query_after(A),
-    _query_after(B),
-]
-KNOWN = {
-    "blocks.0.ln1.hook_normalized[1]": {"key A", "key B"},
-    "blocks.0.ln1.hook_normalized[2]": {"key"},
-    "blocks.0.ln1.hook_normalized[3]": {"query"},
-    "blocks.0.attn.hook_q[0]": {"query"},
-    "blocks.0.attn.hook_k[0]": {"key"},
-    "blocks.0.attn.hook_v[0]": {"key A", "key B"},
-    "blocks.0.hook_attn_out[4]": {"query after A", "query after B"},
-}
-
-
-def _explain(model):
-    contexts = [make_context(r.tolist(), NAMES, True) for r in planted_batch(128, 5).tokens]
-    return explain_nodes(model, contexts, list(KNOWN), NAMES, features=FEATURES)
 
 
 def test_planted_nodes_get_their_known_features():
-    for node, e in _explain(planted_model()).items():
+    for node, e in explain_planted(planted_model()).items():
         assert e["feature"] in KNOWN[node] and e["auc"] >= 0.95, (node, e)
         assert e["precision"] == e["recall"] == 1.0
 
@@ -97,7 +57,7 @@ def test_rotated_twin_ground_truth_follows_what_the_rotation_mixes():
     mixed = [n for n in KNOWN if n not in single]
     kept = {True: 0, False: 0}
     for seed in range(4):
-        e = _explain(rotate_hidden(planted, seed))
+        e = explain_planted(rotate_hidden(planted, seed))
         for node in single:
             assert e[node]["feature"] in KNOWN[node] and is_explained(e[node]), (seed, node)
         for node in mixed:
@@ -108,8 +68,8 @@ def test_rotated_twin_ground_truth_follows_what_the_rotation_mixes():
 def test_precision_and_recall_make_the_criterion_stricter_on_the_rotated_twin():
     # AUC alone still passes mixed residual channels of the rotated twin; the criterion
     # (AUC, precision and recall) explains every planted node and fewer rotated ones.
-    assert all(is_explained(e) for e in _explain(planted_model()).values())
-    rotated = _explain(rotate_hidden(planted_model(), 0)).values()
+    assert all(is_explained(e) for e in explain_planted(planted_model()).values())
+    rotated = explain_planted(rotate_hidden(planted_model(), 0)).values()
     assert sum(map(is_explained, rotated)) < sum(e["auc"] >= 0.9 for e in rotated)
 
 
