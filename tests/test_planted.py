@@ -31,9 +31,9 @@ from sparsecircuits.planted import (
     planted_batch,
     planted_model,
 )
-from sparsecircuits.prune import calibrate, find_circuit, pair_loss
-from sparsecircuits.prune_methods import METHODS, PruneConfig
-from sparsecircuits.tasks import TaskBatch, task_logit_diff
+from sparsecircuits.prune import find_circuit
+from sparsecircuits.prune_methods import METHODS, PruneConfig, calibrate
+from sparsecircuits.tasks import TaskBatch, pair_loss, task_logit_diff
 
 TARGET = 0.15
 

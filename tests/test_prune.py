@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sparsecircuits.prune as prune_module
+import sparsecircuits.prune_methods.evaluate as evaluate_module
 from conftest import tiny_configs, write_quote_task
 from sparsecircuits import load, train
 from sparsecircuits.circuit import SCHEMA_VERSION, Circuit, Node, circuit_edges
@@ -15,8 +16,8 @@ from sparsecircuits.config import ModelConfig
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import SparseGPT
 from sparsecircuits.nodes import MEANS_FILE, ablation_hooks, node_sites, parse_node
-from sparsecircuits.prune import Evaluator, TargetUnreachable, TaskTrivial, calibrate, prune
-from sparsecircuits.prune_methods import Problem, PruneConfig
+from sparsecircuits.prune import TargetUnreachable, TaskTrivial, prune
+from sparsecircuits.prune_methods import Evaluator, Problem, PruneConfig, calibrate
 from sparsecircuits.tasks import TaskBatch, get_task, task_logit_diff
 
 
@@ -287,7 +288,7 @@ def test_masks_of_ones_are_the_identity_and_zeros_ablate():
 
 @pytest.mark.parametrize("run_pairs", [16, 1])  # pairs in one pass, or cut by length
 def test_many_mask_sets_evaluated_together_equal_one_at_a_time(monkeypatch, run_pairs):
-    monkeypatch.setattr(prune_module, "_RUN_PAIRS", run_pairs)
+    monkeypatch.setattr(evaluate_module, "_RUN_PAIRS", run_pairs)
     torch.manual_seed(0)
     model = SparseGPT(ModelConfig(vocab_size=40, d_model=32, n_layer=2, afrac=0.25)).eval()
     with torch.no_grad():
@@ -387,7 +388,7 @@ def test_calibration_shift_removes_a_bias_towards_one_answer():
     # Right margins plus a bias of 1.5 towards answer a: prompts whose answer is b look
     # wrong. The shift moves against the bias (negative, in the a-vs-b direction) and the
     # calibrated answers are all right.
-    from sparsecircuits.prune import diff_metrics
+    from sparsecircuits.prune_methods import diff_metrics
 
     margins = torch.tensor([1.0, 0.6, 1.4, 0.8, 1.2, 0.7, 0.9, 1.1])
     diff = margins + 1.5 * torch.tensor([1.0, -1.0]).repeat(4)
@@ -398,7 +399,7 @@ def test_calibration_shift_removes_a_bias_towards_one_answer():
 
 
 def test_calibration_is_applied_unchanged_to_other_pairs():
-    from sparsecircuits.prune import diff_metrics
+    from sparsecircuits.prune_methods import diff_metrics
     from sparsecircuits.tasks import pair_loss
 
     diff = torch.tensor([0.5, -0.2, 1.0, 0.3])
@@ -523,7 +524,7 @@ def test_calibration_does_not_overfit_train_pairs_it_gets_all_right():
     # test pairs. Fitted to probability 1, the scale grew until the few wrong test pairs cost
     # tens of nats: calibrated test loss 0.75 against a raw 0.26 (here 0.81 against 0.42).
     # Smoothed targets give the fit a finite optimum, and calibration helps again.
-    from sparsecircuits.prune import diff_metrics
+    from sparsecircuits.prune_methods import diff_metrics
     from sparsecircuits.tasks import pair_loss
 
     train = torch.linspace(0.5, 3.0, 128)

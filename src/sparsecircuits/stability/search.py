@@ -23,14 +23,8 @@ from ..checkpoint import load
 from ..circuit import Circuit
 from ..errors import UserError
 from ..nodes import cached_node_means, node_sites, parse_node
-from ..prune import (
-    Evaluator,
-    TargetUnreachable,
-    calibrate,
-    encode_splits,
-    find_circuit,
-)
-from ..prune_methods import Problem, PruneConfig
+from ..prune import TargetUnreachable, encode_splits, find_circuit
+from ..prune_methods import Evaluator, Problem, PruneConfig, calibrate
 from ..tasks import TaskBatch, get_task
 from .records import SearchRun
 from .rephrase import rephrase

@@ -36,14 +36,8 @@ from ..io import (
 )
 from ..model import SparseGPT
 from ..nodes import cached_node_means
-from ..prune import (
-    TargetUnreachable,
-    empty_circuit_metrics,
-    encode_splits,
-    find_circuit,
-    full_model_metrics,
-)
-from ..prune_methods import PruneConfig
+from ..prune import TargetUnreachable, encode_splits, find_circuit
+from ..prune_methods import PruneConfig, empty_circuit_metrics, full_model_metrics
 from ..report import SECTION_FILE
 from ..sparsity import WeightSparsifier
 from ..study_results import StudyResults
