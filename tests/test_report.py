@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sparsecircuits import cli, report
+from sparsecircuits.cli_parser import build_parser
 from sparsecircuits.config import ACT_SITES, OLD_NODE_SITES
 from sparsecircuits.errors import UserError
 from sparsecircuits.explain import is_explained
@@ -168,8 +169,13 @@ def test_serve_builds_a_missing_report(tmp_path, capsys):
 
 
 def test_view_command(study):
-    args = cli.build_parser().parse_args(["view", str(study), "--port", "0", "--no-build"])
-    assert args.fn is cli._cmd_view and args.port == 0 and args.no_build
+    args = build_parser().parse_args(["view", str(study), "--port", "0", "--no-build"])
+    assert cli.COMMANDS[args.command] is cli._cmd_view and args.port == 0 and args.no_build
+
+
+def test_every_command_the_parser_knows_runs_something():
+    names = set(build_parser()._subparsers._group_actions[0].choices)  # argparse keeps them here
+    assert names == set(cli.COMMANDS)
 
 
 # ---------- in a real browser ----------
