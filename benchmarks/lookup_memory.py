@@ -4,7 +4,8 @@ pretraining seeds; held-out loss, tasks reached, trivial tasks and circuit sizes
 per seed (study/lookup.py). A separate, separately timed run, not part of any preset's
 budget.
 
-    python benchmarks/lookup_memory.py [--preset standard] [--seeds 3] [--jobs 2] [--out runs/lookup]
+    python benchmarks/lookup_memory.py [--preset standard] [--seeds 3] [--jobs 2] [--tasks a,b]
+        [--out runs/lookup]
 
 Writes benchmarks/results/lookup_memory_<preset>.md/.json; the two studies stay in
 OUT/with and OUT/without (resumable: a killed run continues where it stopped).
@@ -60,8 +61,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/lookup"))
+    ap.add_argument("--tasks", help="comma list of tasks (default: the preset's)")
     args = ap.parse_args()
-    base = study_config(args.preset)
+    base = study_config(args.preset, args.tasks.split(",") if args.tasks else None)
     t0 = time.perf_counter()
     results = {
         side: run_study(
