@@ -5,7 +5,8 @@ every number they quote comes from a results file a command wrote (see results.p
     python benchmarks/update_readme.py [--check] [--take NAME=FILE ...]
 
 `NAME#answer` pastes only an excerpt of NAME.md: a study summary's **Answer.** paragraph and
-the trend lines below it (`- per ...`), which README.md quotes; the whole file lives on its
+the lines below it that read the ratio at fixed losses and the trends (`- at fixed held-out
+losses ...`, `- per ...`), which README.md quotes; the whole file lives on its
 docs/results/ page.
 
 --check exits 1 when a page differs from what the results files say (nothing written).
@@ -35,14 +36,16 @@ def pages(root: Path = ROOT) -> list[Path]:
 
 
 def answer_excerpt(summary: str) -> str:
-    """A study summary's **Answer.** paragraph and its trend lines (`- per ...`): the
+    """A study summary's **Answer.** paragraph, its fixed-loss line and its trend lines: the
     headline with its intervals, without the tables."""
     lines = summary.splitlines(keepends=True)
     start = next((i for i, ln in enumerate(lines) if ln.startswith("**Answer.**")), None)
     if start is None:
         raise ValueError("no **Answer.** paragraph")
     out = [lines[start]]
-    trends = [ln for ln in lines[start + 1 :] if ln.startswith("- per ")]
+    trends = [
+        ln for ln in lines[start + 1 :] if ln.startswith(("- per ", "- at fixed held-out losses"))
+    ]
     if trends:
         out += ["\n", *trends]
     return "".join(out)

@@ -34,6 +34,7 @@ def test_blocks_are_replaced_from_their_results_file(tmp_path):
 def test_answer_excerpt_is_the_answer_and_its_trends(tmp_path):
     (tmp_path / "study.md").write_text(
         "### Study\n\n**Answer.** 1.2x (95% interval 0.9-1.5x).\n\n"
+        "- at fixed held-out losses: 3.4: 1.1x\n"
         "- per halving of density, 0.5x\n- tasks: a, b\n- per doubling of width, 0.7x\n\n"
         "#### Models\n\n| a |\n"
     )
@@ -41,6 +42,7 @@ def test_answer_excerpt_is_the_answer_and_its_trends(tmp_path):
     out = _updater().regenerate(page, tmp_path)
     assert out == (
         "<!-- begin: study#answer -->\n**Answer.** 1.2x (95% interval 0.9-1.5x).\n\n"
+        "- at fixed held-out losses: 3.4: 1.1x\n"
         "- per halving of density, 0.5x\n- per doubling of width, 0.7x\n"
         "<!-- end: study#answer -->\n"
     )

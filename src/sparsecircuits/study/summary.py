@@ -50,7 +50,7 @@ def summary_markdown(results: StudyResults) -> str:
         "",
         f"**Answer.** {a['sentence']}",
         "",
-        f"- {a['fixed_loss']}",
+        f"- at fixed held-out losses: {a['fixed_loss']}",
         f"- {a['density_trend']}",
         f"- {a['width_effect']}",
         *(f"- {d}" for d in a["details"]),
@@ -71,6 +71,51 @@ def summary_markdown(results: StudyResults) -> str:
             ],
         ),
         "",
+        *_models_table(results),
+        *_eligibility_table(results),
+        *_circuits_table(results),
+        "## Axes",
+        "",
+    ]
+    for name, title in (("density", "density (base width)"), ("width", "width (fixed nonzeros)")):
+        lines += [
+            f"{title}:",
+            "",
+            *_table(
+                ["x", "held-out loss", "eval s.e.", "geomean nodes", "geomean edges", "circuits"],
+                [
+                    [p["x"], p["heldout_loss"], p["eval_se"], p.get("geomean_nodes")]
+                    + [p["geomean_edges"], p["n_circuits"]]
+                    for p in ms[name]["points"]
+                ],
+            ),
+            "",
+        ]
+    frontier, outside = split_frontier(results.circuits)
+    if "legibility" in ms:
+        lines += legibility_markdown(ms["legibility"], frontier)
+    if "legibility_outside" in ms:
+        lines += legibility_markdown(
+            ms["legibility_outside"],
+            outside,
+            "Legibility outside the frontier (not in the circuit-size comparison)",
+        )
+    ds = ms["dense_sparse"]
+    lines += [
+        f"Dense/sparse readings: {ds['n_interpolated']} interpolated, {ds['n_extrapolated']} extrapolated.",
+        "",
+    ]
+    if results.timing:
+        t = results.timing
+        lines.append(
+            f"Wall time of this run: training {t['train_seconds']} s, pruning {t['prune_seconds']} s."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _models_table(results: StudyResults) -> list[str]:
+    """Every model: held-out loss, its eval noise, nonzero block weights."""
+    return [
         "## Models",
         "",
         *_table(
@@ -81,6 +126,12 @@ def summary_markdown(results: StudyResults) -> str:
             ],
         ),
         "",
+    ]
+
+
+def _eligibility_table(results: StudyResults) -> list[str]:
+    """Every full model on every task, against the target."""
+    return [
         "## Full models on test pairs (calibrated on train pairs)",
         "",
         *_table(
@@ -112,6 +163,12 @@ def summary_markdown(results: StudyResults) -> str:
             ],
         ),
         "",
+    ]
+
+
+def _circuits_table(results: StudyResults) -> list[str]:
+    """Every circuit with its setting, losses and controls."""
+    return [
         "## Circuits and their controls",
         "",
         *_table(
@@ -152,43 +209,7 @@ def summary_markdown(results: StudyResults) -> str:
             ],
         ),
         "",
-        "## Axes",
-        "",
     ]
-    for name, title in (("density", "density (base width)"), ("width", "width (fixed nonzeros)")):
-        lines += [
-            f"{title}:",
-            "",
-            *_table(
-                ["x", "held-out loss", "eval s.e.", "geomean nodes", "geomean edges", "circuits"],
-                [
-                    [p["x"], p["heldout_loss"], p["eval_se"], p.get("geomean_nodes")]
-                    + [p["geomean_edges"], p["n_circuits"]]
-                    for p in ms[name]["points"]
-                ],
-            ),
-            "",
-        ]
-    frontier, outside = split_frontier(results.circuits)
-    if "legibility" in ms:
-        lines += legibility_markdown(ms["legibility"], frontier)
-    if "legibility_outside" in ms:
-        lines += legibility_markdown(
-            ms["legibility_outside"],
-            outside,
-            "Legibility outside the frontier (not in the circuit-size comparison)",
-        )
-    ds = ms["dense_sparse"]
-    lines += [
-        f"Dense/sparse readings: {ds['n_interpolated']} interpolated, {ds['n_extrapolated']} extrapolated.",
-        "",
-    ]
-    if results.timing:
-        t = results.timing
-        lines.append(
-            f"Wall time of this run: training {t['train_seconds']} s, pruning {t['prune_seconds']} s."
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _interval_cell(iv: dict | None) -> str:
