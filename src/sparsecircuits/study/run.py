@@ -348,6 +348,34 @@ def _content_hash(task: str) -> str | None:
     return file_digest(task) if task.endswith(".jsonl") else None
 
 
+def _why_not_searched(cfg: StudyConfig, task: str, eligibility: list[dict]) -> dict:
+    """The status and message of a circuit the study does not search: some full model
+    misses the task (`not_eligible`), or the empty circuit already does it (`trivial`)."""
+    target = cfg.target(task)
+    rows = [r for r in eligibility if r["task"] == task]
+    missed = [
+        f"{r['model']} (test loss {r['loss_calibrated']:.3f}, accuracy {r['accuracy_calibrated']:.2f})"
+        for r in rows
+        if not r["reaches"]
+    ]
+    if missed:
+        return {
+            "status": "not_eligible",
+            "message": f"not every full model reaches target {target} with test accuracy >= "
+            f"{cfg.min_accuracy}: {', '.join(missed)}",
+        }
+    trivial = [
+        f"{r['model']} (train loss {r['empty_train_loss_calibrated']:.3f})"
+        for r in rows
+        if r.get("trivial")
+    ]
+    return {
+        "status": "trivial",
+        "message": f"the empty circuit (every node mean-ablated) reaches target {target}: "
+        f"{', '.join(trivial)}; the task needs no node",
+    }
+
+
 def _circuit(
     cfg: StudyConfig,
     spec: ModelSpec,
@@ -375,25 +403,7 @@ def _circuit(
     )
     outside = cfg.outside_frontier and own["reaches"] and not own.get("trivial")
     if not eligible and not outside:
-        rows = [r for r in eligibility if r["task"] == task_name]
-        missed = [
-            f"{r['model']} (test loss {r['loss_calibrated']:.3f}, accuracy {r['accuracy_calibrated']:.2f})"
-            for r in rows
-            if not r["reaches"]
-        ]
-        trivial = [
-            f"{r['model']} (train loss {r['empty_train_loss_calibrated']:.3f})"
-            for r in rows
-            if r.get("trivial")
-        ]
-        row.update(
-            status="not_eligible" if missed else "trivial",
-            message=f"not every full model reaches target {target} with test accuracy >= "
-            f"{cfg.min_accuracy}: {', '.join(missed)}"
-            if missed
-            else f"the empty circuit (every node mean-ablated) reaches target {target}: "
-            f"{', '.join(trivial)}; the task needs no node",
-        )
+        row.update(_why_not_searched(cfg, task_name, eligibility))
         return row
     cdir = out / "circuits" / spec.id / task_label(task_name)
     mdir = model_dir(cfg, spec)
