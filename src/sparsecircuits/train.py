@@ -258,7 +258,11 @@ def train(
         return _train(model_cfg, train_cfg, out, resume, device, progress, on_step, rank, world)
 
 
-def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, rank, world):
+def _setup_run(model_cfg, train_cfg, out: Path, resume, device, rank: int, world: int):
+    """Everything checked before a model is built: the device, the memory the config needs,
+    the corpus (rank 0 tokenizes, the others then find it cached) and its vocabulary, and
+    the output folder (claimed only after the data checks, so a start that fails on its data
+    leaves no folder behind) -> (device, the config that runs, data, config dict)."""
     if world > 1 and torch.cuda.is_available() and device in (None, "auto"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = pick_device(device)
@@ -302,6 +306,12 @@ def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, r
             settings = {**cfg_dict, TOKENIZER_KEY: record}
         claim_run_dir(out, settings, resume, None, marker="config.json", kind="run")
 
+    return device, train_cfg, data, cfg_dict
+
+
+def _start_model(model_cfg, train_cfg, out: Path, data, device, resume, rank: int):
+    """The model, its sparsifier and optimizer, at step 0 or as a resumed run left them
+    -> (model, sparsifier, optimizer, first step, tokens seen)."""
     resume_dir = _find_resume(out) if resume else None
     if resume_dir is not None:  # before building a model of an edited config.json's size
         check_sizes(model_cfg, resume_dir / "model.safetensors")
@@ -325,6 +335,17 @@ def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, r
         if train_cfg.save_every:
             _snapshot(out, model, data.tokenizer, 0)
 
+    return model, sparsifier, opt, start, tokens
+
+
+def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, rank, world):
+    device, train_cfg, data, cfg_dict = _setup_run(
+        model_cfg, train_cfg, out, resume, device, rank, world
+    )
+    model, sparsifier, opt, start, tokens = _start_model(
+        model_cfg, train_cfg, out, data, device, resume, rank
+    )
+    metrics_path = out / "metrics.jsonl"
     ddp = (
         torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None
