@@ -319,8 +319,8 @@ def _cmd_activations(args) -> None:
             raise UserError("give either model folders or --study DIR, not both")
         out = Path(args.out) if args.out else Path(args.study) / "activations"
         with writer_lock(out):
-            _, report = run_study_activations(args.study, out, cfg, args.device)
-        print(f"report:  {report}")
+            run_study_activations(args.study, out, cfg, args.device)
+        print(f"report:  {build_report(args.study)}")
     else:
         if not args.model_dirs or not args.out:
             raise UserError("activations needs MODEL_DIR ... --out DIR, or --study DIR")

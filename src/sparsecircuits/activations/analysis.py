@@ -17,7 +17,6 @@ from ..config import model_name, seedless_key
 from ..device import pick_device
 from ..errors import UserError
 from ..io import claim_run_dir
-from ..report import build_report
 from ..study_results import StudyResults
 from ..tasks import task_logit_diff
 from . import metrics
@@ -32,7 +31,7 @@ from .intervals import (
     verdict,
 )
 from .metrics import sparsity_metrics
-from .plots import plot_by_layer, plot_difficulty, plot_training, write_activation_section
+from .plots import plot_by_layer, plot_difficulty, plot_training, write_report_section
 from .results import ActivationResults
 
 # --- measuring -------------------------------------------------------------------------
@@ -433,7 +432,7 @@ def run_activations(
     if any(g["difficulty"] for g in results.groups):
         plot_difficulty(results, out / FILES["difficulty"], cfg.metric)
         images.append(("difficulty", "metric and accuracy by difficulty level"))
-    write_activation_section(results, out, images)
+    write_report_section(results, out, images)
     return results
 
 
@@ -441,14 +440,15 @@ def run_study_activations(
     study_dir, out=None, cfg: ActivationsConfig | None = None, device: str = "cpu"
 ):
     """The analysis on a study's models (every kind and seed), into DIR/activations by
-    default, then the study report rebuilt with its section."""
+    default, its report section beside it; rebuilding the study's report is the caller's
+    (report.build_report), as for every analysis."""
     study_dir = Path(study_dir)
     rows = StudyResults.of_study(study_dir).models
     if not rows:
         raise UserError(f"{study_dir / 'results.json'}: lists no models")
     dirs = [StudyResults.model_path(study_dir, r) for r in rows]
     results = run_activations(dirs, Path(out) if out else study_dir / "activations", cfg, device)
-    return results, build_report(study_dir)
+    return results
 
 
 def measure_difficulty(model, tok, levels: dict, hooks: list[str]) -> dict:

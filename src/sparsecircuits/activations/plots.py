@@ -35,7 +35,7 @@ def _seeds(g: dict) -> str:
     )
 
 
-def write_activation_section(results: ActivationResults, out: Path, images: list) -> Path:
+def write_report_section(results: ActivationResults, out: Path, images: list) -> Path:
     metric = results.config["metric"]
     expected = EXPECTED_EFFECT.get(metric)
     paras = [
