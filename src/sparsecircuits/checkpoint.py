@@ -118,12 +118,12 @@ def check_sizes(cfg: ModelConfig, path: Path) -> None:
     layers = len({k.split(".")[1] for k in shapes if k.startswith("blocks.")})
     if layers != cfg.n_layer:
         raise UserError(f"{path}: holds {layers} layers, config.json implies n_layer={cfg.n_layer}")
-    d, width = cfg.d_model, cfg.n_head * cfg.d_head
+    d, width = cfg.d_model, cfg.heads * cfg.d_head
     for k, want in {
         "embed.weight": [cfg.vocab_size, d],
         "blocks.0.attn.q_proj.weight": [width, d],
         "blocks.0.attn.o_proj.weight": [d, width],
-        "blocks.0.mlp.fc_in.weight": [cfg.d_mlp, d],
+        "blocks.0.mlp.fc_in.weight": [cfg.mlp_width, d],
     }.items():
         if k in shapes and shapes[k] != want:
             raise UserError(f"{path}: {k} has shape {shapes[k]}, config.json implies {want}")

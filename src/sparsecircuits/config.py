@@ -78,6 +78,21 @@ class ModelConfig:
         for s in self.afrac_sites:
             _check_choice("afrac_sites entry", s, ACT_SITES)
 
+    # n_head and d_mlp stay `int | None` fields, so the constructor, the validation and
+    # config.json read and write exactly as before; __post_init__ fills a None, and these
+    # read them as the ints they always are after construction.
+    @property
+    def heads(self) -> int:
+        """`n_head`, filled in: `d_model // d_head` where it was left None."""
+        assert self.n_head is not None, "__post_init__ sets n_head"
+        return self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """`d_mlp`, filled in: `4 * d_model` where it was left None."""
+        assert self.d_mlp is not None, "__post_init__ sets d_mlp"
+        return self.d_mlp
+
     def has_act_sparsity(self, site: str) -> bool:
         return self.afrac is not None and self.afrac < 1 and site in self.afrac_sites
 
@@ -217,9 +232,11 @@ def _check_fields(obj, names: tuple[str, ...] | None = None) -> None:
         if names is not None and f.name not in names:
             continue
         value = getattr(obj, f.name)
-        if not _type_ok(value, f.type):
-            want = _TYPE_WORDS[f.type.removesuffix(" | None")]
-            null = " or null" if f.type.endswith(" | None") else ""
+        kind = f.type
+        assert isinstance(kind, str)  # `from __future__ import annotations`: the source text
+        if not _type_ok(value, kind):
+            want = _TYPE_WORDS[kind.removesuffix(" | None")]
+            null = " or null" if kind.endswith(" | None") else ""
             raise UserError(f"{f.name} must be {want}{null}, got {value!r}")
         if f.name in LIMITS and value is not None:
             lo, hi, br = LIMITS[f.name]
@@ -402,8 +419,8 @@ def config_to_dict(model: ModelConfig, train: TrainConfig | None = None) -> dict
 def param_count(m: ModelConfig) -> int:
     """About how many parameters `m` describes, from its shape alone (even a shapes-only
     model of a million layers would take gigabytes to build)."""
-    d, w, f, v = m.d_model, m.n_head * m.d_head, m.d_mlp, m.vocab_size
-    layer = 4 * d * w + 2 * d * f + (3 * w + 2 * d + f) * m.bias + 4 * d + m.n_head
+    d, w, f, v = m.d_model, m.heads * m.d_head, m.mlp_width, m.vocab_size
+    layer = 4 * d * w + 2 * d * f + (3 * w + 2 * d + f) * m.bias + 4 * d + m.heads
     outside = v * d * (1 if m.tied_unembed else 2) + v * v * m.bigram_table + v + 2 * d
     return m.n_layer * layer + outside + m.pos_emb * m.n_ctx * d
 
@@ -414,7 +431,7 @@ def memory_estimate(m: ModelConfig, batch_size: int, training: bool) -> int:
     activations (every layer's kept for the backward pass when training). The factors are
     fitted to the measured peak of smoke-preset steps with each size in turn raised 100x
     or more (within 20% where the activations dominate)."""
-    per_token = 8 * m.d_model + 12 * m.n_head * m.d_head + 4 * m.d_mlp
+    per_token = 8 * m.d_model + 12 * m.heads * m.d_head + 4 * m.mlp_width
     per_token = per_token * (m.n_layer if training else 1) + 2 * m.vocab_size
     return 4 * (param_count(m) * (5 if training else 1) + batch_size * m.n_ctx * per_token)
 

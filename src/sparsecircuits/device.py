@@ -13,7 +13,7 @@ import torch
 from .errors import UserError
 
 
-def pick_device(device: str | None) -> torch.device:
+def pick_device(device: str | torch.device | None) -> torch.device:
     """`auto` (CUDA when there is one), `cpu`, `cuda` or `cuda:N`, checked here so a typo or
     a missing GPU is one line, not a traceback from the first tensor moved."""
     if device in (None, "auto"):

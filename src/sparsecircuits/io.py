@@ -36,11 +36,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise write_error(path, e) from None
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
         # mkstemp makes 0600, and some writers (safetensors) replace the file with another
@@ -291,6 +291,7 @@ def claim_run_dir(
                 f"{out}: already holds a {kind} with this config; pass --resume to continue it, or {hint}"
             )
         elif not force:
+            assert settings is not None  # None settings match any saved run (above)
             raise UserError(
                 f"{path}: holds a different {kind}: different config ({_diff(saved, settings)}); {hint}"
             )

@@ -100,15 +100,15 @@ class Norm(nn.Module):
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.d_head = cfg.n_head, cfg.d_head
-        width = cfg.n_head * cfg.d_head
+        self.n_head, self.d_head = cfg.heads, cfg.d_head
+        width = cfg.heads * cfg.d_head
         self.q_proj = nn.Linear(cfg.d_model, width, bias=cfg.bias)
         self.k_proj = nn.Linear(cfg.d_model, width, bias=cfg.bias)
         self.v_proj = nn.Linear(cfg.d_model, width, bias=cfg.bias)
         self.o_proj = nn.Linear(width, cfg.d_model, bias=cfg.bias)
         # The sink: one extra key per head with a learned logit and a zero value vector, so a
         # head can attend "nowhere" instead of spreading attention over irrelevant tokens.
-        self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.sink else None
+        self.sink_logit = nn.Parameter(torch.zeros(cfg.heads)) if cfg.sink else None
         self.sparse_q = ActSparsity(cfg, "attn_q")
         self.sparse_k = ActSparsity(cfg, "attn_k")
         self.sparse_v = ActSparsity(cfg, "attn_v")
@@ -189,8 +189,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
-        self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+        self.fc_in = nn.Linear(cfg.d_model, cfg.mlp_width, bias=cfg.bias)
+        self.fc_out = nn.Linear(cfg.mlp_width, cfg.d_model, bias=cfg.bias)
         self.act = nn.GELU() if cfg.act == "gelu" else nn.ReLU()
         self.sparse_neuron = ActSparsity(cfg, "mlp_neuron")
         self.sparse_out = ActSparsity(cfg, "mlp_out")

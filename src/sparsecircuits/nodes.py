@@ -57,7 +57,7 @@ class NodeSite:
 
 def node_sites(cfg: ModelConfig) -> list[NodeSite]:
     """Every node site of a model, in forward order."""
-    qkv = cfg.n_head * cfg.d_head
+    qkv = cfg.heads * cfg.d_head
     widths = dict(
         attn_in=cfg.d_model,
         attn_q=qkv,
@@ -65,7 +65,7 @@ def node_sites(cfg: ModelConfig) -> list[NodeSite]:
         attn_v=qkv,
         attn_out=cfg.d_model,
         mlp_in=cfg.d_model,
-        mlp_neuron=cfg.d_mlp,
+        mlp_neuron=cfg.mlp_width,
         mlp_out=cfg.d_model,
     )
     return [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .errors import UserError
 from .io import read_json, write_json_atomic
@@ -24,6 +24,11 @@ def finite(obj):
 
 
 class JsonRecord:
+    """The base of a results dataclass (each subclass is a `@dataclass`)."""
+
+    # Declared for the type checker only: every subclass is a dataclass, so asdict and
+    # fields accept it (this is the attribute they look for).
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
     SCHEMA_VERSION: ClassVar[int]
     # What to do with a file of another schema version, for the refusal message.
     OTHER_VERSION_HINT: ClassVar[str] = "run the analysis again into a fresh folder"

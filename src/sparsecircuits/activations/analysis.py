@@ -402,7 +402,10 @@ def robustness(groups: list[dict]) -> list[dict]:
 
 
 def run_activations(
-    model_dirs: list, out, cfg: ActivationsConfig | None = None, device: str = "cpu"
+    model_dirs: list,
+    out,
+    cfg: ActivationsConfig | None = None,
+    device: str | torch.device = "cpu",
 ) -> ActivationResults:
     """Analyse every checkpoint, group seeds, write activations.json, the plots and a
     report section into `out`. `device`: where the models run (statistics stay on the CPU)."""

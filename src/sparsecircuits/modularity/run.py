@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_config
@@ -49,7 +50,7 @@ def run_modularity(
     resume: bool = True,
     force: bool = False,
     progress: bool = True,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> ModularityResults:
     """The whole experiment into `out`: runs.jsonl as it goes, then modularity.json, the
     plots and the report section, over the runs of this call's job list. A rerun resumes,
