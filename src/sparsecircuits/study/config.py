@@ -84,7 +84,7 @@ class StudyConfig:
         study saved by an earlier version compares equal to the same study today."""
         # The study presets pinned precision="fp32" when the training presets they start
         # from moved to bf16: one saved before then has no such key, and trained in fp32.
-        pinned = STUDY_PRESETS.get(d.get("preset"), {}).get("train_overrides", {})
+        pinned = STUDY_PRESETS.get(str(d.get("preset")), {}).get("train_overrides", {})
         overrides = d.get("train_overrides")
         if isinstance(overrides, dict) and "precision" not in overrides and "precision" in pinned:
             d = {**d, "train_overrides": {**overrides, "precision": pinned["precision"]}}

@@ -88,7 +88,7 @@ def run_study(
     one-thread jobs get more done than one two-thread job (benchmarks/bench_train.py times
     two training jobs together against one after the other)."""
     out = Path(out)
-    device = pick_device(device)
+    where = pick_device(device)  # checked before the folder is claimed
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     _claim(out, cfg, resume, force)
@@ -105,19 +105,19 @@ def run_study(
         for spec in todo:
             bar.set_postfix_str(f"train {spec.id}")
             start = bar.n
-            train_model(cfg, spec, device, lambda d, start=start: bar.update(start + d - bar.n))
+            train_model(cfg, spec, where, lambda d, start=start: bar.update(start + d - bar.n))
             bar.update(start + steps[spec.id] - bar.n)
     else:
-        for _, spec in in_processes(jobs, train_model, [(cfg, s, device) for s in todo]):
+        for _, spec in in_processes(jobs, train_model, [(cfg, s, where) for s in todo]):
             bar.set_postfix_str(f"trained {spec.id}")
             bar.update(steps[spec.id])
-    models = [model_row(spec, model_dir(cfg, spec), device) for spec in specs]
+    models = [model_row(spec, model_dir(cfg, spec), where) for spec in specs]
 
     t1 = time.perf_counter()
-    eligibility = [row for spec in specs for row in full_model_rows(cfg, spec, device)]
+    eligibility = [row for spec in specs for row in full_model_rows(cfg, spec, where)]
     frontier = set(frontier_tasks(cfg, eligibility))
     work = [
-        (cfg, spec, task, task in frontier, eligibility, out, device)
+        (cfg, spec, task, task in frontier, eligibility, out, where)
         for spec in specs
         for task in cfg.tasks
     ]
@@ -188,6 +188,8 @@ def _heldout_noise(mdir: Path, model, tok, batches: int, batch_size: int) -> dic
 def model_row(spec: ModelSpec, mdir: Path, device) -> dict:
     model, tok = load(mdir, device=device)
     _, tcfg = load_config(mdir)
+    if tcfg is None:
+        raise UserError(f"{mdir}: no training settings in config.json (not a study's model)")
     metrics = read_jsonl(mdir / "metrics.jsonl")
     heldout = [r["heldout_loss"] for r in metrics if "heldout_loss" in r]
     matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
@@ -288,12 +290,20 @@ def random_init_dir(cfg: StudyConfig, spec: ModelSpec) -> Path:
     return out
 
 
+def _load(mdir: Path, device):
+    """A study model and its tokenizer (every model the study trained has one)."""
+    model, tok = load(mdir, device=device)
+    if tok is None:
+        raise UserError(f"{mdir}: no tokenizer.json (not a study's model)")
+    return model, tok
+
+
 def _search(
     cfg: StudyConfig, mdir: Path, task: Task, pcfg: PruneConfig, device, examples=False, **kw
 ):
     """One circuit search on a model folder over the study's grid -> the Circuit (raises
     TargetUnreachable); `examples` adds the viewer's example prompts."""
-    model, tok = load(mdir, device=device)
+    model, tok = _load(mdir, device)
     train_b, test_b, select_b = encode_splits(task, tok, model.cfg.n_ctx, device)
     means = cached_node_means(mdir, model, tok, progress=False)
     text = (lambda i: tok.decode([i])) if examples else None
