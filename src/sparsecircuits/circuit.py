@@ -122,7 +122,8 @@ def circuit_edges(
     """All edges between kept nodes; `kept` maps each hook to a boolean tensor [width]."""
     by = {(s.kind, s.layer): s for s in sites}
     edges: list[Edge] = []
-    for layer, block in enumerate(model.blocks):
+    for layer in range(len(model.blocks)):
+        block = model.block(layer)
         s = lambda kind, layer=layer: by[(kind, layer)]  # noqa: E731
         for kind, proj in (
             ("attn_q", block.attn.q_proj),
@@ -148,7 +149,7 @@ def circuit_edges(
                 continue
             read = by[(rk, rl)]
             gain = (
-                (model.blocks[rl].ln1 if rk == "attn_in" else model.blocks[rl].ln2).w.detach().cpu()
+                (model.block(rl).ln1 if rk == "attn_in" else model.block(rl).ln2).w.detach().cpu()
             )
             both = kept[write.hook] & kept[read.hook] & (gain != 0)
             edges += [

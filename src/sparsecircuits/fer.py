@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,14 +83,15 @@ def rotate_hidden(model: SparseGPT, seed: int = 0) -> SparseGPT:
     if m.pos_embed is not None:
         m.pos_embed.weight.copy_(m.pos_embed.weight @ R)
     dh = cfg.d_head
-    for block in m.blocks:
+    for layer in range(len(m.blocks)):
+        block = m.block(layer)
         a = block.attn
         for lin in (a.q_proj, a.k_proj, a.v_proj):
             read(lin, block.ln1)
         read(block.mlp.fc_in, block.ln2)
         block.ln1.w.fill_(1.0)
         block.ln2.w.fill_(1.0)
-        for h in range(cfg.n_head):
+        for h in range(cfg.heads):
             rows = slice(h * dh, (h + 1) * dh)
             Q, P = _orthogonal(dh, g), _orthogonal(dh, g)
             for lin, rot in ((a.q_proj, Q), (a.k_proj, Q), (a.v_proj, P)):
@@ -99,6 +101,7 @@ def rotate_hidden(model: SparseGPT, seed: int = 0) -> SparseGPT:
             a.o_proj.weight[:, rows] = a.o_proj.weight[:, rows] @ P
         write(a.o_proj)
         write(block.mlp.fc_out)
+    assert m.unembed is not None  # untied: checked above
     m.unembed.weight.copy_(m.unembed.weight * m.ln_final.w @ R)
     m.ln_final.w.fill_(1.0)
     return m
@@ -207,7 +210,9 @@ def validate_on_planted(seed: int = 0) -> dict:
     rotated = rotate_hidden(clean, seed).requires_grad_(False)
     train, test = planted_batch(64, 1), planted_batch(64, 2)
     names = masked_layers(clean, ["blocks.*"])
-    out = {"output_max_diff": float((clean(test.tokens) - rotated(test.tokens)).abs().max())}
+    out: dict[str, Any] = {
+        "output_max_diff": float((clean(test.tokens) - rotated(test.tokens)).abs().max())
+    }
     for label, model in (("clean", clean), ("rotated", rotated)):
         means = compute_node_means(
             model, [planted_batch(64, 100).tokens], node_sites(model.cfg), progress=False

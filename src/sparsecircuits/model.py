@@ -20,6 +20,7 @@ so replacing it (a mask, a mean ablation) changes the model as one would expect.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -288,6 +289,10 @@ class SparseGPT(HookedModule):
     def W_U(self) -> torch.Tensor:
         """Unembedding as [vocab, d_model] (the embedding itself when tied)."""
         return self.embed.weight if self.unembed is None else self.unembed.weight
+
+    def block(self, i: int) -> Block:
+        """Block `i`, typed as a `Block` (an nn.ModuleList's items type as plain Modules)."""
+        return cast(Block, self.blocks[i])  # every item of blocks is a Block (__init__)
 
     def forward(
         self,

@@ -87,7 +87,8 @@ def planted_model(sink_logit: float = SOFT) -> SparseGPT:
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-        for norm in (model.blocks[0].ln1, model.blocks[0].ln2, model.ln_final):
+        block = model.block(0)
+        for norm in (block.ln1, block.ln2, model.ln_final):
             norm.w.fill_(1.0)
 
         emb = torch.zeros(VOCAB, D_MODEL)
@@ -100,7 +101,7 @@ def planted_model(sink_logit: float = SOFT) -> SparseGPT:
         emb[:, 0] = (D_MODEL - emb.pow(2).sum(1)).sqrt()
         model.embed.weight.copy_(emb)
 
-        attn = model.blocks[0].attn
+        attn = block.attn
         gain = math.sqrt(KEY_SCORE * math.sqrt(cfg.d_head))
         attn.q_proj.weight[0, 3] = gain  # planted head 0, its channel 0
         attn.k_proj.weight[0, 2] = gain
@@ -112,9 +113,10 @@ def planted_model(sink_logit: float = SOFT) -> SparseGPT:
         attn.v_proj.weight[3, 1] = 1.0  # the key sign: informative, but routed elsewhere
         attn.o_proj.weight[6, 2] = 1.0
         attn.o_proj.weight[9, 3] = 1.0
+        assert attn.sink_logit is not None  # cfg.sink
         attn.sink_logit.copy_(torch.tensor([sink_logit, 0.0]))
 
-        mlp = model.blocks[0].mlp
+        mlp = block.mlp
         mlp.fc_in.weight[0, 4] = 1.0  # reads the planted answer channel
         mlp.fc_in.weight[1, 5] = 1.0
         mlp.fc_in.weight[2, 5] = -1.0
@@ -127,6 +129,7 @@ def planted_model(sink_logit: float = SOFT) -> SparseGPT:
         W_U[FILLERS[0], 6] = 3.0
         W_U[FILLERS[1], 9] = 3.0
         W_U[FILLERS[2], 8] = 3.0
+        assert model.unembed is not None  # untied
         model.unembed.weight.copy_(W_U)
     return model.eval()
 
