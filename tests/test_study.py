@@ -51,6 +51,12 @@ def test_family_shapes():
             )
         dense = {s.d_model for s in specs if "dense" in s.roles}
         sparse = {s.density for s in specs if s.kind == "sparse"}
+        if name == "scale":  # the ladder: >= 4 widths over >= 8x on each of its three axes
+            for role in ("dense", "l0", "fixed_density"):
+                widths = sorted({s.d_model for s in specs if role in s.roles})
+                assert len(widths) >= 4 and widths[-1] >= 8 * widths[0] and widths[-1] >= 512
+            assert cfg.seeds >= 3
+            continue
         # quick has fewer densities; the full presets have the family the comparison needs
         # (issue 10: dense models at >= 3 widths, sparse ones at >= 4 densities)
         assert len(dense) >= 3
@@ -249,6 +255,58 @@ def test_density_and_width_axes():
     # loss per doubling of width: (3.915 - 3.95) / 2 = -0.0175, larger than the eval noise
     assert w["loss_change"]["value"] == pytest.approx(-0.0175)
     assert w["eval_noise"] == pytest.approx(0.002) and w["loss_verdict"] == "found"
+
+
+def test_the_scale_ladder_says_whether_size_and_legibility_fall_hold_or_rise():
+    """Three axes over d_model 64-512, three seeds: dense circuits double per doubling of
+    width (rises), sparse ones at fixed nonzeros halve (falls), at fixed density they vary
+    by seed around no change (holds); legibility falls along the dense axis."""
+    widths = [64, 128, 256, 512]
+    rows = []
+    for i, w in enumerate(widths):
+        rows.append((f"dense{w}", ["dense"], w, 1.0, 3.6 - 0.1 * i, [100 * 2**i]))
+        rows.append((f"l0_{w}", ["l0"], w, 0.125 / 4**i, 3.7 - 0.05 * i, [400 // 2**i]))
+        rows.append((f"fd{w}", ["fixed_density"], w, 0.125, 3.65 - 0.1 * i, [200]))
+    models, circuits = _rows(rows, ["t1"], seeds=(0, 1, 2))
+    for c in circuits:  # fixed density: seed-dependent noise around no trend
+        seed = int(c["model"][-1])
+        if c["model"].startswith("fd"):
+            w = int(c["model"][2:].split("_")[0])
+            c["n_edges"] = round(200 * (1.3 if (w // 64 + seed) % 2 else 0.8))
+            c["n_nodes"] = c["n_edges"] // 4
+        frac = 0.5 - 0.05 * widths.index(next(x for x in widths if str(x) in c["model"]))
+        c["legibility"] = {
+            "node_fraction": frac if c["model"].startswith("dense") else 0.3,
+            "effect_fraction": None,
+            "criterion": "c",
+        }
+    axes = measures.scale(models, circuits, ["t1"])
+    assert set(axes) == {"dense", "l0", "fixed_density"} and axes["dense"]["widths"] == widths
+    assert axes["dense"]["edges_factor"]["value"] == pytest.approx(2.0)
+    assert axes["l0"]["edges_factor"]["value"] == pytest.approx(0.5, rel=0.02)
+    measures.scale_legibility(models, circuits, axes)
+    assert axes["dense"]["legibility_change"]["value"] == pytest.approx(-0.05)
+    measures.holm_family({"scale": axes})
+    words = answer._scale_words(axes)
+    assert "dense (d_model 64-512), per doubling of width: circuit edges rises" in words
+    assert (
+        "weight-sparse at fixed nonzeros (d_model 64-512), per doubling of width: circuit edges falls"
+        in words
+    )
+    assert (
+        "weight-sparse at fixed density (d_model 64-512), per doubling of width: circuit edges no change resolved"
+        in words
+    )
+    assert "share of nodes explained falls" in words
+
+
+def test_each_rungs_cost_is_stated_before_it_trains():
+    cfg = study_config("scale")
+    lines = study_run.training_costs(cfg, model_specs(cfg))
+    assert len(lines) == len(model_specs(cfg)) + 1 and lines[-1].startswith("to train: 33 models")
+    per = {ln.split(":")[0]: float(ln.split("~")[1].split()[0]) for ln in lines[:-1]}
+    # at fixed density the rung's compute grows ~4x per doubling of width
+    assert per["to train w512_d0.125_s0"] > 3 * per["to train w256_d0.125_s0"]
 
 
 def test_loss_changes_get_a_t_interval_across_seeds():

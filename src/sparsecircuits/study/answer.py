@@ -8,6 +8,7 @@ import dataclasses
 from ..study_results import StudyResults
 from .config import StudyConfig
 from .measures import (
+    SCALE_AXES,
     controls,
     dense_sparse,
     density_trend,
@@ -17,6 +18,7 @@ from .measures import (
     holm_family,
     in_frontier,
     reach_counts,
+    scale,
     split_frontier,
     verdict,
     width_effect,
@@ -189,6 +191,43 @@ def _axis_words(ax: dict, what: str, loss_digits=3) -> str:
     )
 
 
+def _direction(est: dict | None, word: str, unit: str = "x", digits: int = 2) -> str:
+    """Whether a per-doubling change falls, holds or rises, and what its interval allows."""
+    if est is None:
+        return "not measured"
+    text = fmt_interval(est, unit, digits)
+    null = 1.0 if est["log"] else 0.0
+    if word == "found":
+        return f"{'rises' if est['value'] > null else 'falls'}: {text}"
+    if word == "not found":
+        return f"no change resolved: {text}, so it rules out changes beyond that interval"
+    return text
+
+
+def _scale_words(axes: dict) -> str:
+    """Per axis of the width ladder: circuit edges, nodes, legibility and loss per doubling."""
+    if not axes:
+        return "the ladder has fewer than two widths with validated circuits on every axis"
+    parts = []
+    for role, name in SCALE_AXES:
+        ax = axes.get(role)
+        if ax is None:
+            continue
+        text = (
+            f"{name} (d_model {ax['widths'][0]}-{ax['widths'][-1]}), per doubling of width: "
+            f"circuit edges {_direction(ax['edges_factor'], ax['edges_verdict'])}; nodes "
+            f"{_direction(ax['nodes_factor'], ax['nodes_verdict'])}; held-out loss "
+            f"{fmt_interval(ax['loss_change'], ' nats', 3)} ({ax['loss_verdict']})"
+        )
+        if "legibility_change" in ax:
+            text += (
+                f"; share of nodes explained "
+                f"{_direction(ax['legibility_change'], ax['legibility_verdict'], '', 3)}"
+            )
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def sentence(cfg: StudyConfig, tasks, ms: dict) -> dict:
     """The answer in words, every number taken from the measures."""
     ratio, nodes = ms["dense_sparse"], ms["dense_sparse_nodes"]
@@ -225,7 +264,7 @@ def sentence(cfg: StudyConfig, tasks, ms: dict) -> dict:
         "controls": ctl_text,
         "seeds": seeds,
         "ratio": ratio["ratio"],
-    }
+    } | ({"scale": _scale_words(ms["scale"])} if "scale" in ms else {})
 
 
 def analyse(
@@ -241,6 +280,8 @@ def analyse(
         "width": width_effect(models, circuits, tasks),
         "controls": controls(frontier),
     }
+    if cfg.fixed_density_widths:  # the scale ladder
+        ms["scale"] = scale(models, circuits, tasks)
     ms["holm"] = holm_family(ms)
     words = sentence(cfg, tasks, ms)
     statuses: dict[str, int] = {}

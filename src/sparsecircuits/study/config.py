@@ -30,6 +30,9 @@ class StudyConfig:
     fixed_l0_density: float = 0.125
     l0_widths: list[int] = field(default_factory=lambda: [32, 64, 128])
     l0_seeds: int | None = None  # pretraining seeds of the width axis (None: all `seeds`)
+    # Widths trained at `fixed_l0_density` itself (the "fixed density" axis of the scale
+    # ladder: nonzeros grow with width^2); none in the presets before the ladder.
+    fixed_density_widths: list[int] = field(default_factory=list)
     dense_widths: list[int] = field(default_factory=lambda: [32, 64])
     tasks: list[str] = field(
         default_factory=lambda: ["single_double_quote", "lambda_func", "for_while"]
@@ -181,6 +184,37 @@ STUDY_PRESETS: dict[str, dict] = {
         ),
         protocol=1,
     ),
+    # Does legibility survive growth? The ladder d_model 64, 128, 256, 512 (8x) on three
+    # axes: dense, weight-sparse at fixed nonzeros per matrix (those of 64 at 1/8), and
+    # weight-sparse at fixed density 1/8; 3 pretraining seeds. Token rule: every rung sees
+    # the same tokens (the quick recipe: 1200 steps of 32 x 64), so a rung's loss and
+    # circuits change with its size alone. Models are cached by config, so a wider rung
+    # added later trains only itself. Many hours on a CPU: a GPU preset in all but name.
+    "scale": dict(
+        base_preset="quick",
+        train_overrides=dict(
+            n_ctx=64,
+            steps=1200,
+            lr=5e-3,
+            eval_every=300,
+            checkpoint_every=300,
+            afrac=None,
+            precision="bf16",  # falls back to fp32 where the CPU has no native bf16
+        ),
+        base_width=64,
+        densities=[0.125],
+        fixed_l0_density=0.125,
+        l0_widths=[64, 128, 256, 512],
+        fixed_density_widths=[64, 128, 256, 512],
+        dense_widths=[64, 128, 256, 512],
+        tasks=["single_double_quote", "while_return_true", "var_if"],
+        seeds=3,
+        target_loss=0.5,
+        k_coefs=[1e-2, 3e-2],
+        prune=dict(
+            steps=150, n_train=64, n_select=64, n_test=128, effect_nodes=100, random_draws=5
+        ),
+    ),
     # The reference CPU run: a few hours, 2 seeds, 6 tasks.
     "small": dict(
         base_preset="small",
@@ -276,6 +310,8 @@ def model_specs(cfg: StudyConfig) -> list[ModelSpec]:
         for w in cfg.l0_widths:
             d = min(1.0, cfg.fixed_l0_density * (cfg.base_width / w) ** 2)
             add("sparse", w, d, seed, "l0")
+        for w in cfg.fixed_density_widths:
+            add("sparse", w, cfg.fixed_l0_density, seed, "fixed_density")
     return list(specs.values())
 
 

@@ -19,7 +19,7 @@ from ..explain import circuit_legibility
 from ..study_results import StudyResults
 from .answer import legibility_sentence, sentence
 from .config import StudyConfig
-from .measures import holm_family, legibility, split_frontier
+from .measures import holm_family, legibility, scale_legibility, split_frontier
 
 
 def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults:
@@ -53,6 +53,8 @@ def legibility_measures(results: StudyResults) -> None:
     frontier, outside = split_frontier(results.circuits)
     leg = legibility(results.models, frontier, cfg, tasks)
     results.measures["legibility"] = leg
+    if "scale" in results.measures:
+        scale_legibility(results.models, frontier, results.measures["scale"])
     results.measures["holm"] = holm_family(results.measures)
     if cfg is not None and "fixed_loss" in results.measures:  # analysed by this version
         results.answer.update(sentence(cfg, tasks, results.measures))

@@ -290,6 +290,48 @@ def width_effect(models, circuits, tasks) -> dict:
     return _axis(models, circuits, tasks, "l0", lambda m: m["d_model"], 1.0)
 
 
+SCALE_AXES = (
+    ("dense", "dense"),
+    ("l0", "weight-sparse at fixed nonzeros"),
+    ("fixed_density", "weight-sparse at fixed density"),
+)
+
+
+def scale(models, circuits, tasks) -> dict:
+    """Does legibility survive growth? Per axis of the width ladder (dense, sparse at fixed
+    nonzeros, sparse at fixed density), with at least two widths: circuit size and held-out
+    loss per doubling of width (as `width_effect`), one slope per seed; legibility is added
+    by the legibility step (`scale_legibility`)."""
+    out = {}
+    for role, _ in SCALE_AXES:
+        widths = {m["d_model"] for m in models if role in m.get("roles", [])}
+        if len(widths) >= 2:
+            out[role] = _axis(models, circuits, tasks, role, lambda m: m["d_model"], 1.0)
+            out[role]["widths"] = sorted(widths)
+    return out
+
+
+def scale_legibility(models, circuits, axes: dict) -> None:
+    """Per axis of `scale`, the change of the explained share of nodes per doubling of
+    width (a least-squares slope per task, mean over a seed's tasks, t across seeds)."""
+    values = legibility_values(circuits, "node_fraction")
+    for role, ax in axes.items():
+        per_seed: dict[int, list[float]] = {}
+        for seed in sorted({m["seed"] for m in models}):
+            curve = [m for m in models if role in m.get("roles", []) and m["seed"] == seed]
+            for t in sorted({t for _, t in values}):
+                pts = [
+                    (math.log2(m["d_model"]), values[(m["id"], t)])
+                    for m in curve
+                    if (m["id"], t) in values
+                ]
+                if len({x for x, _ in pts}) >= 2:
+                    per_seed.setdefault(seed, []).append(_slope(*zip(*pts, strict=True)))
+        est = seed_estimate({s: statistics.fmean(v) for s, v in per_seed.items()})
+        ax["legibility_change"] = est
+        ax["legibility_verdict"] = verdict(est, null=0.0)
+
+
 def controls(circuits: list[dict]) -> dict:
     """Per validated circuit, each control's best circuit (size, losses, status) and
     whether it comes close: a nonsense-task, inverted-rule or random-init circuit that
@@ -416,6 +458,26 @@ def _verdict_rows(measures: dict) -> list[tuple]:
             if f"{m}_factor" in ax:
                 name = f"{m.replace('_', ' ')} {what}"
                 rows.append((name, ax, f"{m}_factor", f"{m}_verdict", 1.0, m == "edges"))
+    for role, name in SCALE_AXES:  # the ladder's primary questions: size and legibility
+        ax = (measures.get("scale") or {}).get(role)
+        if ax:
+            rows.append(
+                (f"{name}: edges per doubling", ax, "edges_factor", "edges_verdict", 1.0, True)
+            )
+            rows.append(
+                (f"{name}: nodes per doubling", ax, "nodes_factor", "nodes_verdict", 1.0, False)
+            )
+            if "legibility_change" in ax:
+                rows.append(
+                    (
+                        f"{name}: legibility per doubling",
+                        ax,
+                        "legibility_change",
+                        "legibility_verdict",
+                        0.0,
+                        True,
+                    )
+                )
     leg = measures.get("legibility") or {}
     for field in ("node_fraction", "effect_fraction"):
         if field in leg:

@@ -19,7 +19,7 @@ PROTOCOL_FILE = "docs/protocol.md"
 
 # protocol version -> {preset: hash of its StudyConfig as registered}
 REGISTERED: dict[int, dict[str, str]] = {
-    1: {"standard": "f621ddf12df263c89ef4"},
+    1: {"standard": "7dfa024613aed72b313b"},
 }
 
 

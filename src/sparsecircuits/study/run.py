@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..checkpoint import checkpoint_corpus, load, load_config, save_checkpoint
 from ..circuit import Circuit
+from ..config import param_count
 from ..device import pick_device
 from ..errors import UserError
 from ..io import (
@@ -100,6 +101,9 @@ def run_study(
 
     t0 = time.perf_counter()
     todo = [s for s in specs if not (model_dir(cfg, s) / "done.json").exists()]
+    if progress and todo:
+        for line in training_costs(cfg, todo):
+            tqdm.write(line)
     bar.update(sum(steps[s.id] for s in specs if s not in todo))
     if jobs == 1:
         for spec in todo:
@@ -145,6 +149,24 @@ def run_study(
     plot_frontier(results, out / "frontier.png")
     write_summary(out)
     return results
+
+
+def training_costs(cfg: StudyConfig, specs: list[ModelSpec]) -> list[str]:
+    """What training `specs` will cost, before it starts: per model its parameters and
+    training compute (~6 FLOP per matmul parameter per token, dense matmuls as the step
+    runs them; the embedding and the bigram table are lookups, left out), and the total;
+    a ladder's wide rung shows here before it takes hours."""
+    lines, total = [], 0.0
+    for spec in specs:
+        m, t = model_configs(cfg, spec)
+        lookups = m.vocab_size * m.d_model + m.vocab_size**2 * m.bigram_table
+        flops = 6 * (param_count(m) - lookups) * t.steps * t.batch_size * m.n_ctx
+        total += flops
+        lines.append(
+            f"to train {spec.id}: {param_count(m):,} parameters, ~{flops / 1e12:.1f} TFLOP"
+        )
+    lines.append(f"to train: {len(specs)} models, ~{total / 1e12:.1f} TFLOP in all")
+    return lines
 
 
 def train_model(cfg: StudyConfig, spec: ModelSpec, device, on_step=None) -> ModelSpec:

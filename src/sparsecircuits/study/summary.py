@@ -53,6 +53,7 @@ def summary_markdown(results: StudyResults) -> str:
         f"- at fixed held-out losses: {a['fixed_loss']}",
         f"- {a['density_trend']}",
         f"- {a['width_effect']}",
+        *([f"- as models grow: {a['scale']}"] if a.get("scale") else []),
         *(f"- {d}" for d in a["details"]),
         *(f"- {a[k]}" for k in ("legibility", "legibility_outside") if a.get(k)),
         "",
