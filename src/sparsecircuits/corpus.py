@@ -94,7 +94,7 @@ def collect_files(
             raise UserError(f"{root}: no {', '.join(exts)} files in the standard library")
         return sorted(files, key=lambda f: f.name)
     exts = [e if e.startswith(".") else "." + e for e in exts] if exts else None
-    files: list[SourceFile] = []
+    files = []
     for i, src in enumerate(sources):
         p = Path(src).expanduser()
         prefix = f"{i}/" if len(sources) > 1 else ""

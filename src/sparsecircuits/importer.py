@@ -234,7 +234,7 @@ def _build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], path: Path) -
             raise UserError(
                 f"{path}: {ref} has shape {list(state[ref].shape)}, the config implies {list(want)}"
             )
-    converted = {}
+    converted: dict[str, torch.Tensor] = {}
     for ref, ours in key_map.items():
         # Popping frees each source tensor as soon as its float32 copy exists.
         parts = state.pop(ref).to(torch.float32).split(shapes[ours[0]][0])

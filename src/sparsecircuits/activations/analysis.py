@@ -8,6 +8,7 @@ import math
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -258,7 +259,7 @@ def _group_difficulty(models: list[dict]) -> dict:
                         "metrics": _group_tree([r["metrics"] for r in rows]),
                     }
                 )
-        res = {"levels": levels}
+        res: dict[str, Any] = {"levels": levels}
         if all("hardest_minus_easiest" in p for p in per):
             for key in ("hardest_minus_easiest", "length_controlled"):
                 res[key] = _group_tree([p[key] for p in per], True)
@@ -271,8 +272,9 @@ def _group_difficulty(models: list[dict]) -> dict:
 
 
 def _group_training(models: list[dict], hook: str, metric: str) -> dict | None:
-    runs = [m.get("training") for m in models]
-    if not all(r and r["steps"] for r in runs):
+    found = [m.get("training") for m in models]
+    runs = [r for r in found if r and r["steps"]]
+    if len(runs) < len(found):
         return None
     steps = sorted(set.intersection(*(set(r["steps"]) for r in runs)))
     pick = [[r["steps"].index(s) for s in steps] for r in runs]

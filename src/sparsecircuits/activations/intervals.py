@@ -35,7 +35,7 @@ def _interval(samples: torch.Tensor, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _r(x: float) -> float:
+def _r(x: float | torch.Tensor) -> float:
     return float(f"{x:.6g}")  # six digits: the JSON stays small, the effects are ~1e-3
 
 
@@ -130,9 +130,10 @@ def combine_seeds(stats: list) -> dict:
 
 
 def _direction(metric: str, up: bool) -> str:
-    if SPARSER.get(metric) is None:
+    sparser = SPARSER.get(metric)
+    if sparser is None:
         return "found: higher" if up else "found: lower"
-    return "found: sparser" if up == (SPARSER[metric] > 0) else "found: denser"
+    return "found: sparser" if up == (sparser > 0) else "found: denser"
 
 
 def verdict(metric: str, low: float, high: float) -> str:
@@ -162,7 +163,7 @@ def holm_verdicts(metric: str, effects: list[dict], alpha: float = 0.05) -> list
         if math.isnan(p):
             v = "not measured"
         elif p < alpha:
-            v = _direction(metric, e.get("diff", e.get("mean")) > 0)
+            v = _direction(metric, (e["diff"] if "diff" in e else e["mean"]) > 0)
         elif expected is not None and half > expected:
             v = f"not resolvable at this n (half-width {half:.4f} > {expected})"
         elif expected is not None:

@@ -80,6 +80,10 @@ def code_features() -> list[Feature]:
     return out
 
 
+def _is_token(i: int) -> Callable[[Context], list[bool]]:
+    return lambda ctx: [t == i for t in ctx.ids]
+
+
 def token_features(contexts: list[Context], n: int) -> list[Feature]:
     """`token 'x'` for the n most frequent tokens of the contexts."""
     counts = Counter(i for c in contexts for i in c.ids)
@@ -90,7 +94,7 @@ def token_features(contexts: list[Context], n: int) -> list[Feature]:
             Feature(
                 f"token {piece!r}",
                 f"the token {piece!r}",
-                lambda ctx, i=i: [t == i for t in ctx.ids],
+                _is_token(i),
             )
         )
     return out

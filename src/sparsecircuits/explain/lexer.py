@@ -134,6 +134,7 @@ def _lex_tokens(ctx: Context) -> Lexed:
     # bracket state before each span, and after it
     stack: list[str] = []
     before, after = [], []
+    typ: int | None  # a span's token type; None for a token outside every span (below)
     for typ, _, _, s, _ in spans:
         before.append((len(stack), stack[-1] if stack else None))
         if typ == tokenize.OP and s in OPEN_BRACKETS:
@@ -168,7 +169,7 @@ def _lex_tokens(ctx: Context) -> Lexed:
         inside = known and j >= 0 and a < spans[j][2]
         typ, sa, sb, s, prev_type = spans[j] if inside else (None, 0, 0, "", None)
         kind = "unknown"
-        if known:
+        if known and typ is not None:
             kind = {
                 tokenize.NAME: "keyword" if keyword.iskeyword(s) else "identifier",
                 tokenize.NUMBER: "number",
@@ -176,6 +177,8 @@ def _lex_tokens(ctx: Context) -> Lexed:
                 tokenize.STRING: "string",
                 tokenize.COMMENT: "comment",
             }.get(typ, "whitespace")
+        elif known:  # between spans
+            kind = "whitespace"
         prefix, quote, terminated = _quote_of(s) if typ == tokenize.STRING else ("", None, False)
         out.kind.append(kind)
         out.quote.append(quote)

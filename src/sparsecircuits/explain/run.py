@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -201,7 +202,7 @@ def explain_checkpoint(
         raise UserError(f"{model_dir}: {e}") from None
     key = _cache_key(model_dir, settings, task)
     path = model_dir / CACHE_FILE
-    cache = {}
+    cache: dict[str, Any] = {}
     if path.exists():
         try:
             stored = read_json(path)

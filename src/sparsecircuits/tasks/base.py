@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,9 @@ class Pair:
 
 class TensorBatch:
     """Mixin for a dataclass whose fields are all tensors: `to(device)` moves every one."""
+
+    # For the type checker: each subclass is a dataclass, so fields and replace accept it.
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def to(self, device: torch.device | str):
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})

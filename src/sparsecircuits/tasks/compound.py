@@ -285,7 +285,7 @@ def check_subroutines(task: CompoundTask) -> None:
     """Every pair of subroutine X's dataset must change X and keep the other factor: its two
     answers are compound answers whose factors say so. Otherwise the dataset does not vary
     what it claims, and any 'subnetwork for X' found on it would mean something else."""
-    factors_of = {}
+    factors_of: dict[str, set[tuple[str, str]]] = {}
     for e in task.train + task.test:
         factors_of.setdefault(e.answer, set()).add((e.a, e.b))
     for factor, sub in task.sub.items():

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .base import Pair, Task
 from .generators import TaskGenerator
@@ -53,12 +53,18 @@ def quote_distractors(rng: random.Random, level: int) -> Pair:
     return Pair(prompt("'", '"'), prompt('"', "'"), "'", '"')
 
 
+class PairMaker(Protocol):
+    """One pair of an axis at a level (`TaskGenerator` gets it with the level bound)."""
+
+    def __call__(self, rng: random.Random, level: int) -> Pair: ...
+
+
 @dataclass(frozen=True)
 class DifficultyAxis:
     name: str
     description: str
     levels: tuple[int, ...]
-    make_pair: Callable[[random.Random, int], Pair]
+    make_pair: PairMaker
 
     def task(self, level: int, n: int, seed: int = 0) -> Task:
         gen = TaskGenerator(

@@ -74,7 +74,7 @@ def draw_distinct(
 ):
     """`n` items from `make(rng)` none of whose prompts (`prompts(item)`) was seen before;
     `seen` is updated. A generator that cannot produce that many is an error, not a loop."""
-    items = []
+    items: list = []
     for _ in range(20 * n + 100):
         if len(items) == n:
             break
