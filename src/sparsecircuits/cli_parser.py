@@ -165,7 +165,9 @@ def _add_study(sub) -> None:
         "study", help="train a model family, prune every task, measure the frontier"
     )
     st.add_argument(
-        "--preset", default="quick", help="quick (make demo) | standard (~2 h) | small | paper"
+        "--preset",
+        default="quick",
+        help="quick (make demo) | standard (protocol 1, hours) | small | scale | paper",
     )
     st.add_argument("--tasks", help="comma list of tasks (default: the preset's)")
     st.add_argument("--seeds", type=int, help="seeds per model (default: the preset's)")
