@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ def study_models(study_dir: str | Path) -> list[str]:
 
 
 def run_modularity(
-    model_dirs: list[str | Path],
+    model_dirs: Sequence[str | Path],
     out: str | Path,
     cfg: ModularityConfig | None = None,
     resume: bool = True,
@@ -94,7 +95,8 @@ def run_modularity(
 
     tasks = {t: get_compound_task(t, cfg.n_train, cfg.n_test, cfg.seed) for t in cfg.tasks}
     for files in cfg.task_files:
-        task = load_compound_task(*files, seed=cfg.seed)
+        compound, a_file, b_file = files  # three each (ModularityConfig checks)
+        task = load_compound_task(compound, a_file, b_file, seed=cfg.seed)
         if task.name in tasks:
             raise UserError(f"{files[0]}: a second compound task named {task.name!r}")
         tasks[task.name] = task

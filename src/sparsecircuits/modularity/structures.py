@@ -63,7 +63,8 @@ def weight_structures(
     def accuracy(masks, batch, mode):
         return masked_accuracy(model, masks, batch, mode, means)
 
-    out, kept = {}, {}
+    out: dict[str, list[dict]] = {}
+    kept: dict[str, list] = {}
     for factor in FACTORS:
         runs, kept[factor] = [], []
         for ms in range(cfg.mask_seeds):
@@ -109,7 +110,8 @@ def node_structures(model, subs, node_means, cfg: ModularityConfig):
         hooks = ablation_hooks(sites, node_means, masks)
         return task_accuracy(model.run_with_hooks(batch.tokens, fwd_hooks=hooks), batch)
 
-    out, kept = {}, {}
+    out: dict[str, list[dict]] = {}
+    kept: dict[str, list] = {}
     for factor in FACTORS:
         runs, kept[factor] = [], []
         for ms in range(cfg.mask_seeds):

@@ -148,7 +148,7 @@ def forced_vs_emergent(runs: list[dict], summary: list[dict], tol: float = 0.05)
     `matched` says whether the compound accuracies agree within `tol`."""
     rows = []
     for task in sorted({r["task"] for r in runs}):
-        accs = {}
+        accs: dict[str, list[float]] = {}
         for run in runs:
             if run["task"] == task and run["regime"] == "pretrained":
                 accs.setdefault(run["kind"], []).append(run["compound_accuracy"])

@@ -11,6 +11,7 @@ and said to be unmatched.
 from __future__ import annotations
 
 import statistics
+from typing import Any
 
 from ..study.matched import at_losses, fixed_losses, overlap, seed_estimate
 from .records import Stability
@@ -73,7 +74,7 @@ def compare(models: list[dict], stabilities: list[Stability], quantiles: list[fl
     tasks = sorted({st.task for st in stabilities})
     ov = overlap(models)
     losses = fixed_losses(ov, quantiles)
-    out = {"overlap": ov, "losses": losses, "measures": {}, "primary": PRIMARY}
+    out: dict[str, Any] = {"overlap": ov, "losses": losses, "measures": {}, "primary": PRIMARY}
     for name, what in MEASURES.items():
         vals = values(stabilities, name)
         out["measures"][name] = {

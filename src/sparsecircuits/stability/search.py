@@ -22,6 +22,7 @@ import torch
 from ..checkpoint import load
 from ..circuit import Circuit
 from ..errors import UserError
+from ..model import SparseGPT
 from ..nodes import cached_node_means, node_sites, parse_node
 from ..prune import TargetUnreachable, encode_splits, find_circuit
 from ..prune_methods import Evaluator, Problem, PruneConfig, calibrate
@@ -32,7 +33,7 @@ from .rephrase import rephrase
 
 @dataclass
 class Setup:
-    model: object  # a SparseGPT, frozen
+    model: SparseGPT  # frozen
     means: dict[str, torch.Tensor]
     train: TaskBatch
     test: TaskBatch

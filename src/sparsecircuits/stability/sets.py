@@ -7,6 +7,7 @@ import itertools
 import statistics
 from collections import Counter
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 
 def jaccard(a: set, b: set) -> float:
@@ -43,7 +44,7 @@ def frequency(sets: Sequence[set]) -> dict[str, float]:
     return {k: counts[k] / len(sets) for k in sorted(counts, key=lambda k: (-counts[k], str(k)))}
 
 
-def most_kept(sets: Sequence[set], exclude: set = frozenset()) -> str | None:
+def most_kept(sets: Sequence[set], exclude: AbstractSet = frozenset()) -> str | None:
     """The element held by the most sets (ties: the first by name), not in `exclude`."""
     for name in frequency(sets):
         if name not in exclude:
