@@ -54,7 +54,13 @@ def _cmd_train(args) -> None:
         and args.config is None
         and (Path(args.out) / "config.json").exists()
     ):
-        model_cfg, train_cfg = load_config(args.out)
+        model_cfg, saved_train = load_config(args.out)
+        if saved_train is None:
+            raise UserError(
+                f"{args.out}: config.json holds no training config (an imported model); "
+                "give --preset or --config to train"
+            )
+        train_cfg = saved_train
         if overrides:
             raise UserError(
                 "--resume continues the saved config; drop --set/--data or give the full config again"

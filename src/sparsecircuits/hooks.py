@@ -40,7 +40,7 @@ class HookPoint(nn.Module):
     """Identity; its forward hooks may read or replace the activation, its backward hooks
     the activation's gradient."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.name: str = ""
         self.fwd_fns: list[HookFn] = []

@@ -105,7 +105,8 @@ def runnable_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
 
 
 def make_optimizer(model: SparseGPT, cfg: TrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         # The bigram table, norms and sinks stay dense and undecayed.
         (no_decay if param_kind(name) == "dense" else decay).append(p)
@@ -409,6 +410,7 @@ def _train(model_cfg, train_cfg, out: Path, resume, device, progress, on_step, r
                 row["heldout_loss"] = round(
                     heldout_loss(model, data, train_cfg.eval_batches, train_cfg.batch_size), 5
                 )
+            assert not isinstance(log, nullcontext)  # is_main: the metrics file
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.update(1)

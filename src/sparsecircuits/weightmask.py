@@ -74,7 +74,7 @@ def masked_layers(model: nn.Module, patterns: tuple[str, ...] | list[str]) -> li
 def input_means(model, names: list[str], windows) -> dict[str, torch.Tensor]:
     """Mean input of each named layer over all positions of the token windows."""
     modules = dict(model.named_modules())
-    sums = {n: 0.0 for n in names}
+    sums: dict[str, float | torch.Tensor] = {n: 0.0 for n in names}
     count = 0
     handles = []
 
@@ -94,7 +94,11 @@ def input_means(model, names: list[str], windows) -> dict[str, torch.Tensor]:
     finally:
         for h in handles:
             h.remove()
-    return {n: (s / count).float() for n, s in sums.items()}
+    means = {}
+    for n, s in sums.items():
+        assert isinstance(s, torch.Tensor), f"{n}: no window reached it"  # 0.0 until one does
+        means[n] = (s / count).float()
+    return means
 
 
 @contextmanager

@@ -16,4 +16,8 @@ def attribution_scores(
 ) -> dict[str, torch.Tensor]:
     masks = problem.full_masks(1.0, requires_grad=True)
     task_loss(problem.logits(masks), problem.batch).backward()
-    return {h: m.grad.abs() for h, m in masks.items()}
+    scores = {}
+    for h, m in masks.items():
+        assert m.grad is not None  # each mask requires grad and feeds the loss
+        scores[h] = m.grad.abs()
+    return scores

@@ -63,7 +63,10 @@ def diff_metrics(d: torch.Tensor, batch: TaskBatch, calibration=None) -> dict:
     """Raw task loss and accuracy of logit differences `d`, and with a (scale, shift)
     calibration fitted elsewhere: calibrated loss, accuracy, and the standard error of the
     calibrated loss over pairs (the sampling noise a validation tolerance is made of)."""
-    out = {"loss": float(pair_loss(d)), "accuracy": float((d > 0).float().mean())}
+    out: dict[str, float | None] = {
+        "loss": float(pair_loss(d)),
+        "accuracy": float((d > 0).float().mean()),
+    }
     if calibration is not None:
         scale, shift = calibration
         cd = scale * d + shift * _orientation(batch)
@@ -117,7 +120,7 @@ class Evaluator:
         n_pairs = len(self.batch) // 2
         per = max(1, rows // (2 * n_pairs))  # mask sets per pass
         runs = self.by_length.chunk(max(1, min(_LENGTH_RUNS, per * n_pairs // _RUN_PAIRS)))
-        out = []
+        out: list[torch.Tensor] = []
         for s in range(0, len(many), per):
             group = many[s : s + per]
             by_set = {h: torch.stack([m[h] for m in group]) for h in group[0]}  # [sets, width]
