@@ -97,6 +97,10 @@ class StudyConfig:
             return d  # an unknown key: the comparison shows it as a difference
 
 
+# The small presets' training recipe (on the quick training preset) and circuit search.
+_RECIPE = dict(n_ctx=64, steps=1200, lr=5e-3, eval_every=300, checkpoint_every=300, afrac=None)
+_SEARCH = dict(steps=150, n_train=64, n_select=64, n_test=128, effect_nodes=100, random_draws=5)
+
 STUDY_PRESETS: dict[str, dict] = {
     # ~15 minutes on 2 cores: one seed, 8 small models, the standard preset's recipe (no
     # activation sparsity: at d_model 64 AbsTopK cost more held-out loss than 4x the tokens)
@@ -106,16 +110,8 @@ STUDY_PRESETS: dict[str, dict] = {
     "quick": dict(
         base_preset="quick",
         # snapshots every 200 steps for the activations analysis over training (cheap)
-        train_overrides=dict(
-            n_ctx=64,
-            steps=1200,
-            lr=5e-3,
-            eval_every=300,
-            checkpoint_every=300,
-            save_every=200,
-            afrac=None,
-            precision="fp32",  # as the models behind the recorded results were trained
-        ),
+        # fp32, as the models behind the recorded results were trained
+        train_overrides=dict(_RECIPE, save_every=200, precision="fp32"),
         base_width=64,
         densities=[0.5, 0.25, 0.125],
         fixed_l0_density=0.125,
@@ -125,9 +121,7 @@ STUDY_PRESETS: dict[str, dict] = {
         seeds=1,
         target_loss=0.5,
         k_coefs=[1e-3, 1e-2, 3e-2],
-        prune=dict(
-            steps=150, n_train=64, n_select=64, n_test=128, effect_nodes=100, random_draws=5
-        ),
+        prune=_SEARCH,
     ),
     # Registered as protocol 1 (docs/protocol.md) before the run that answers with it: 5
     # pretraining seeds of the dense and density-axis models, 3 of the width axis; dense
@@ -147,16 +141,7 @@ STUDY_PRESETS: dict[str, dict] = {
     # else_elif, which the empty circuit does (its last token is the keyword).
     "standard": dict(
         base_preset="quick",
-        train_overrides=dict(
-            n_ctx=64,
-            steps=1200,
-            batch_size=128,
-            lr=5e-3,
-            eval_every=300,
-            checkpoint_every=300,
-            afrac=None,
-            precision="fp32",  # as the models behind the recorded results were trained
-        ),
+        train_overrides=dict(_RECIPE, batch_size=128, precision="fp32"),  # 4x quick's tokens
         base_width=64,
         densities=[0.5, 0.25, 0.125],
         fixed_l0_density=0.125,
@@ -179,9 +164,7 @@ STUDY_PRESETS: dict[str, dict] = {
         k_coefs=[1e-3, 1e-2, 3e-2],
         # bench_prune_grid found a circuit at mask_lr 0.2 that the one-mask_lr grid missed
         mask_lrs=[0.05, 0.2],
-        prune=dict(
-            steps=150, n_train=64, n_select=64, n_test=128, effect_nodes=100, random_draws=5
-        ),
+        prune=_SEARCH,
         protocol=1,
     ),
     # Does legibility survive growth? The ladder d_model 64, 128, 256, 512 (8x) on three
@@ -192,15 +175,8 @@ STUDY_PRESETS: dict[str, dict] = {
     # added later trains only itself. Many hours on a CPU: a GPU preset in all but name.
     "scale": dict(
         base_preset="quick",
-        train_overrides=dict(
-            n_ctx=64,
-            steps=1200,
-            lr=5e-3,
-            eval_every=300,
-            checkpoint_every=300,
-            afrac=None,
-            precision="bf16",  # falls back to fp32 where the CPU has no native bf16
-        ),
+        # bf16 falls back to fp32 where the CPU has no native bf16
+        train_overrides=dict(_RECIPE, precision="bf16"),
         base_width=64,
         densities=[0.125],
         fixed_l0_density=0.125,
@@ -211,9 +187,7 @@ STUDY_PRESETS: dict[str, dict] = {
         seeds=3,
         target_loss=0.5,
         k_coefs=[1e-2, 3e-2],
-        prune=dict(
-            steps=150, n_train=64, n_select=64, n_test=128, effect_nodes=100, random_draws=5
-        ),
+        prune=_SEARCH,
     ),
     # The reference CPU run: a few hours, 2 seeds, 6 tasks.
     "small": dict(
