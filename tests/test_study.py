@@ -375,8 +375,8 @@ def test_legibility_is_read_at_the_fixed_losses_as_size_is():
         sparse = c["model"].startswith("s")
         frac = 0.2 + (loss_of[c["model"]] - 3.4 if sparse else 0.0)
         c["legibility"] = {"node_fraction": frac, "effect_fraction": None, "criterion": "c"}
-    cfg = StudyConfig(loss_quantiles=[0.0, 1.0])
-    leg = measures.legibility(models, circuits, cfg, ["t1"])
+    losses = matched.fixed_losses(matched.overlap(models), [0.0, 1.0])
+    leg = measures.legibility(models, circuits, losses, ["t1"])
     points = leg["node_fraction"]["at_losses"]["points"]
     assert [p["loss"] for p in points] == pytest.approx([3.45, 3.60])
     for p in points:

@@ -51,7 +51,8 @@ def legibility_measures(results: StudyResults) -> None:
     cfg = StudyConfig.from_dict(saved, "results.json") if saved is not None else None
     tasks = results.study.get("frontier_tasks", [])
     frontier, outside = split_frontier(results.circuits)
-    leg = legibility(results.models, frontier, cfg, tasks)
+    losses = (results.measures.get("fixed_loss") or {}).get("losses") or []
+    leg = legibility(results.models, frontier, losses, tasks)
     results.measures["legibility"] = leg
     if "scale" in results.measures:
         scale_legibility(results.models, frontier, results.measures["scale"])

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 
 from ..stats import holm
 from . import matched
@@ -205,8 +206,8 @@ def _axis(models, circuits, tasks, role: str, x_of, per: float) -> dict:
         for s in seeds
     }
     out: dict = {}
-    for measure in MEASURES:
-        values = ok_values(circuits, measure)
+    sizes = {measure: ok_values(circuits, measure) for measure in MEASURES}
+    for measure, values in sizes.items():
         per_seed = {}
         for s, curve in curves.items():
             slopes = []
@@ -230,7 +231,7 @@ def _axis(models, circuits, tasks, role: str, x_of, per: float) -> dict:
         ]
         if len({x for x, _ in lp}) >= 2:
             loss_units[s] = per * _slope(*zip(*lp, strict=True))
-    edges, nodes = ok_values(circuits, "edges"), ok_values(circuits, "nodes")
+    edges, nodes = sizes["edges"], sizes["nodes"]
     points: dict = {}
     for m in models:
         if role in m.get("roles", []):
@@ -390,13 +391,13 @@ def legibility_values(circuits: list[dict], field: str) -> dict[tuple[str, str],
 
 
 def legibility(
-    models: list[dict], circuits: list[dict], cfg: StudyConfig | None = None, tasks=None
+    models: list[dict], circuits: list[dict], losses: Sequence[float] = (), tasks=()
 ) -> dict:
     """Dense vs sparse legibility. Per kind and seed, the mean over that kind's validated
     circuits of the explained-node fraction (and of the explained share of ablation effect);
     the kind's value is the mean over seeds with a t-interval, and sparse minus dense is
-    taken per seed. With the study's config and tasks, also read at the fixed held-out
-    losses as circuit size is (matched.at_losses)."""
+    taken per seed. Given the study's fixed held-out losses (`fixed_loss`) and frontier
+    tasks, also read at those losses as circuit size is (matched.at_losses)."""
     kind_seed = {m["id"]: (m["kind"], m["seed"]) for m in models}
     rows = [
         c
@@ -407,7 +408,6 @@ def legibility(
         "n_circuits": len(rows),
         "criterion": rows[0]["legibility"].get("criterion") if rows else None,
     }
-    losses = matched.fixed_losses(matched.overlap(models), cfg.loss_quantiles) if cfg else []
     for field in ("node_fraction", "effect_fraction"):
         values = legibility_values(rows, field)
         per: dict[str, dict[int, list[float]]] = {}
@@ -424,7 +424,7 @@ def legibility(
             "sparse": seed_estimate(sparse),
             "sparse_minus_dense": change,
             "verdict": verdict(change, null=0.0),
-            "at_losses": matched.at_losses(models, values, tasks or [], losses, log=False)
+            "at_losses": matched.at_losses(models, values, list(tasks), list(losses), log=False)
             if losses
             else None,
         }
