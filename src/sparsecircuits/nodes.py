@@ -12,7 +12,6 @@ means are computed once per checkpoint and cached beside it (`node_means.safeten
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from tqdm import tqdm
 from .checkpoint import checkpoint_corpus, load_tensors, save_tensors
 from .config import ModelConfig
 from .errors import UserError
+from .io import file_digest
 
 # Per site, in forward order, its hook; sites are named as the config's AbsTopK sites.
 _HOOK_OF = {
@@ -126,9 +126,8 @@ def compute_node_means(
 
 
 def weights_digest(model_dir: Path) -> str:
-    return hashlib.blake2b(
-        (model_dir / "model.safetensors").read_bytes(), digest_size=16
-    ).hexdigest()
+    """The checkpoint's weights by content (a cache key for what was computed from them)."""
+    return file_digest(model_dir / "model.safetensors")
 
 
 def heldout_windows(corpus, n_ctx: int, batches: int, batch_size: int):
