@@ -54,6 +54,10 @@ def compare(with_table: StudyResults, without: StudyResults) -> dict:
     circuit edges and nodes ratio (without / with) over the tasks both models have a
     validated circuit for."""
     on, off = _per_kind_seed(with_table), _per_kind_seed(without)
+    sizes = {
+        m: (ok_values(with_table.circuits, m), ok_values(without.circuits, m))
+        for m in ("edges", "nodes")
+    }
     out: dict = {}
     for kind in ("dense", "sparse"):
         seeds = sorted(s for k, s in on if k == kind and (k, s) in off)
@@ -73,11 +77,7 @@ def compare(with_table: StudyResults, without: StudyResults) -> dict:
             counts = [_task_counts(r, m["id"]) for r, m in ((with_table, a), (without, b))]
             rows["tasks_reached"][s] = counts[1][0] - counts[0][0]
             rows["tasks_trivial"][s] = counts[1][1] - counts[0][1]
-            for measure in ("edges", "nodes"):
-                va, vb = (
-                    ok_values(with_table.circuits, measure),
-                    ok_values(without.circuits, measure),
-                )
+            for measure, (va, vb) in sizes.items():
                 tasks = [t for (m, t) in va if m == a["id"] and (b["id"], t) in vb]
                 if tasks:
                     rows[f"{measure}_ratio"][s] = statistics.fmean(
