@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 
 from sparsecircuits import threads
 
@@ -46,3 +47,43 @@ def test_threads_option_fixes_the_count():
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "threads 1 True", out.stderr
+
+
+def test_a_killed_parent_takes_its_workers_with_it(tmp_path):
+    """A study killed while its workers train must not leave them training as orphans."""
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from sparsecircuits.threads import in_processes\n"
+        "def work(path):\n"
+        "    Path(path).write_text(str(os.getpid()))\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    for _ in in_processes(1, work, [(sys.argv[1],)]):\n"
+        "        pass\n"
+    )
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        parent.kill()  # SIGKILL: the parent gets no chance to shut its pool down
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while _alive(worker):
+            assert time.monotonic() < deadline, "the worker outlived its parent"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False

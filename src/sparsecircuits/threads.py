@@ -100,7 +100,25 @@ def adapt() -> None:
         torch.set_num_threads(n)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to end this process when its parent ends. A study's workers train for
+    minutes: killed without them, the parent left them training as orphans, and the run
+    restarted beside them found its models' folders locked by the orphans."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:  # it ended before we asked
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass  # not Linux: the worker ends when it next asks the closed pool for work
+
+
 def _one_thread_worker() -> None:
+    _die_with_parent()
     set_threads(1)
 
 
