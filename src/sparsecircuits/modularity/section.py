@@ -68,41 +68,64 @@ def plot_ablation_matrix(results: ModularityResults, path: Path) -> None:
     save_figure_atomic(fig, path)
 
 
+# The question and how to read the numbers: the same for every run.
+_METHOD = [
+    "Do models grow a separate subnetwork per subroutine of a compound task, and how does "
+    "that compare with the structure weight sparsity forces? Subnetwork metric: accuracy "
+    "of the structure alone on its own subroutine minus on the other (> 0 = it does only "
+    "its own job). Ablation metric: accuracy of the full model without it, own minus other "
+    "(< 0 = removing it broke only its own job). Intervals are 95% t-intervals over "
+    "independent models: pretraining seeds in the pretrained regime, init seeds in scratch "
+    "and random; an effect whose interval includes 0 is reported as not found, and a "
+    "config with one pretraining seed gets no interval. Fine-tuning runs of one checkpoint "
+    "share its pretraining: their spread is the separate 'fine-tune sd' column.",
+    "The random regime (untrained, accuracy at chance) shows what mask search carves out "
+    "of noise: its subnetwork metric is a floor for the others. Its ablation metric is ~0 "
+    "by construction (there is no accuracy to lose), so it is not a control the ablation "
+    "test could fail. The shuffled regime is the control that can: the pretrained "
+    "model, with masks searched on A and B training pairs dealt out at random; its "
+    "structures should show no selectivity on the true test pairs.",
+]
+
+
 def write_report_section(results: ModularityResults, out: Path) -> None:
-    fve = results.forced_vs_emergent
-    summary = results.summary
-    paragraphs = [
-        "Do models grow a separate subnetwork per subroutine of a compound task, and how does "
-        "that compare with the structure weight sparsity forces? Subnetwork metric: accuracy "
-        "of the structure alone on its own subroutine minus on the other (> 0 = it does only "
-        "its own job). Ablation metric: accuracy of the full model without it, own minus other "
-        "(< 0 = removing it broke only its own job). Intervals are 95% t-intervals over "
-        "independent models: pretraining seeds in the pretrained regime, init seeds in scratch "
-        "and random; an effect whose interval includes 0 is reported as not found, and a "
-        "config with one pretraining seed gets no interval. Fine-tuning runs of one checkpoint "
-        "share its pretraining: their spread is the separate 'fine-tune sd' column.",
-        "The random regime (untrained, accuracy at chance) shows what mask search carves out "
-        "of noise: its subnetwork metric is a floor for the others. Its ablation metric is ~0 "
-        "by construction (there is no accuracy to lose), so it is not a control the ablation "
-        "test could fail. The shuffled regime is the control that can: the pretrained "
-        "model, with masks searched on A and B training pairs dealt out at random; its "
-        "structures should show no selectivity on the true test pairs.",
-    ]
-    paragraphs += results.findings
-    collapsed = sum(r["collapsed"] for r in summary)
+    """The section: the method, the findings and caveats, the four tables, the matrix plot
+    (written beside it by `plot_ablation_matrix`)."""
+    write_section(
+        out,
+        "Forced vs emergent modularity",
+        _paragraphs(results),
+        [
+            _consistency_table(results.consistency),
+            _forced_vs_emergent_table(results.forced_vs_emergent),
+            _lepori_table(results.summary),
+            _fer_table(results.runs),
+        ],
+        [{"caption": "Accuracy drop when a structure is removed", "file": "ablation_matrix.png"}],
+    )
+
+
+def _paragraphs(results: ModularityResults) -> list[str]:
+    paragraphs = _METHOD + results.findings
+    collapsed = sum(r["collapsed"] for r in results.summary)
     if collapsed:
         paragraphs.append(
             f"{collapsed} mask search(es) collapsed to an empty or full mask; they are left out "
             "of the means (see modularity.json)."
         )
-    unmatched = {r["task"] for r in fve if not r["matched_accuracy"]}
+    unmatched = {r["task"] for r in results.forced_vs_emergent if not r["matched_accuracy"]}
     if unmatched:
         paragraphs.append(
             "Compound accuracy differs by more than 0.05 between the kinds of model on "
             f"{', '.join(sorted(unmatched))}: compare their structures with care."
         )
-    v = results.fer_validation
-    paragraphs.append(
+    paragraphs.append(_fer_validation_paragraph(results.fer_validation))
+    return paragraphs
+
+
+def _fer_validation_paragraph(v: dict) -> str:
+    """Whether each FER measure tells a planted circuit from its rotated copy."""
+    return (
         "FER measures on ground truth (a planted 7-node circuit vs the same function in rotated "
         f"bases, outputs equal to {v['output_max_diff']:.0e}): circuit nodes "
         f"{v['clean']['circuit_nodes']} vs {v['rotated']['circuit_nodes']}, perturbation median "
@@ -114,125 +137,128 @@ def write_report_section(results: ModularityResults, out: Path) -> None:
         + (", ".join(k for k, ok in v["separates"].items() if not ok) or "none")
         + "."
     )
-    tables = [
-        {
-            "caption": "Consistency across tasks, models and subroutines: mean and sd of the "
-            "per-unit effects, fraction with the modular sign, units whose interval excludes 0",
-            "columns": [
-                "regime",
-                "structure",
-                "units",
-                "subnetwork mean",
-                "sd",
-                "agree",
-                "found",
-                "ablation mean",
-                "sd",
-                "agree",
-                "found",
-            ],
-            "rows": [
-                [r["regime"], r["structure"], r["units"]]
-                + [
-                    r[m][k]
-                    for m in ("subnetwork", "ablation_mean")
-                    for k in ("mean", "sd", "agree", "found")
-                ]
-                for r in results.consistency
-            ],
-        },
-        {
-            "caption": "Forced (weight-sparse) vs emergent (dense), pretrained then fine-tuned "
-            "on the compound task; means over subroutines and base models",
-            "columns": [
-                "task",
-                "model",
-                "structure",
-                "compound acc",
-                "size",
-                "kept frac",
-                "subnetwork",
-                "ablation (mean)",
-                "A/B overlap",
-                "stability",
-            ],
-            "rows": [
-                [
-                    r["task"],
-                    r["kind"],
-                    r["structure"],
-                    r["compound_accuracy"],
-                    r["size"],
-                    r["kept_frac"],
-                    r["subnetwork_metric"],
-                    r["ablation_metric"],
-                    r["overlap_ab"],
-                    r["stability"],
-                ]
-                for r in fve
-            ],
-        },
-        {
-            "caption": "Lepori tests per regime (random = untrained control), with intervals",
-            "columns": [
-                "task",
-                "model",
-                "regime",
-                "structure",
-                "subroutine",
-                "usable",
-                "subnetwork",
-                "ablation (zero)",
-                "ablation (mean)",
-                "units",
-                "spread (sd)",
-                "fine-tune sd",
-            ],
-            "rows": [
-                [
-                    r["task"],
-                    r["kind"],
-                    r["regime"],
-                    r["structure"],
-                    r["factor"].upper(),
-                    f"{r['usable']} ({r['collapsed']} collapsed, {r['unreachable']} unreachable)",
-                    fmt_ci(r["subnetwork"]),
-                    fmt_ci(r.get("ablation_zero")),
-                    fmt_ci(r["ablation_mean"]),
-                    f"{r['units']} {r['unit']}(s)",
-                    _fmt_sd(r["spread"]["subnetwork"]),
-                    _fmt_sd(r.get("finetune_sd", {}).get("subnetwork")),
-                ]
-                for r in summary
-            ],
-        },
-        {
-            "caption": "Same behaviour, different internals: per model (mean over base models) "
-            "perturbation sensitivity (median behaviour change when 2% of the nonzero weights "
-            "get noise at the RMS of the nonzero weights; 'all entries': the earlier variant, "
-            "any 2% of entries, zeros revived, RMS counting the zeros) and the sweep of its "
-            "most important weight (roughness: 0 = straight line)",
-            "columns": [
-                "task",
-                "model",
-                "regime",
-                "compound acc",
-                "circuit nodes",
-                "perturbation median",
-                "all entries",
-                "sweep roughness",
-                "sweep control",
-            ],
-            "rows": _fer_rows(results.runs),
-        },
-    ]
-    write_section(
-        out,
-        "Forced vs emergent modularity",
-        paragraphs,
-        tables,
-        [{"caption": "Accuracy drop when a structure is removed", "file": "ablation_matrix.png"}],
-    )
+
+
+def _consistency_table(consistency: list[dict]) -> dict:
+    return {
+        "caption": "Consistency across tasks, models and subroutines: mean and sd of the "
+        "per-unit effects, fraction with the modular sign, units whose interval excludes 0",
+        "columns": [
+            "regime",
+            "structure",
+            "units",
+            "subnetwork mean",
+            "sd",
+            "agree",
+            "found",
+            "ablation mean",
+            "sd",
+            "agree",
+            "found",
+        ],
+        "rows": [
+            [r["regime"], r["structure"], r["units"]]
+            + [
+                r[m][k]
+                for m in ("subnetwork", "ablation_mean")
+                for k in ("mean", "sd", "agree", "found")
+            ]
+            for r in consistency
+        ],
+    }
+
+
+def _forced_vs_emergent_table(fve: list[dict]) -> dict:
+    return {
+        "caption": "Forced (weight-sparse) vs emergent (dense), pretrained then fine-tuned "
+        "on the compound task; means over subroutines and base models",
+        "columns": [
+            "task",
+            "model",
+            "structure",
+            "compound acc",
+            "size",
+            "kept frac",
+            "subnetwork",
+            "ablation (mean)",
+            "A/B overlap",
+            "stability",
+        ],
+        "rows": [
+            [
+                r["task"],
+                r["kind"],
+                r["structure"],
+                r["compound_accuracy"],
+                r["size"],
+                r["kept_frac"],
+                r["subnetwork_metric"],
+                r["ablation_metric"],
+                r["overlap_ab"],
+                r["stability"],
+            ]
+            for r in fve
+        ],
+    }
+
+
+def _lepori_table(summary: list[dict]) -> dict:
+    return {
+        "caption": "Lepori tests per regime (random = untrained control), with intervals",
+        "columns": [
+            "task",
+            "model",
+            "regime",
+            "structure",
+            "subroutine",
+            "usable",
+            "subnetwork",
+            "ablation (zero)",
+            "ablation (mean)",
+            "units",
+            "spread (sd)",
+            "fine-tune sd",
+        ],
+        "rows": [
+            [
+                r["task"],
+                r["kind"],
+                r["regime"],
+                r["structure"],
+                r["factor"].upper(),
+                f"{r['usable']} ({r['collapsed']} collapsed, {r['unreachable']} unreachable)",
+                fmt_ci(r["subnetwork"]),
+                fmt_ci(r.get("ablation_zero")),
+                fmt_ci(r["ablation_mean"]),
+                f"{r['units']} {r['unit']}(s)",
+                _fmt_sd(r["spread"]["subnetwork"]),
+                _fmt_sd(r.get("finetune_sd", {}).get("subnetwork")),
+            ]
+            for r in summary
+        ],
+    }
+
+
+def _fer_table(runs: list[dict]) -> dict:
+    return {
+        "caption": "Same behaviour, different internals: per model (mean over base models) "
+        "perturbation sensitivity (median behaviour change when 2% of the nonzero weights "
+        "get noise at the RMS of the nonzero weights; 'all entries': the earlier variant, "
+        "any 2% of entries, zeros revived, RMS counting the zeros) and the sweep of its "
+        "most important weight (roughness: 0 = straight line)",
+        "columns": [
+            "task",
+            "model",
+            "regime",
+            "compound acc",
+            "circuit nodes",
+            "perturbation median",
+            "all entries",
+            "sweep roughness",
+            "sweep control",
+        ],
+        "rows": _fer_rows(runs),
+    }
 
 
 def _fmt_sd(sd: float | None) -> str:
