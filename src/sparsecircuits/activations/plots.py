@@ -36,9 +36,36 @@ def _seeds(g: dict) -> str:
 
 
 def write_report_section(results: ActivationResults, out: Path, images: list) -> Path:
+    """The section: the method, each group's findings, the three tables and the plots named
+    by `images` ((key of FILES, caption) pairs, drawn beforehand)."""
     metric = results.config["metric"]
+    paras = [_method_paragraph(metric)]
+    for g in results.groups:
+        paras += _group_paragraphs(g)
+    paras.append(_ROBUSTNESS)
+    tables = [
+        _headline_table(results.groups, metric),
+        _difficulty_table(results.groups, metric),
+        _robustness_table(results.robustness, metric),
+    ]
+    imgs = [{"caption": cap, "file": FILES[k]} for k, cap in images]
+    return write_section(out, "Activation sparsity", paras, tables, imgs)
+
+
+# After the groups' findings: how to read the robustness table.
+_ROBUSTNESS = (
+    "Robustness (the claim that sparsification under unfamiliar input stabilises "
+    "performance): held-out next-token loss on each condition minus on training code, per "
+    "model, beside the activation effect on the same inputs; 'sparse - dense' (against the "
+    "dense model of the same width, where there is one) < 0 means the weight-sparse model "
+    "degrades less (normal-approximation interval). The JSON "
+    "(activations.json) holds every metric, hook and position."
+)
+
+
+def _method_paragraph(metric: str) -> str:
     expected = EXPECTED_EFFECT.get(metric)
-    paras = [
+    return (
         "Do hidden states get sparser on unfamiliar or harder inputs (Jin et al. 2026)? "
         f"Metric: {metric} at the last real token (retokenised inputs are padded, and the pad "
         "is masked); effects are condition minus training-split code, and hardest minus "
@@ -52,43 +79,70 @@ def write_report_section(results: ActivationResults, out: Path, images: list) ->
             "scale) reads 'not resolvable at this n'."
             if expected is not None
             else "."
-        ),
-    ]
-    rows = []
-    for g in results.groups:
-        found = []
-        for t in g["tests"]:
-            rows.append(
-                [
-                    g["label"],
-                    _seeds(g),
-                    t["comparison"],
-                    _fmt(t),
-                    "n/a" if t["half_width"] is None else f"{t['half_width']:.4f}",
-                    "n/a" if t["p_holm"] is None else f"{t['p_holm']:.3g}",
-                    t["verdict"],
-                ]
-            )
-            if t["verdict"].startswith("found"):
-                found.append(f"{t['comparison']} ({t['verdict']})")
-        paras.append(
-            f"{g['label']} ({_seeds(g)}, {g['headline']['hook']}): "
-            + (f"found after Holm: {', '.join(found)}" if found else "nothing found after Holm")
-            + "."
         )
-        tr = g.get("training")
-        if tr:
-            em = ", ".join(
-                f"{c}: {'from step ' + str(e['sparser_from_step']) if e['sparser_from_step'] is not None else 'never stably sparser'}"
-                for c, e in tr["emergence"].items()
-            )
-            paras.append(f"{g['label']} over training (steps {tr['steps']}, uncorrected): {em}.")
-    diff_rows = []
-    for g in results.groups:
+    )
+
+
+def _group_paragraphs(g: dict) -> list[str]:
+    """What survived Holm in one group, and when each condition became stably sparser
+    over training (where its checkpoints were measured)."""
+    found = [
+        f"{t['comparison']} ({t['verdict']})"
+        for t in g["tests"]
+        if t["verdict"].startswith("found")
+    ]
+    paras = [
+        f"{g['label']} ({_seeds(g)}, {g['headline']['hook']}): "
+        + (f"found after Holm: {', '.join(found)}" if found else "nothing found after Holm")
+        + "."
+    ]
+    tr = g.get("training")
+    if tr:
+        em = ", ".join(f"{c}: {_emergence(e)}" for c, e in tr["emergence"].items())
+        paras.append(f"{g['label']} over training (steps {tr['steps']}, uncorrected): {em}.")
+    return paras
+
+
+def _emergence(e: dict) -> str:
+    step = e["sparser_from_step"]
+    return "never stably sparser" if step is None else f"from step {step}"
+
+
+def _headline_table(groups: list[dict], metric: str) -> dict:
+    return {
+        "caption": f"{metric}: headline comparisons, Holm-corrected per model",
+        "columns": [
+            "model",
+            "seeds",
+            "comparison",
+            "effect",
+            "half-width",
+            "p (Holm)",
+            "verdict",
+        ],
+        "rows": [
+            [
+                g["label"],
+                _seeds(g),
+                t["comparison"],
+                _fmt(t),
+                "n/a" if t["half_width"] is None else f"{t['half_width']:.4f}",
+                "n/a" if t["p_holm"] is None else f"{t['p_holm']:.3g}",
+                t["verdict"],
+            ]
+            for g in groups
+            for t in g["tests"]
+        ],
+    }
+
+
+def _difficulty_table(groups: list[dict], metric: str) -> dict:
+    rows = []
+    for g in groups:
         h = g["headline"]["hook"]
         for axis, res in g["difficulty"].items():
             for lv in res["levels"]:
-                diff_rows.append(
+                rows.append(
                     [
                         g["label"],
                         axis,
@@ -98,57 +152,34 @@ def write_report_section(results: ActivationResults, out: Path, images: list) ->
                         f"{lv['metrics'][h][metric]['last']['mean']:.4f}",
                     ]
                 )
-    rob_rows = [
-        [
-            r["group"],
-            r["condition"],
-            _fmt(r["loss_degradation"]),
-            _fmt(r["minus_dense"]) if "minus_dense" in r else "",
-            _fmt(r["activation_effect"]),
-        ]
-        for r in results.robustness
-    ]
-    paras.append(
-        "Robustness (the claim that sparsification under unfamiliar input stabilises "
-        "performance): held-out next-token loss on each condition minus on training code, per "
-        "model, beside the activation effect on the same inputs; 'sparse - dense' (against the "
-        "dense model of the same width, where there is one) < 0 means the weight-sparse model "
-        "degrades less (normal-approximation interval). The JSON "
-        "(activations.json) holds every metric, hook and position."
-    )
-    tables = [
-        {
-            "caption": f"{metric}: headline comparisons, Holm-corrected per model",
-            "columns": [
-                "model",
-                "seeds",
-                "comparison",
-                "effect",
-                "half-width",
-                "p (Holm)",
-                "verdict",
-            ],
-            "rows": rows,
-        },
-        {
-            "caption": f"difficulty: prompt length, accuracy and {metric} at the last token",
-            "columns": ["model", "axis", "level", "tokens", "accuracy", metric],
-            "rows": diff_rows,
-        },
-        {
-            "caption": "robustness: loss degradation vs training code (nats/token)",
-            "columns": [
-                "model",
-                "condition",
-                "loss degradation",
-                "sparse - dense",
-                f"{metric} effect",
-            ],
-            "rows": rob_rows,
-        },
-    ]
-    imgs = [{"caption": cap, "file": FILES[k]} for k, cap in images]
-    return write_section(out, "Activation sparsity", paras, tables, imgs)
+    return {
+        "caption": f"difficulty: prompt length, accuracy and {metric} at the last token",
+        "columns": ["model", "axis", "level", "tokens", "accuracy", metric],
+        "rows": rows,
+    }
+
+
+def _robustness_table(robustness: list[dict], metric: str) -> dict:
+    return {
+        "caption": "robustness: loss degradation vs training code (nats/token)",
+        "columns": [
+            "model",
+            "condition",
+            "loss degradation",
+            "sparse - dense",
+            f"{metric} effect",
+        ],
+        "rows": [
+            [
+                r["group"],
+                r["condition"],
+                _fmt(r["loss_degradation"]),
+                _fmt(r["minus_dense"]) if "minus_dense" in r else "",
+                _fmt(r["activation_effect"]),
+            ]
+            for r in robustness
+        ],
+    }
 
 
 def _errorbar(ax, x, stats, **kw):
