@@ -47,20 +47,28 @@ def _label(st: Stability, models: dict) -> str:
 def write_report_section(
     results: StabilityResults, out: Path, models: list[dict] | None = None
 ) -> None:
+    """The section: the method, the verdict and the cost, what could not be measured, the
+    repeat-run and backup tables, and dense vs sparse where there is a comparison.
+    `models` (a study's) gives the rows their labels."""
     by_id = {m["id"]: m for m in models or []}
     stab = results.stabilities()
-    searched = sum(
-        len(s.search.runs if s.search else [])
-        + len(s.pairs.runs if s.pairs else [])
-        + max(0, len(s.rephrasing.runs) - 1 if s.rephrasing else 0)
-        + sum(len(r.runs.runs) for r in (s.backup.rounds if s.backup else []))
-        for s in stab
+    tables = [_repeat_runs_table(stab, by_id), _backup_table(stab, by_id)]
+    if results.comparison:
+        tables.append(_comparison_table(results.comparison))
+    write_section(
+        out,
+        "Circuit stability: seeds, prompts, backup circuits",
+        _paragraphs(results, stab, by_id),
+        tables,
     )
-    cfg = results.setup.get("config", {})
+
+
+def _paragraphs(results: StabilityResults, stab: list[Stability], by_id: dict) -> list[str]:
+    runs = results.setup.get("config", {}).get("runs")
     paragraphs = [
         "Is the circuit the circuit? Each (model, task) is searched again "
-        f"{cfg.get('runs')} times on the same prompt pairs with other search seeds (mask noise, "
-        f"pair order), and {cfg.get('runs')} times at one search seed with other train pairs "
+        f"{runs} times on the same prompt pairs with other search seeds (mask noise, "
+        f"pair order), and {runs} times at one search seed with other train pairs "
         "(the selection and test pairs fixed), at the one setting (k_coef, mask_lr) its circuit "
         "was found at; and once per surface rephrasing of the prompts (names renamed, other "
         "surrounding code), beside the original. Per set: pairwise Jaccard of the node and edge sets of the circuits "
@@ -70,89 +78,104 @@ def write_report_section(
         "mean-ablated) and the search repeated until no search reaches the target; the "
         "irreducible core is what every validated circuit of every round kept.",
         results.verdict,
-        f"{searched} searches in {sum(s.seconds for s in stab):.0f} s of search time "
-        f"({len(stab)} circuits; this call {results.seconds:.0f} s).",
+        f"{sum(map(_searches, stab))} searches in {sum(s.seconds for s in stab):.0f} s of "
+        f"search time ({len(stab)} circuits; this call {results.seconds:.0f} s).",
     ]
     problems = [f"{_label(s, by_id)}, {s.task}: {s.message}" for s in stab if s.status != "ok"]
     if problems:
         paragraphs.append("Not measured: " + "; ".join(problems) + ".")
-    tables = [
-        {
-            "caption": "Repeat runs: the same search with one source of randomness varied",
-            "columns": [
-                "model",
-                "task",
-                "varies",
-                "validated",
-                "nodes",
-                "node Jaccard",
-                "edge Jaccard",
-                "core / union",
-                "core alone (loss)",
-                "union alone (loss)",
-            ],
-            "rows": [
-                _set_row(_label(s, by_id), s, rs)
-                for s in stab
-                for rs in (s.search, s.pairs, s.rephrasing)
-                if rs
-            ],
-            # for the circuit viewer (report.js): nodes sized by how often the search-seed
-            # runs kept them, the core ringed
-            "node_frequency": {
-                f"{s.model_id}|{s.task}": {
-                    "runs": s.search.n_ok,
-                    "frequency": s.search.frequency,
-                    "core": s.search.core,
-                }
-                for s in stab
-                if s.model_id and s.search and s.search.n_ok
-            },
-        },
-        {
-            "caption": "Backup circuits: forbid the most-kept node, search again",
-            "columns": [
-                "model",
-                "task",
-                "rounds",
-                "stopped",
-                "forbidden (in order)",
-                "circuits (distinct)",
-                "irreducible core",
-                "core alone (loss)",
-            ],
-            "rows": [
-                [
-                    _label(s, by_id),
-                    s.task,
-                    len(s.backup.rounds),
-                    s.backup.stopped,
-                    ", ".join(s.backup.forbidden),
-                    f"{s.backup.circuits} ({s.backup.distinct})",
-                    len(s.backup.core),
-                    _loss(s.backup.core_metrics),
-                ]
-                for s in stab
-                if s.backup
-            ],
-        },
-    ]
-    cmp = results.comparison
-    if cmp:
-        rows = []
-        for name, m in cmp["measures"].items():
-            for p in (m["matched"] or {}).get("points", []):
-                rows.append([MEASURES[name], f"loss {p['loss']:.3f}", *_est(p["estimate"])])
-            rows.append([MEASURES[name], "unmatched", *_est(m["unmatched"])])
-        tables.append(
-            {
-                "caption": "Sparse - dense (higher: sparse more stable), per pretraining seed "
-                "at fixed held-out losses inside both curves, 95% t-interval across seeds",
-                "columns": ["measure", "at", "sparse - dense", "95% interval", "seeds"],
-                "rows": rows,
+    return paragraphs
+
+
+def _searches(s: Stability) -> int:
+    """Searches run for one circuit: the rephrasing set's first run is the original prompts,
+    which the search-seed set already ran."""
+    return (
+        len(s.search.runs if s.search else [])
+        + len(s.pairs.runs if s.pairs else [])
+        + max(0, len(s.rephrasing.runs) - 1 if s.rephrasing else 0)
+        + sum(len(r.runs.runs) for r in (s.backup.rounds if s.backup else []))
+    )
+
+
+def _repeat_runs_table(stab: list[Stability], by_id: dict) -> dict:
+    return {
+        "caption": "Repeat runs: the same search with one source of randomness varied",
+        "columns": [
+            "model",
+            "task",
+            "varies",
+            "validated",
+            "nodes",
+            "node Jaccard",
+            "edge Jaccard",
+            "core / union",
+            "core alone (loss)",
+            "union alone (loss)",
+        ],
+        "rows": [
+            _set_row(_label(s, by_id), s, rs)
+            for s in stab
+            for rs in (s.search, s.pairs, s.rephrasing)
+            if rs
+        ],
+        # for the circuit viewer (report.js): nodes sized by how often the search-seed
+        # runs kept them, the core ringed
+        "node_frequency": {
+            f"{s.model_id}|{s.task}": {
+                "runs": s.search.n_ok,
+                "frequency": s.search.frequency,
+                "core": s.search.core,
             }
-        )
-    write_section(out, "Circuit stability: seeds, prompts, backup circuits", paragraphs, tables)
+            for s in stab
+            if s.model_id and s.search and s.search.n_ok
+        },
+    }
+
+
+def _backup_table(stab: list[Stability], by_id: dict) -> dict:
+    return {
+        "caption": "Backup circuits: forbid the most-kept node, search again",
+        "columns": [
+            "model",
+            "task",
+            "rounds",
+            "stopped",
+            "forbidden (in order)",
+            "circuits (distinct)",
+            "irreducible core",
+            "core alone (loss)",
+        ],
+        "rows": [
+            [
+                _label(s, by_id),
+                s.task,
+                len(s.backup.rounds),
+                s.backup.stopped,
+                ", ".join(s.backup.forbidden),
+                f"{s.backup.circuits} ({s.backup.distinct})",
+                len(s.backup.core),
+                _loss(s.backup.core_metrics),
+            ]
+            for s in stab
+            if s.backup
+        ],
+    }
+
+
+def _comparison_table(cmp: dict) -> dict:
+    """Dense vs sparse per measure: at each matched loss, then unmatched."""
+    rows = []
+    for name, m in cmp["measures"].items():
+        for p in (m["matched"] or {}).get("points", []):
+            rows.append([MEASURES[name], f"loss {p['loss']:.3f}", *_est(p["estimate"])])
+        rows.append([MEASURES[name], "unmatched", *_est(m["unmatched"])])
+    return {
+        "caption": "Sparse - dense (higher: sparse more stable), per pretraining seed "
+        "at fixed held-out losses inside both curves, 95% t-interval across seeds",
+        "columns": ["measure", "at", "sparse - dense", "95% interval", "seeds"],
+        "rows": rows,
+    }
 
 
 def _est(est: dict | None) -> list:
