@@ -19,8 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-# False runs the plain reference code everywhere (tests and benchmarks compare the two).
+# Read-only flags: set them with the context managers `plain()` and `reference()` below.
+# False runs the plain attention and loss (tests compare the two).
 ENABLED = True
+# True runs every speed-up's reference code: the step as it was before them.
+REFERENCE = False
 CHUNK = 512  # rows of logits alive at once: 4 MB at vocab 2048, reused from the heap
 
 
@@ -118,13 +121,36 @@ def next_token_loss(
 
 @contextlib.contextmanager
 def plain():
-    """Run the plain reference code inside the block."""
+    """Run the plain attention and loss inside the block: explicit attention instead of
+    `scaled_dot_product_attention`, the logits tensor and `F.cross_entropy` instead of
+    `next_token_loss`, `torch.topk` instead of the selection in `kth_largest`. The tests
+    compare the fast paths against it."""
     global ENABLED
     saved, ENABLED = ENABLED, False
     try:
         yield
     finally:
         ENABLED = saved
+
+
+@contextlib.contextmanager
+def reference():
+    """Run the code as it was before the speed work, inside the block: `plain()`, and
+    AbsTopK and the weight projection by top-k indices with gather and scatter (not by a
+    threshold), AdamW's default implementation (not the fused one; it applies to an
+    optimizer `train.make_optimizer` makes inside the block), and a forward at
+    `positions=` through every position, read at those positions at the end. Each
+    computes what the default computes (which of several entries tied at the k-th largest
+    magnitude are kept aside); `benchmarks/bench_train.py` times the default training step
+    and circuit search against it ("today's step"), and tests/test_benchmarks.py checks
+    that a training step and a task pass give the same numbers both ways."""
+    global REFERENCE
+    saved, REFERENCE = REFERENCE, True
+    try:
+        with plain():
+            yield
+    finally:
+        REFERENCE = saved
 
 
 def kth_largest(a: torch.Tensor, k: int) -> torch.Tensor:

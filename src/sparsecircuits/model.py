@@ -50,9 +50,18 @@ def abs_topk(x: torch.Tensor, frac: float) -> torch.Tensor:
     k = max(1, int(frac * x.shape[-1]))
     if k >= x.shape[-1]:
         return x
+    if fused.REFERENCE:
+        return _abs_topk_by_index(x, k)
     a = x.detach().abs()
     thr = kth_largest(a, k).clamp_min(torch.finfo(a.dtype).tiny)
     return x * a.ge_(thr)
+
+
+def _abs_topk_by_index(x: torch.Tensor, k: int) -> torch.Tensor:
+    """AbsTopK as `fused.reference()` runs it: the k largest |x| by index, gathered and
+    scattered into zeros (exactly k kept, ties or not)."""
+    idx = x.abs().topk(k, dim=-1, sorted=False).indices
+    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
 
 
 def take_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -308,6 +317,8 @@ class SparseGPT(HookedModule):
         128, vocab 2048) that skips about half the work of a task's forward pass."""
         if positions is not None and return_type != "logits":
             raise ValueError("positions= gives logits only (a loss needs every position)")
+        if positions is not None and fused.REFERENCE:  # every position, read at the end
+            return take_positions(self.forward(tokens), positions)[:, 0]
         if tokens.shape[-1] > self.cfg.n_ctx and self.pos_embed is not None:
             raise ValueError(
                 f"sequence of {tokens.shape[-1]} tokens exceeds n_ctx={self.cfg.n_ctx}"

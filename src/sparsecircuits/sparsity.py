@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import fused
 from .config import TrainConfig
 from .fused import kth_largest
 
@@ -51,6 +52,8 @@ def topk_mask(w: torch.Tensor, density: float, min_per_neuron: int = 0) -> torch
     k = max(1, round(density * n))
     if k >= n:
         return None
+    if fused.REFERENCE:
+        return _topk_mask_by_index(w, k, min_per_neuron)
     a = w.detach().abs()
     tiny = torch.finfo(a.dtype).tiny
     keep = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
@@ -61,6 +64,21 @@ def topk_mask(w: torch.Tensor, density: float, min_per_neuron: int = 0) -> torch
         k -= m * w.shape[0]
     if k > 0:
         keep |= a >= kth_largest(a.view(1, -1), k).clamp_min(tiny).view(())
+    return keep
+
+
+def _topk_mask_by_index(w: torch.Tensor, k: int, min_per_neuron: int) -> torch.Tensor:
+    """topk_mask as `fused.reference()` runs it: top-k indices per row, then over the whole
+    matrix (exactly max(k, reserved) kept, ties or not)."""
+    a = w.detach().abs()
+    keep = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+    if w.dim() == 2 and min_per_neuron > 0:
+        m = min(min_per_neuron, w.shape[1])
+        keep.scatter_(1, a.topk(m, dim=1, sorted=False).indices, True)
+        a = a.masked_fill(keep, -1.0)
+        k -= m * w.shape[0]
+    if k > 0:
+        keep.view(-1)[a.view(-1).topk(k, sorted=False).indices] = True
     return keep
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import threads
+from . import fused, threads
 from .checkpoint import (
     check_sizes,
     check_state,
@@ -115,8 +115,13 @@ def make_optimizer(model: SparseGPT, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     # fused: one kernel per step for all parameters instead of a dozen small ops each
+    # (fused.reference() keeps torch's default implementation, as before)
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        fused=None if fused.REFERENCE else True,
     )
 
 
