@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
+from sparsecircuits.benchmarking import save_results
 from sparsecircuits.prune import TargetUnreachable, prune
 from sparsecircuits.prune_methods import PruneConfig
 from sparsecircuits.study import model_dir, model_specs, study_config
 from sparsecircuits.study.config import model_configs
 from sparsecircuits.train import train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import save_results  # noqa: E402
 
 SWEEP_LRS = [0.01, 0.05, 0.2, 0.5]
 SWEEP_KS = [1e-4, 1e-3, 1e-2, 3e-2]

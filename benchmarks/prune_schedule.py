@@ -23,12 +23,12 @@ import sparsecircuits  # noqa: F401  first, as in the CLI: it sets the wait poli
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from sparsecircuits.benchmarking import save_results
 from sparsecircuits.checkpoint import load
 from sparsecircuits.nodes import cached_node_means
 from sparsecircuits.prune import TargetUnreachable, prune
@@ -36,9 +36,6 @@ from sparsecircuits.prune_methods import PruneConfig
 from sparsecircuits.stats import t_interval
 from sparsecircuits.study.config import model_dir, model_specs, study_config
 from sparsecircuits.study.run import prune_config, train_model
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import save_results  # noqa: E402
 
 STUDY_MODELS = ("w64_d0.125_s0", "w64_dense_s0")
 STUDY_TASKS = ("var_if", "while_return_true")
