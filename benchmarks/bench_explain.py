@@ -19,13 +19,11 @@ from pathlib import Path
 
 import torch
 
+from sparsecircuits.benchmarking import save_results
 from sparsecircuits.circuit import Circuit
 from sparsecircuits.explain import CACHE_FILE, CRITERION, explain_circuit, legibility
 from sparsecircuits.prune import prune
 from sparsecircuits.prune_methods import PruneConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import save_results  # noqa: E402
 
 TARGET_SECONDS = 30.0
 

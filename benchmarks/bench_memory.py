@@ -15,18 +15,15 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from sparsecircuits.benchmarking import save_results
 from sparsecircuits.config import resolve
 from sparsecircuits.device import pick_device
 from sparsecircuits.model import SparseGPT
 from sparsecircuits.sparsity import WeightSparsifier
 from sparsecircuits.train import make_optimizer, train_step
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import save_results  # noqa: E402
 
 GB = 1024**3
 

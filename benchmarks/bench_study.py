@@ -24,10 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sparsecircuits.benchmarking import save_results
 from sparsecircuits.corpus import cache_root
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import save_results  # noqa: E402
 
 # issue 10's wall-time targets, minutes on 2 cores
 TARGET_MINUTES = {"quick": 15, "standard": 120}

@@ -1,17 +1,19 @@
-"""Training speed on a shared CPU: today's step (the plain reference code, kept here as the
-baseline) vs the fast paths, each as a fraction of the machine's matmul rate at the model's
-shapes; the wall time of one circuit search, as the quick study runs it and as `prune`
-runs by default on the quick preset's model; quiet vs one competing busy process for
-training and a circuit search; two sparsecircuits jobs side by side vs one after the other;
-held-out loss after a fixed number of tokens, old step vs new, paired over seeds; last, a
-verdict per target of issue 11 from those numbers. Every timing runs in a child
-process of its own, started as the CLI starts (the OpenMP wait policy is fixed when torch
-loads), and the variants alternate round by round, so the ratios hold on a noisy machine;
-absolute numbers are for orientation only.
+"""Training speed on a shared CPU: today's step (the code as it was before the speed work,
+which the library keeps as the baseline behind `fused.reference()`) vs the fast paths, each
+as a fraction of the machine's matmul rate at the model's shapes; the wall time of one
+circuit search, as the quick study runs it and as `prune` runs by default on the quick
+preset's model; quiet vs one competing busy process for training and a circuit search; two
+sparsecircuits jobs side by side vs one after the other; held-out loss after a fixed number
+of tokens, old step vs new, paired over seeds; last, a verdict per target of issue 11 from
+those numbers. Every timing runs in a child process of its own, started as the CLI starts
+(the OpenMP wait policy is fixed when torch loads), and the variants alternate round by
+round, so the ratios hold on a noisy machine; absolute numbers are for orientation only.
 
     python benchmarks/bench_train.py [--presets quick,small] [--rounds 5] [--skip-load]
         [--loss-steps 300] [--loss-seeds 3] [--prune-model runs/quick] [--search-rounds 3]
         [--skip-speed]
+
+(or `python -m benchmarks.bench_train ...` from the repository's root).
 
 `--skip-speed --skip-load` runs the held-out check alone (more seeds, under its own --name).
 
@@ -33,7 +35,6 @@ import sparsecircuits  # noqa: F401  first, as in the CLI: it sets the wait poli
 # isort: on
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import statistics
@@ -44,181 +45,28 @@ from pathlib import Path
 
 import torch
 
-import sparsecircuits.model as model_module
-import sparsecircuits.sparsity as sparsity_module
 from sparsecircuits import fused, threads
+from sparsecircuits.benchmarking import StepRunner, cpu_name, matmul_seconds, save_results
 from sparsecircuits.config import resolve
-from sparsecircuits.model import SparseGPT
-from sparsecircuits.nodes import ablation_hooks
-from sparsecircuits.prune_methods import Problem, PruneConfig
-from sparsecircuits.sparsity import WeightSparsifier
+from sparsecircuits.prune_methods import PruneConfig
 from sparsecircuits.stats import t_interval
-from sparsecircuits.train import runnable_precision, train_step
+from sparsecircuits.train import native_bf16
 
-# the module, not the `train` function the package exports under the same name
-train_module = importlib.import_module("sparsecircuits.train")
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import cpu_name, save_results  # noqa: E402
+NATIVE_BF16 = native_bf16(torch.device("cpu"))
 
 
-def _abs_topk_scatter(x: torch.Tensor, frac: float) -> torch.Tensor:
-    """AbsTopK as the step computed it before: top-k indices, then gather and scatter."""
-    k = max(1, int(frac * x.shape[-1]))
-    if k >= x.shape[-1]:
-        return x
-    idx = x.abs().topk(k, dim=-1, sorted=False).indices
-    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
-
-
-def _topk_mask_indices(w: torch.Tensor, density: float, min_per_neuron: int = 0):
-    """The weight projection as it was: top-k indices per row, then over the whole matrix."""
-    n = w.numel()
-    k = max(1, round(density * n))
-    if k >= n:
-        return None
-    a = w.detach().abs()
-    keep = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
-    if w.dim() == 2 and min_per_neuron > 0:
-        m = min(min_per_neuron, w.shape[1])
-        keep.scatter_(1, a.topk(m, dim=1, sorted=False).indices, True)
-        a = a.masked_fill(keep, -1.0)
-        k -= m * w.shape[0]
-    if k > 0:
-        keep.view(-1)[a.view(-1).topk(k, sorted=False).indices] = True
-    return keep
-
-
-NEW_OPTIMIZER = train_module.make_optimizer
-NATIVE_BF16 = train_module.native_bf16(torch.device("cpu"))
-
-
-def _unfused_optimizer(model, cfg):
-    """AdamW as it was: the per-parameter-group foreach implementation, not the fused one."""
-    groups = [
-        {"params": g["params"], "weight_decay": g["weight_decay"]}
-        for g in NEW_OPTIMIZER(model, cfg).param_groups
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-
-
-def _full_logits(self, masks, batch=None):
-    """Problem.logits as it was: every position of every prompt through every block."""
-    batch = batch if batch is not None else self.batch
-    hooks = ablation_hooks(self.sites, self.means, masks)
-    return self.model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
-
-
-@contextlib.contextmanager
-def todays_step():
-    """The baseline: explicit attention, full logits tensor, scatter/gather AbsTopK, top-k
-    index weight projection, unfused AdamW; task passes through every position."""
-    saved = (
-        model_module.abs_topk,
-        sparsity_module.topk_mask,
-        train_module.make_optimizer,
-        Problem.logits,
-    )
-    model_module.abs_topk = _abs_topk_scatter
-    sparsity_module.topk_mask = _topk_mask_indices
-    train_module.make_optimizer = _unfused_optimizer
-    Problem.logits = _full_logits
-    try:
-        with fused.plain():
-            yield
-    finally:
-        (
-            model_module.abs_topk,
-            sparsity_module.topk_mask,
-            train_module.make_optimizer,
-            Problem.logits,
-        ) = saved
-
-
-def step_context(variant: str):
-    return todays_step() if variant == "today" else contextlib.nullcontext()
-
-
-class Runner:
-    """A model + optimizer ready to take steps on a fixed random batch, past the anneal.
-    variant "today" runs today's step in fp32; "new" the default step at the preset's
-    precision (fp32 where the CPU has no native bf16, as train() does)."""
-
-    def __init__(self, preset: str, variant: str = "new", **overrides):
-        if variant == "today":
-            overrides = {"precision": "fp32", **overrides}
-        self.variant = variant
-        torch.use_deterministic_algorithms(True, warn_only=True)  # as train() runs its steps
-        self.mcfg, tcfg = resolve(preset, None, overrides)
-        self.tcfg = runnable_precision(tcfg, torch.device("cpu"))
-        torch.manual_seed(0)
-        self.model = SparseGPT(self.mcfg)
-        make = _unfused_optimizer if variant == "today" else NEW_OPTIMIZER
-        self.opt = make(self.model, self.tcfg)
-        self.sparsifier = WeightSparsifier(self.model, self.tcfg)
-        self.batch = torch.randint(
-            0, self.mcfg.vocab_size, (self.tcfg.batch_size, self.mcfg.n_ctx + 1)
-        )
-        self.step = self.tcfg.steps - 1
-
-    def time_steps(self, n: int) -> float:
-        with step_context(self.variant):
-            t = time.perf_counter()
-            for _ in range(n):
-                threads.adapt()
-                train_step(self.model, self.opt, self.sparsifier, self.batch, self.step)
-            return (time.perf_counter() - t) / n
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.tcfg.batch_size * self.mcfg.n_ctx
-
-
-# ---- the matmul rate at the model's shapes -------------------------------------------------
-
-
-def _best_time(fn, reps: int = 5) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def matmul_seconds(r: Runner, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
-    """(seconds, flops) the step's matmuls take at this machine's measured rate: for every
-    linear map (and the unembedding) the forward, input-gradient and weight-gradient
-    products in `dtype`, and per layer the six [pos x pos] attention products (float32, as
-    the model computes attention on a CPU), each timed alone."""
-    n = r.tokens_per_step
-    cfg = r.mcfg
-    shapes = [m.weight.shape for m in r.model.modules() if isinstance(m, torch.nn.Linear)]
-    if r.model.unembed is None:
-        shapes.append(r.model.W_U.shape)
-    total_s = total_flops = 0.0
-    timed: dict[tuple, float] = {}
-    for out_f, in_f in shapes:
-        for a, b, c in ((n, in_f, out_f), (n, out_f, in_f), (out_f, n, in_f)):
-            if (a, b, c) not in timed:
-                x, w = torch.randn(a, b, dtype=dtype), torch.randn(b, c, dtype=dtype)
-                timed[(a, b, c)] = _best_time(lambda x=x, w=w: x @ w)
-            total_s += timed[(a, b, c)]
-            total_flops += 2 * a * b * c
-    bh, t, dh = r.tcfg.batch_size * cfg.n_head, cfg.n_ctx, cfg.d_head
-    q, k = torch.randn(bh, t, dh), torch.randn(bh, dh, t)
-    att = _best_time(lambda: torch.bmm(q, k))
-    total_s += 6 * cfg.n_layer * att
-    total_flops += 6 * cfg.n_layer * 2 * bh * t * t * dh
-    return total_s, total_flops
+def step_context(variant: str) -> contextlib.AbstractContextManager:
+    """The baseline "today" runs under `fused.reference()` (explicit attention, full logits
+    tensor, scatter/gather AbsTopK, top-k index weight projection, unfused AdamW; task
+    passes through every position); "new" the default code."""
+    return fused.reference() if variant == "today" else contextlib.nullcontext()
 
 
 # Each variant's steps are timed in a process of its own: a second model in the same
 # process slowed the first by ~15-20% (small preset, fp32), which would bias whichever
 # variant shares.
 VARIANTS = {
-    "today": dict(variant="today"),
+    "today": dict(reference=True),
     "new": {},
     "new fp32": dict(precision="fp32"),
     "new dense": dict(density=1.0),
@@ -228,7 +76,7 @@ VARIANTS = {
 def throughput_worker(preset: str, variant: str, steps: int, reps: int, matmuls: bool) -> dict:
     """Median seconds per step of one variant (see VARIANTS); with `matmuls` also the
     matmuls at the model's shapes."""
-    r = Runner(preset, **VARIANTS[variant])
+    r = StepRunner(preset, **VARIANTS[variant])
     r.time_steps(2)  # warm-up
     out = {variant: statistics.median(r.time_steps(steps) for _ in range(reps))}
     out["tokens_per_step"] = r.tokens_per_step
@@ -311,7 +159,7 @@ def _worker_result(p: subprocess.Popen) -> dict:
 def run_worker(kind: str, variant: str, args) -> dict:
     """Warm up long enough for the thread count to settle, then measure for a fixed time."""
     if kind == "train":
-        r = Runner("quick", variant)
+        r = StepRunner("quick", reference=variant == "today")
         r.time_steps(1)
         deadline = time.perf_counter() + threads.PERIOD * 2
         while time.perf_counter() < deadline:
@@ -594,7 +442,7 @@ def main() -> None:
         print(json.dumps(res))
         return
     if args.worker == "steps":
-        Runner("quick").time_steps(args.steps)
+        StepRunner("quick").time_steps(args.steps)
         return
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.variant, args)))

@@ -23,20 +23,17 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import Runner, matmul_seconds  # noqa: E402
-from results import cpu_name, save_results  # noqa: E402
-from sparsecircuits.train import native_bf16  # noqa: E402
+from sparsecircuits.benchmarking import StepRunner, cpu_name, matmul_seconds, save_results
+from sparsecircuits.train import native_bf16
 
 
 def worker(width: int, precision: str, steps: int, reps: int) -> dict:
     """One width at one precision: median seconds per step, tokens per step, and the
     seconds the step's matmuls take at this machine's rate in that precision."""
-    r = Runner("quick", d_model=width, precision=precision)
+    r = StepRunner("quick", d_model=width, precision=precision)
     r.time_steps(2)  # warm-up
     step = statistics.median(r.time_steps(steps) for _ in range(reps))
     dtype = torch.bfloat16 if r.tcfg.precision == "bf16" else torch.float32

@@ -16,16 +16,12 @@ Writes benchmarks/results/explain_criterion.{md,json} (README quotes the .md).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from results import save_results  # noqa: E402
-from sparsecircuits.explain import CRITERION, LEGIBLE_AUC, is_explained  # noqa: E402
-from sparsecircuits.explain.planted_truth import KNOWN, explain_planted  # noqa: E402
-from sparsecircuits.fer import rotate_hidden  # noqa: E402
-from sparsecircuits.planted import planted_model  # noqa: E402
+from sparsecircuits.benchmarking import save_results
+from sparsecircuits.explain import CRITERION, LEGIBLE_AUC, is_explained
+from sparsecircuits.explain.planted_truth import KNOWN, explain_planted
+from sparsecircuits.fer import rotate_hidden
+from sparsecircuits.planted import planted_model
 
 
 def main() -> None:

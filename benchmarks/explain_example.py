@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from results import save_results  # noqa: E402
-from sparsecircuits.explain import (  # noqa: E402
+from sparsecircuits.benchmarking import save_results
+from sparsecircuits.explain import (
     explain_checkpoint,
     explain_circuit,
     explanation_table,

@@ -21,7 +21,6 @@ import sparsecircuits  # noqa: F401  first, as in the CLI: it sets the wait poli
 import argparse
 import os
 import statistics
-import sys
 import sysconfig
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from sparsecircuits.benchmarking import save_results
 from sparsecircuits.checkpoint import load
 from sparsecircuits.cli import main as cli
 from sparsecircuits.config import resolve
@@ -40,9 +40,6 @@ from sparsecircuits.model import SparseGPT
 from sparsecircuits.sparsity import WeightSparsifier
 from sparsecircuits.study import StudyConfig, add_legibility, run_study
 from sparsecircuits.train import make_optimizer, native_bf16, train_step
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import save_results  # noqa: E402
 
 GB = 1024**3
 PRECISIONS = ("bf16", "fp32")

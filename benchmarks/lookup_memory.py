@@ -14,16 +14,13 @@ OUT/with and OUT/without (resumable: a killed run continues where it stopped).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+from sparsecircuits.benchmarking import cpu_name, save_results
 from sparsecircuits.study import run_study, study_config
 from sparsecircuits.study.answer import fmt_interval
 from sparsecircuits.study.lookup import compare, lookup_family
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import cpu_name, save_results  # noqa: E402
 
 
 def lines_of(cmp: dict, preset: str, seeds: int, minutes: float) -> list[str]:

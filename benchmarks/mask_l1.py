@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
+from sparsecircuits.benchmarking import save_results
 from sparsecircuits.config import resolve
 from sparsecircuits.modularity import ModularityConfig, run_modularity
 from sparsecircuits.tasks.compound import COMPOUND_TASKS, get_compound_task
 from sparsecircuits.train import train
 from sparsecircuits.weightmask import MaskConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import save_results  # noqa: E402
 
 
 def pretrained(root: Path) -> list[Path]:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
 import torch
 
+from sparsecircuits.benchmarking import save_results
 from sparsecircuits.errors import UserError
 from sparsecircuits.study import model_specs, study_config
 from sparsecircuits.study.config import model_dir
@@ -29,9 +28,6 @@ from sparsecircuits.study.measures import frontier_tasks
 from sparsecircuits.study.run import full_model_rows
 from sparsecircuits.tasks import TASKS
 from sparsecircuits.threads import in_processes
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import save_results  # noqa: E402
 
 
 def main() -> None:

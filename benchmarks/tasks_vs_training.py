@@ -29,11 +29,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
+from sparsecircuits.benchmarking import save_results
 from sparsecircuits.config import parse_value
 from sparsecircuits.io import read_jsonl
 from sparsecircuits.study import model_specs, study_config
@@ -42,9 +41,6 @@ from sparsecircuits.study.measures import reaches
 from sparsecircuits.study.run import full_model_rows, model_row, train_model
 from sparsecircuits.tasks import TASKS
 from sparsecircuits.threads import in_processes
-
-sys.path.insert(0, str(Path(__file__).parent))
-from results import save_results  # noqa: E402
 
 # what each eligibility row keeps in the results file: the rule's inputs, raw and calibrated
 ROW_KEYS = (

@@ -1,6 +1,7 @@
 """Paste benchmarks/results/NAME.md between `<!-- begin: NAME -->` and `<!-- end: NAME -->`,
 for every such marker pair in README.md and in the documentation pages (docs/**/*.md), so
-every number they quote comes from a results file a command wrote (see results.py).
+every number they quote comes from a results file a command wrote (see
+sparsecircuits.benchmarking).
 
     python benchmarks/update_readme.py [--check] [--take NAME=FILE ...]
 

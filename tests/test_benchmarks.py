@@ -1,10 +1,15 @@
-"""What the benchmarks share, from the package (issue 34): results files keep their header,
-and the baseline bench_train.py times against, `fused.reference()`, gives the default
-path's numbers through other code."""
+"""The benchmarks use the package as a user would (issue 34): no script edits `sys.path`,
+imports from `tests/` or from a sibling script, or patches the package; each runs as
+`python -m benchmarks.NAME` and as `python benchmarks/NAME.py`; results files keep their
+header; and the baseline bench_train.py times against, `fused.reference()`, gives the
+default path's numbers through other code."""
 
 from __future__ import annotations
 
+import ast
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +25,125 @@ from sparsecircuits.train import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "__init__")
+# what a script could import only through a sys.path edit (`benchmarks.X` only from the
+# repository's root), or from the test suite
+LOCAL = {p.stem for p in BENCH.iterdir()} | {p.stem for p in (ROOT / "tests").iterdir()}
+LOCAL |= {"tests", "benchmarks"}
+
+
+def _called(node: ast.AST) -> str | None:
+    """The name a call calls (`f` of `f(...)` and of `m.f(...)`), None for anything else."""
+    if not isinstance(node, ast.Call):
+        return None
+    return getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+
+
+def reaching_inside(text: str) -> list[str]:
+    """What in a script's source edits sys.path, imports a local script or a test module
+    (or any module by name), or sets an attribute of something imported from
+    sparsecircuits (a patch)."""
+    out = ["edits sys.path"] if "sys.path" in text else []
+    package_names: set[str] = set()  # names bound to sparsecircuits modules or objects
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                top = a.name.split(".")[0]
+                out += [f"imports {a.name}"] if top in LOCAL else []
+                if top == "sparsecircuits":
+                    package_names.add(a.asname or top)
+        elif isinstance(node, ast.ImportFrom):
+            top = (node.module or "").split(".")[0]
+            if node.level or top in LOCAL:
+                out.append(f"imports from {'.' * node.level}{node.module or ''}")
+            if top == "sparsecircuits":
+                package_names |= {a.asname or a.name for a in node.names}
+        elif _called(node) in ("import_module", "__import__"):
+            out.append("imports a module by name")  # a way around the checks here
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and _called(node) in ("setattr", "delattr"):
+            targets = [ast.Attribute(value=node.args[0], attr="?")] if node.args else []
+        flat = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+        for t in flat:
+            root = t
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if t is not root and isinstance(root, ast.Name) and root.id in package_names:
+                out.append(f"patches {ast.unparse(t)}")
+    return out
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import sys\nsys.path.insert(0, 'benchmarks')",
+        "from results import save_results",
+        "from benchmarks.bench_train import Runner",
+        "from bench_train import Runner",
+        "from tests.test_explain import KNOWN",
+        "from test_explain import KNOWN",
+        "from conftest import write_quote_task",
+        "import importlib\nm = importlib.import_module('sparsecircuits.train')",
+        "import sparsecircuits.model as model_module\nmodel_module.abs_topk = print",
+        "from sparsecircuits.prune_methods import Problem\nProblem.logits = print",
+        "from sparsecircuits import fused\nfused.ENABLED = False",
+        "from sparsecircuits import fused\nsetattr(fused, 'ENABLED', False)",
+        "import sparsecircuits.sparsity as s, sparsecircuits.train as t\n"
+        "s.topk_mask, t.make_optimizer = print, print",
+    ],
+)
+def test_the_check_finds_each_way_of_reaching_inside(source):
+    assert reaching_inside(source)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_no_benchmark_edits_sys_path_imports_tests_or_patches_the_package(name):
+    assert reaching_inside((BENCH / f"{name}.py").read_text()) == [], name
+
+
+def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_every_benchmark_runs_as_a_module_of_the_benchmarks_package():
+    """Each script's `--help` through runpy as `python -m benchmarks.NAME` runs it (one
+    process for all of them: each pays torch's import once)."""
+    code = (
+        "import runpy, sys\n"
+        f"for name in {SCRIPTS!r}:\n"
+        "    sys.argv = [name, '--help']\n"
+        "    try:\n"
+        "        runpy.run_module('benchmarks.' + name, run_name='__main__', alter_sys=True)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), (name, e.code)\n"
+        "    else:\n"
+        "        raise AssertionError(name + ': --help did not exit')\n"
+        "    print('ran', name)\n"
+    )
+    p = _run([sys.executable, "-c", code], ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert [line for line in p.stdout.splitlines() if line.startswith("ran ")] == [
+        f"ran {name}" for name in SCRIPTS
+    ]
+
+
+@pytest.mark.parametrize("form", ["module", "script"])
+def test_a_benchmark_starts_both_ways(form, tmp_path):
+    """bench_wide.py borrowed from bench_train.py through sys.path: both command forms work
+    without it (the script form from another folder)."""
+    if form == "module":
+        p = _run([sys.executable, "-m", "benchmarks.bench_wide", "--help"], ROOT)
+    else:
+        p = _run([sys.executable, str(BENCH / "bench_wide.py"), "--help"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "--widths" in p.stdout
 
 
 def test_results_files_keep_their_header_and_folder(tmp_path, monkeypatch):
