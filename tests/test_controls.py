@@ -117,13 +117,13 @@ def test_selection_pairs_decide_and_test_pairs_are_only_reported():
     p = planted(SOFT)
     select = planted_batch(64, 3)
     c = find_circuit(p.model, p.train, inverted(p.test), p.means, CFG, False, select_b=select)
-    v = c.metrics["validation"]
-    assert v["split"] == "select" and v["status"] == "ok"
-    assert not v["test_within_limit"] and c.metrics["circuit"]["loss_calibrated"] > 1.0
-    assert v["test_loss_calibrated"] == c.metrics["circuit"]["loss_calibrated"]
-    on_test = find_circuit(p.model, p.train, inverted(p.test), p.means, CFG, False)
-    assert on_test.metrics["validation"]["split"] == "test"
-    assert on_test.metrics["validation"]["status"] == "failed_validation"
+    v = c.metrics.validation
+    assert v.split == "select" and v.status == "ok"
+    assert not v.test_within_limit and c.metrics.circuit.loss_calibrated > 1.0
+    assert v.test_loss_calibrated == c.metrics.circuit.loss_calibrated
+    on_test = find_circuit(p.model, p.train, inverted(p.test), p.means, CFG, False).metrics
+    assert on_test.validation.split == "test"
+    assert on_test.validation.status == "failed_validation"
 
 
 def test_the_grid_spans_k_coef_and_mask_lr():
@@ -140,13 +140,13 @@ def test_the_grid_spans_k_coef_and_mask_lr():
         mask_lrs=[0.05, 0.2],
         select_b=planted_batch(64, 3),
     )
-    grid = c.metrics["grid"]
-    assert [(g["k_coef"], g["mask_lr"]) for g in grid] == list(
+    grid = c.metrics.grid
+    assert [(g.k_coef, g.mask_lr) for g in grid] == list(
         itertools.product([1e-3, 1e-2], [0.05, 0.2])
     )
-    ok = [g for g in grid if g["status"] == "ok"]
-    best = min(ok, key=lambda g: g["n_edges"])
-    assert c.n_edges == best["n_edges"]
+    ok = [g for g in grid if g.status == "ok"]
+    best = min(ok, key=lambda g: g.n_edges)
+    assert c.n_edges == best.n_edges
     assert (c.prune_config["k_coef"], c.prune_config["mask_lr"]) in {
-        (g["k_coef"], g["mask_lr"]) for g in ok if g["n_edges"] == best["n_edges"]
+        (g.k_coef, g.mask_lr) for g in ok if g.n_edges == best.n_edges
     }

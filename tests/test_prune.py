@@ -76,9 +76,7 @@ def test_prune_end_to_end_and_circuit_json(trained, quote_task, tmp_path):
     assert set(c.node_effects) <= {n.name for n in c.nodes}
     assert len(c.node_effects) == min(c.n_nodes, cfg.effect_nodes)
     assert c.bisection and min(h["k"] for h in c.bisection if h["loss"] <= target) == c.n_nodes
-    assert c.metrics["circuit"]["loss_calibrated"] is not None
-    assert {"full", "circuit", "ablated", "random"} <= set(c.metrics)
-    assert c.metrics["random"]["draws"] == 3
+    assert c.metrics.random.draws == 3
     names = {n.name for n in c.nodes}
     for e in c.edges:  # edges join kept nodes through nonzero weights
         assert e.src in names and e.dst in names and e.weight != 0
@@ -178,7 +176,7 @@ def test_a_task_the_empty_circuit_does_is_refused(trained, quote_task):
         prune(trained, quote_task, cfg, progress=False)
     # the check can be switched off, and then the search runs and records the empty circuit
     c = prune(trained, quote_task, dataclasses.replace(cfg, refuse_trivial=False), progress=False)
-    assert c.metrics["empty"]["train_loss_calibrated"] <= 1.5
+    assert c.metrics.empty.train_loss_calibrated <= 1.5
 
 
 def test_bad_method_and_task(trained):
@@ -232,12 +230,11 @@ def test_cli_prune_searches_a_grid_chosen_on_selection_pairs(trained, quote_task
     assert main(argv + ["--out", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "validation (select pairs)" in out and "of 4 settings" in out
-    c = Circuit.load(tmp_path / "c" / "circuit.json")
-    grid = c.metrics["grid"]
-    assert [(g["k_coef"], g["mask_lr"]) for g in grid] == list(
+    m = Circuit.load(tmp_path / "c" / "circuit.json").metrics
+    assert [(g.k_coef, g.mask_lr) for g in m.grid] == list(
         itertools.product([1e-3, 1e-2], [0.05, 0.2])
     )
-    assert c.metrics["validation"]["split"] == "select"
+    assert m.validation.split == "select"
 
 
 def test_circuit_json_with_old_site_names_loads(tmp_path):
@@ -395,7 +392,7 @@ def test_calibration_shift_removes_a_bias_towards_one_answer():
     batch = _pairs_batch(8)
     _, scale, shift = calibrate(diff, batch, 16)
     m = diff_metrics(diff, batch, (scale, shift))
-    assert shift < 0 < scale and m["accuracy"] < 1 and m["accuracy_calibrated"] == 1.0
+    assert shift < 0 < scale and m.accuracy < 1 and m.accuracy_calibrated == 1.0
 
 
 def test_calibration_is_applied_unchanged_to_other_pairs():
@@ -405,8 +402,8 @@ def test_calibration_is_applied_unchanged_to_other_pairs():
     diff = torch.tensor([0.5, -0.2, 1.0, 0.3])
     m = diff_metrics(diff, _pairs_batch(4), (2.0, 0.25))
     shifted = 2.0 * diff + 0.25 * torch.tensor([1.0, -1.0, 1.0, -1.0])
-    assert m["loss_calibrated"] == pytest.approx(float(pair_loss(shifted)))
-    assert m["loss"] == pytest.approx(float(pair_loss(diff)))  # raw beside calibrated
+    assert m.loss_calibrated == pytest.approx(float(pair_loss(shifted)))
+    assert m.loss == pytest.approx(float(pair_loss(diff)))  # raw beside calibrated
 
 
 def search_inputs(model_dir, task_file):
@@ -426,20 +423,17 @@ def test_grid_keeps_the_smallest_valid_circuit_and_reports_collapse(trained, quo
     target = reachable_target(trained, quote_task)
     cfg = PruneConfig(target_loss=target, steps=20, random_draws=2, effect_nodes=0)
     c = find_circuit(model, train_b, test_b, means, cfg, False, k_coefs=[1e-3, 1e-2])
-    grid = c.metrics["grid"]
-    assert [g["k_coef"] for g in grid] == [1e-3, 1e-2]
+    grid = c.metrics.grid
+    assert [g.k_coef for g in grid] == [1e-3, 1e-2]
     chosen = c.prune_config["k_coef"]
-    same_status = [g for g in grid if g["status"] == c.metrics["validation"]["status"]]
-    assert c.n_edges == min(g["n_edges"] for g in same_status)
-    assert next(g for g in grid if g["k_coef"] == chosen)["n_edges"] == c.n_edges
-    assert {"loss", "loss_calibrated", "accuracy", "accuracy_calibrated"} <= set(
-        c.metrics["circuit"]
-    )
+    same_status = [g for g in grid if g.status == c.metrics.validation.status]
+    assert c.n_edges == min(g.n_edges for g in same_status)
+    assert next(g for g in grid if g.k_coef == chosen).n_edges == c.n_edges
     # a circuit keeping at least this share of all nodes is flagged, never called ok
     every = find_circuit(
         model, train_b, test_b, means, dataclasses.replace(cfg, collapse_frac=0.0), False
     )
-    assert every.metrics["validation"]["status"] == "collapsed"
+    assert every.metrics.validation.status == "collapsed"
 
 
 def test_a_control_without_a_reachable_target_is_unreachable(trained, quote_task):
@@ -533,6 +527,6 @@ def test_calibration_does_not_overfit_train_pairs_it_gets_all_right():
     batch = _pairs_batch(128)
     _, scale, shift = calibrate(train, batch, 16)
     m = diff_metrics(test, batch, (scale, shift))
-    assert m["accuracy_calibrated"] == m["accuracy"] == 126 / 128
-    assert m["loss_calibrated"] < float(pair_loss(test)), (scale, shift)
+    assert m.accuracy_calibrated == m.accuracy == 126 / 128
+    assert m.loss_calibrated < float(pair_loss(test)), (scale, shift)
     assert calibrate(train, batch, 100)[1] == pytest.approx(scale, rel=1e-3)  # converged

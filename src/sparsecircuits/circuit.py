@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .circuit_metrics import CircuitMetrics
 from .config import OLD_NODE_SITES
 from .errors import UserError
 from .io import read_json, write_json_atomic
@@ -54,7 +55,9 @@ class Circuit:
     nodes: list[Node]
     edges: list[Edge]
     n_nodes_total: int
-    metrics: dict  # full / circuit / ablated / random: task loss and accuracy on the test split
+    # How it did on the test split and how it was chosen. A dict: the metrics of a
+    # circuit.json in an older shape (or {} for a circuit built by hand), kept as written.
+    metrics: CircuitMetrics | dict
     calibration: dict  # logit scale and shift fitted to the circuit
     model_dir: str | None = None
     model_config: dict = field(default_factory=dict)
@@ -77,6 +80,8 @@ class Circuit:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        if isinstance(self.metrics, CircuitMetrics):
+            d["metrics"] = self.metrics.to_json()
         d["n_nodes"], d["n_edges"] = self.n_nodes, self.n_edges
         return d
 
@@ -99,9 +104,19 @@ class Circuit:
             for node in d["nodes"]:
                 node.site = OLD_NODE_SITES.get(node.site, node.site)
             d["edges"] = [Edge(**e) for e in d["edges"]]
+            d["metrics"] = _metrics(d["metrics"])
             return cls(**d)
         except (TypeError, KeyError) as e:
             raise UserError(f"{path}: not a valid circuit.json ({e})") from None
+
+
+def _metrics(d: dict) -> CircuitMetrics | dict:
+    """Typed metrics, or the JSON as written where it is not in the current shape: older
+    files still load (and save back unchanged) for what does not read their metrics."""
+    try:
+        return CircuitMetrics.from_json(d)
+    except (TypeError, KeyError):
+        return d
 
 
 def _linear_edges(weight: torch.Tensor, src: NodeSite, dst: NodeSite, kept: dict) -> list[Edge]:

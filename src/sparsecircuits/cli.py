@@ -14,6 +14,7 @@ import torch
 
 from . import threads
 from .checkpoint import checkpoint_corpus, load, load_config
+from .circuit_metrics import CircuitMetrics
 from .cli_parser import build_parser
 from .config import memory_estimate, resolve
 from .device import check_memory, pick_device
@@ -195,6 +196,7 @@ def _cmd_prune(args) -> None:
         )
         path = circuit.save(out / "circuit.json")
     m = circuit.metrics
+    assert isinstance(m, CircuitMetrics)  # find_circuit types the metrics it measures
     print(
         f"task {circuit.task}, method {circuit.method}, target loss {circuit.target_loss} "
         f"({circuit.seconds:.1f} s)"
@@ -202,36 +204,28 @@ def _cmd_prune(args) -> None:
     print(f"  circuit: {circuit.n_nodes} of {circuit.n_nodes_total} nodes, {circuit.n_edges} edges")
     print(f"  {'test split':<34} {'task loss':>10} {'accuracy':>9}")
     rows = [
-        ("full model (calibrated)", m["full"]["loss_calibrated"], m["full"]["accuracy_calibrated"]),
+        ("full model (calibrated)", m.full.loss_calibrated, m.full.accuracy_calibrated),
+        ("circuit alone (calibrated)", m.circuit.loss_calibrated, m.circuit.accuracy_calibrated),
+        ("full model, circuit ablated", m.ablated.loss, m.ablated.accuracy),
+        ("empty circuit (calibrated)", m.empty.loss_calibrated, m.empty.accuracy_calibrated),
         (
-            "circuit alone (calibrated)",
-            m["circuit"]["loss_calibrated"],
-            m["circuit"]["accuracy_calibrated"],
-        ),
-        ("full model, circuit ablated", m["ablated"]["loss"], m["ablated"]["accuracy"]),
-        (
-            "empty circuit (calibrated)",
-            m["empty"]["loss_calibrated"],
-            m["empty"]["accuracy_calibrated"],
-        ),
-        (
-            f"random circuits, same size (x{m['random']['draws']})",
-            m["random"]["loss_mean"],
-            m["random"]["accuracy_mean"],
+            f"random circuits, same size (x{m.random.draws})",
+            m.random.loss_mean,
+            m.random.accuracy_mean,
         ),
     ]
     for name, loss, acc in rows:
         loss_s = "n/a" if loss is None else f"{loss:.4f}"
         acc_s = "n/a" if acc is None else f"{acc:.3f}"
         print(f"  {name:<34} {loss_s:>10} {acc_s:>9}")
-    v = m["validation"]
+    v = m.validation
     print(
-        f"  validation ({v['split']} pairs): {v['status']}, calibrated loss "
-        f"{v['loss_calibrated']:.4f} against the limit {v['limit']:.4f}"
+        f"  validation ({v.split} pairs): {v.status}, calibrated loss "
+        f"{v.loss_calibrated:.4f} against the limit {v.limit:.4f}"
         + (
             f"; chose k_coef {circuit.prune_config['k_coef']}, mask_lr "
-            f"{circuit.prune_config['mask_lr']} of {len(m['grid'])} settings"
-            if len(m["grid"]) > 1
+            f"{circuit.prune_config['mask_lr']} of {len(m.grid)} settings"
+            if len(m.grid) > 1
             else ""
         )
     )

@@ -26,12 +26,21 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load
-from .circuit import Circuit, Node, circuit_edges
+from .circuit import Circuit, Edge, Node, circuit_edges
+from .circuit_metrics import (
+    CircuitMetrics,
+    EvalMetrics,
+    FittedMetrics,
+    GridRow,
+    RandomCircuits,
+    Validation,
+)
 from .device import deterministic, pick_device
 from .errors import UserError
 from .nodes import ablation_hooks, cached_node_means, channels, node_sites, parse_node
@@ -52,6 +61,42 @@ class TargetUnreachable(UserError):
 
 class TaskTrivial(UserError):
     """The empty circuit reaches the target: the task needs no node."""
+
+
+@dataclass
+class SearchResult:
+    """One setting of the grid searched (`_search`), kept in memory only: the chosen one
+    becomes the Circuit, every one a row of its grid."""
+
+    cfg: PruneConfig  # the setting: k_coef and mask_lr filled in
+    scores: dict[str, torch.Tensor]  # per hook, one score per node (forbidden ones -inf)
+    k: int  # the budget the bisection found
+    masks: dict[str, torch.Tensor]  # 1.0 for the k nodes kept, on the model's device
+    kept: dict[str, torch.Tensor]  # the same as booleans on the CPU
+    edges: list[Edge]
+    history: list[dict]  # the bisection: [{"k", "loss"}] in search order
+    reached: bool  # some budget reached the target on the train pairs
+    calibration: tuple[float, float]  # scale, shift fitted on the train pairs
+    select: EvalMetrics  # on the pairs the grid chooses on
+    test: EvalMetrics  # on the test pairs (the same object when those are the selection)
+    limit: float  # the target plus 2 standard errors of the selection loss
+    status: str  # ok | failed_validation | collapsed
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    def grid_row(self) -> GridRow:
+        return GridRow(
+            k_coef=self.cfg.k_coef,
+            mask_lr=self.cfg.mask_lr,
+            k=self.k,
+            n_edges=self.n_edges,
+            reached=self.reached,
+            status=self.status,
+            select_loss_calibrated=self.select.loss_calibrated,
+            test_loss_calibrated=self.test.loss_calibrated,
+        )
 
 
 def top_k_masks(
@@ -224,7 +269,7 @@ def find_circuit(
         )
         for k, lr in grid
     ]
-    reached = [t for t in tries if t["reached"]]
+    reached = [t for t in tries if t.reached]
     if not reached:
         raise TargetUnreachable(
             f"{where}: no node budget reaches the target {cfg.target_loss} on {task_name} "
@@ -233,39 +278,36 @@ def find_circuit(
         )
     # The smallest circuit that validates and keeps less than most of the model; failing
     # that, the smallest one that at least did not collapse (reported as failing).
-    best = min(
-        reached, key=lambda t: (t["status"] != "ok", t["status"] == "collapsed", t["n_edges"])
-    )
-    cfg, k, masks, scores = best["cfg"], best["k"], best["masks"], best["scores"]
-    scale, shift = best["calibration"]
+    best = min(reached, key=lambda t: (t.status != "ok", t.status == "collapsed", t.n_edges))
+    cfg, k, masks, scores = best.cfg, best.k, best.masks, best.scores
+    scale, shift = best.calibration
 
     removed = {h: 1.0 - m for h, m in masks.items()}
-    metrics = {
-        "full": test_eval.metrics(full, (full_scale, full_shift)),
-        "circuit": best["test"],
-        "ablated": test_eval.metrics(removed),
-        "empty": empty,
-        "random": _random_circuits(problem, train_eval, test_eval, k, cfg, best["limit"]),
-        "full_train_loss_calibrated": full_loss,
-        "validation": _validation(best, cfg, "select" if select_b is not None else "test"),
-        "grid": [_grid_row(t) for t in tries],
-    }
-    if forbidden:
-        metrics["forbidden"] = sorted(forbidden)
+    metrics = CircuitMetrics(
+        full=test_eval.metrics(full, (full_scale, full_shift)),
+        circuit=best.test,
+        ablated=test_eval.raw_metrics(removed),
+        empty=empty,
+        random=_random_circuits(problem, train_eval, test_eval, k, cfg, best.limit),
+        full_train_loss_calibrated=full_loss,
+        validation=_validation(best, cfg, "select" if select_b is not None else "test"),
+        grid=[t.grid_row() for t in tries],
+        forbidden=sorted(forbidden) if forbidden else None,
+    )
 
-    nodes = _circuit_nodes(sites, best["kept"], means, scores)
+    nodes = _circuit_nodes(sites, best.kept, means, scores)
     return Circuit(
         task=task_name,
         method=cfg.method,
         target_loss=cfg.target_loss,
         nodes=nodes,
-        edges=best["edges"],
+        edges=best.edges,
         n_nodes_total=sum(s.width for s in sites),
         metrics=metrics,
         calibration={"scale": scale, "shift": shift},
         model_config=dataclasses.asdict(model.cfg),
         prune_config=dataclasses.asdict(cfg),
-        bisection=best["history"],
+        bisection=best.history,
         node_effects=node_effects(problem, test_b, masks, scores, (scale, shift), cfg),
         examples=examples(problem, test_b, masks, scores, token_text, cfg) if token_text else [],
         seconds=time.perf_counter() - t0,
@@ -281,7 +323,9 @@ def _circuit_nodes(sites, kept, means, scores) -> list[Node]:
     ]
 
 
-def _check_task(full_loss: float, empty: dict, cfg: PruneConfig, where: str, task: str) -> None:
+def _check_task(
+    full_loss: float, empty: FittedMetrics, cfg: PruneConfig, where: str, task: str
+) -> None:
     """Refuse a search with nothing to find: the full model misses the target, or the
     empty circuit already meets it (train pairs, calibrated)."""
     if full_loss > cfg.target_loss:
@@ -291,16 +335,18 @@ def _check_task(full_loss: float, empty: dict, cfg: PruneConfig, where: str, tas
             "(train longer, or pass a higher --target-loss)",
             full_loss,
         )
-    if cfg.refuse_trivial and empty["train_loss_calibrated"] <= cfg.target_loss:
+    if cfg.refuse_trivial and empty.train_loss_calibrated <= cfg.target_loss:
         raise TaskTrivial(
             f"{where}{task} needs no circuit: with every node mean-ablated the task loss "
-            f"is {empty['train_loss_calibrated']:.4f} (calibrated, train pairs), within the "
+            f"is {empty.train_loss_calibrated:.4f} (calibrated, train pairs), within the "
             f"target {cfg.target_loss}; the embedding -> unembedding path and the bigram table "
             "do it alone"
         )
 
 
-def _random_circuits(problem, train_eval, test_eval, k: int, cfg: PruneConfig, limit: float):
+def _random_circuits(
+    problem, train_eval, test_eval, k: int, cfg: PruneConfig, limit: float
+) -> RandomCircuits:
     """The control beside every circuit: `cfg.random_draws` random sets of k allowed nodes,
     each calibrated on the train pairs and measured on the test pairs."""
     g = torch.Generator().manual_seed(cfg.seed + 1)
@@ -320,40 +366,31 @@ def _random_circuits(problem, train_eval, test_eval, k: int, cfg: PruneConfig, l
     ):
         _, rs, rb = calibrate(train_d, train_eval.batch, cfg.calib_steps)
         runs.append(diff_metrics(test_d, test_eval.batch, (rs, rb)))
-    rl = torch.tensor([r["loss_calibrated"] for r in runs])
-    ra = torch.tensor([r["accuracy_calibrated"] for r in runs])
-    return {
-        "draws": len(runs),
-        "loss_mean": float(rl.mean()) if len(rl) else None,
-        "loss_std": float(rl.std()) if len(rl) > 1 else None,
-        "accuracy_mean": float(ra.mean()) if len(ra) else None,
-        # random circuits of this size that also validate: the scores then add nothing
-        "reach_target": float((rl <= limit).float().mean()) if len(rl) else None,
-    }
+    rl = torch.tensor([r.loss_calibrated for r in runs])
+    ra = torch.tensor([r.accuracy_calibrated for r in runs])
+    return RandomCircuits(
+        draws=len(runs),
+        loss_mean=float(rl.mean()) if len(rl) else None,
+        loss_std=float(rl.std()) if len(rl) > 1 else None,
+        accuracy_mean=float(ra.mean()) if len(ra) else None,
+        reach_target=float((rl <= limit).float().mean()) if len(rl) else None,
+    )
 
 
-def _validation(best: dict, cfg: PruneConfig, split: str) -> dict:
+def _validation(best: SearchResult, cfg: PruneConfig, split: str) -> Validation:
     """The chosen circuit against the target on `split` (where the grid chose), and its
     test loss against the same rule (held out from every choice)."""
-    return {
-        "status": best["status"],
-        "split": split,
-        "loss_calibrated": best["select"]["loss_calibrated"],
-        "test_loss_calibrated": best["test"]["loss_calibrated"],
-        "limit": best["limit"],
-        "tolerance": best["limit"] - cfg.target_loss,
-        "tolerance_rule": "2 standard errors of the circuit's per-pair loss on that split",
-        "test_within_limit": best["test"]["loss_calibrated"]
-        <= cfg.target_loss + 2 * (best["test"]["loss_se"] or 0.0),
-    }
-
-
-def _grid_row(t: dict) -> dict:
-    """One setting of the grid as the circuit records it."""
-    return {key: t[key] for key in ("k_coef", "mask_lr", "k", "n_edges", "reached", "status")} | {
-        "select_loss_calibrated": t["select"]["loss_calibrated"],
-        "test_loss_calibrated": t["test"]["loss_calibrated"],
-    }
+    return Validation(
+        status=best.status,
+        split=split,
+        loss_calibrated=best.select.loss_calibrated,
+        test_loss_calibrated=best.test.loss_calibrated,
+        limit=best.limit,
+        tolerance=best.limit - cfg.target_loss,
+        tolerance_rule="2 standard errors of the circuit's per-pair loss on that split",
+        test_within_limit=best.test.loss_calibrated
+        <= cfg.target_loss + 2 * (best.test.loss_se or 0.0),
+    )
 
 
 def _search(
@@ -363,7 +400,7 @@ def _search(
     test_eval: Evaluator,
     cfg: PruneConfig,
     progress,
-):
+) -> SearchResult:
     """One pruning setting: scores, bisection, calibration on train pairs, validation on
     the selection pairs, the test pairs measured for the record, and whether the circuit
     collapsed (kept `collapse_frac` of all nodes)."""
@@ -374,7 +411,7 @@ def _search(
     _, scale, shift = calibrate(train_eval.diff(masks), train_eval.batch, cfg.calib_steps)
     select = select_eval.metrics(masks, (scale, shift))
     test = select if select_eval is test_eval else test_eval.metrics(masks, (scale, shift))
-    limit = cfg.target_loss + 2 * (select["loss_se"] or 0.0)
+    limit = cfg.target_loss + 2 * (select.loss_se or 0.0)
     total = sum(s.width for s in problem.sites)
     kept = {h: m.cpu() > 0 for h, m in masks.items()}
     edges = circuit_edges(problem.model, problem.sites, kept)
@@ -382,19 +419,16 @@ def _search(
         "collapsed"
         if k >= cfg.collapse_frac * total
         else "ok"
-        if select["loss_calibrated"] <= limit
+        if select.loss_calibrated <= limit
         else "failed_validation"
     )
-    return dict(
+    return SearchResult(
         cfg=cfg,
-        k_coef=cfg.k_coef,
-        mask_lr=cfg.mask_lr,
         scores=scores,
         k=k,
         masks=masks,
         kept=kept,
         edges=edges,
-        n_edges=len(edges),
         history=history,
         reached=reached,
         calibration=(scale, shift),
@@ -445,7 +479,7 @@ def node_effects(problem, test_b, masks, scores, calibration, cfg: PruneConfig) 
     the circuit is), on up to `effect_pairs` test pairs, for up to `effect_nodes` nodes."""
     sub = test_b.subset(range(min(cfg.effect_pairs, len(test_b) // 2)))
     ev = Evaluator(problem, sub)
-    base = ev.metrics(masks, calibration)["loss_calibrated"]
+    base = ev.metrics(masks, calibration).loss_calibrated
     nodes = _ranked_circuit_nodes(problem, masks, scores, cfg.effect_nodes)
     without = []
     for site, i in nodes:
@@ -454,7 +488,7 @@ def node_effects(problem, test_b, masks, scores, calibration, cfg: PruneConfig) 
         m[site.hook][i] = 0.0
         without.append(m)
     return {
-        site.node(i): round(diff_metrics(d, sub, calibration)["loss_calibrated"] - base, 5)
+        site.node(i): round(diff_metrics(d, sub, calibration).loss_calibrated - base, 5)
         for (site, i), d in zip(nodes, ev.diffs(without), strict=True)
     }
 

@@ -5,10 +5,12 @@ it). Every pruning method's circuit is judged through the same `Evaluator`."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
+from ..circuit_metrics import EvalMetrics, FittedMetrics, RawMetrics
 from ..nodes import node_sites
 from ..tasks import TaskBatch, pair_loss, task_logit_diff
 from .base import Problem
@@ -59,33 +61,43 @@ def calibrate(diff: torch.Tensor, batch: TaskBatch, steps: int) -> tuple[float, 
     return float(loss), float(params[0].exp().detach()), float(params[1].detach())
 
 
-def diff_metrics(d: torch.Tensor, batch: TaskBatch, calibration=None) -> dict:
+def raw_metrics(d: torch.Tensor) -> RawMetrics:
+    """Task loss and accuracy of logit differences `d`, uncalibrated."""
+    return RawMetrics(loss=float(pair_loss(d)), accuracy=float((d > 0).float().mean()))
+
+
+def diff_metrics(
+    d: torch.Tensor, batch: TaskBatch, calibration: tuple[float, float]
+) -> EvalMetrics:
     """Raw task loss and accuracy of logit differences `d`, and with a (scale, shift)
     calibration fitted elsewhere: calibrated loss, accuracy, and the standard error of the
     calibrated loss over pairs (the sampling noise a validation tolerance is made of)."""
-    out: dict[str, float | None] = {
-        "loss": float(pair_loss(d)),
-        "accuracy": float((d > 0).float().mean()),
-    }
-    if calibration is not None:
-        scale, shift = calibration
-        cd = scale * d + shift * _orientation(batch)
-        per_pair = torch.nn.functional.softplus(-cd).view(-1, 2).sum(1)
-        out["loss_calibrated"] = float(per_pair.mean())
-        out["accuracy_calibrated"] = float((cd > 0).float().mean())
-        n = len(per_pair)
-        out["loss_se"] = float(per_pair.std() / math.sqrt(n)) if n > 1 else None
-    return out
+    scale, shift = calibration
+    cd = scale * d + shift * _orientation(batch)
+    per_pair = torch.nn.functional.softplus(-cd).view(-1, 2).sum(1)
+    n = len(per_pair)
+    return EvalMetrics(
+        **dataclasses.asdict(raw_metrics(d)),
+        loss_calibrated=float(per_pair.mean()),
+        accuracy_calibrated=float((cd > 0).float().mean()),
+        loss_se=float(per_pair.std() / math.sqrt(n)) if n > 1 else None,
+    )
 
 
 def full_model_metrics(model, train_b: TaskBatch, test_b: TaskBatch, calib_steps: int) -> dict:
     """The unpruned model on a task: calibration fitted on the train pairs, test metrics
-    (raw and calibrated) on the test pairs."""
+    (raw and calibrated) on the test pairs, as JSON (a study's eligibility row holds it)."""
     with torch.no_grad():
         tr = task_logit_diff(model(train_b.tokens), train_b).cpu()
         te = task_logit_diff(model(test_b.tokens), test_b).cpu()
-    loss, scale, shift = calibrate(tr, train_b, calib_steps)
-    return diff_metrics(te, test_b, (scale, shift)) | {"train_loss_calibrated": loss}
+    return _fitted(tr, te, train_b, test_b, calib_steps).to_json()
+
+
+def _fitted(train_d, test_d, train_b: TaskBatch, test_b: TaskBatch, steps: int) -> FittedMetrics:
+    """Calibrated on the train pairs' logit differences, measured on the test pairs'."""
+    loss, scale, shift = calibrate(train_d, train_b, steps)
+    test = diff_metrics(test_d, test_b, (scale, shift))
+    return FittedMetrics(**dataclasses.asdict(test), train_loss_calibrated=loss)
 
 
 # Passes cut the pairs into at most this many runs of similar length, of >= _RUN_PAIRS pairs
@@ -136,20 +148,30 @@ class Evaluator:
             out.extend(diffs.flatten(1))
         return out
 
-    def metrics(self, masks, calibration: tuple[float, float] | None = None) -> dict:
+    def metrics(self, masks, calibration: tuple[float, float]) -> EvalMetrics:
         return diff_metrics(self.diff(masks), self.batch, calibration)
+
+    def raw_metrics(self, masks) -> RawMetrics:
+        return raw_metrics(self.diff(masks))
 
 
 def empty_circuit_metrics(model, train_b, test_b, means, calib_steps: int) -> dict:
     """The empty circuit (every node mean-ablated) on a task: calibration fitted on the
-    train pairs, test metrics on the test pairs, as full_model_metrics."""
+    train pairs, test metrics on the test pairs, as JSON, as full_model_metrics."""
     device = next(model.parameters()).device
     means = {h: m.to(device) for h, m in means.items()}
     problem = Problem(model, node_sites(model.cfg), means, train_b)
-    return empty_metrics(Evaluator(problem, train_b), Evaluator(problem, test_b), calib_steps)
+    return empty_metrics(
+        Evaluator(problem, train_b), Evaluator(problem, test_b), calib_steps
+    ).to_json()
 
 
-def empty_metrics(train_eval: Evaluator, test_eval: Evaluator, calib_steps: int) -> dict:
+def empty_metrics(train_eval: Evaluator, test_eval: Evaluator, calib_steps: int) -> FittedMetrics:
     empty = train_eval.problem.full_masks(0.0)
-    loss, scale, shift = calibrate(train_eval.diff(empty), train_eval.batch, calib_steps)
-    return test_eval.metrics(empty, (scale, shift)) | {"train_loss_calibrated": loss}
+    return _fitted(
+        train_eval.diff(empty),
+        test_eval.diff(empty),
+        train_eval.batch,
+        test_eval.batch,
+        calib_steps,
+    )

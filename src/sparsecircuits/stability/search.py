@@ -21,6 +21,7 @@ import torch
 
 from ..checkpoint import load
 from ..circuit import Circuit
+from ..circuit_metrics import CircuitMetrics
 from ..errors import UserError
 from ..model import SparseGPT
 from ..nodes import cached_node_means, node_sites, parse_node
@@ -118,13 +119,14 @@ def search(
         run = SearchRun(search_seed, pair_seed, "unreachable", forbidden=n_forbidden)
         run.seconds = time.perf_counter() - t0
         return run, None
+    assert isinstance(c.metrics, CircuitMetrics)  # find_circuit types the metrics it measures
     run = SearchRun(
         search_seed,
         pair_seed,
-        c.metrics["validation"]["status"],
+        c.metrics.validation.status,
         nodes=sorted(n.name for n in c.nodes),
         edges=sorted([e.src, e.dst] for e in c.edges),
-        test_loss_calibrated=c.metrics["circuit"]["loss_calibrated"],
+        test_loss_calibrated=c.metrics.circuit.loss_calibrated,
         forbidden=n_forbidden,
         seconds=time.perf_counter() - t0,
     )
@@ -147,8 +149,8 @@ def node_set_metrics(setup: Setup, nodes: set[str]) -> dict:
     m = Evaluator(problem, setup.test).metrics(masks, (scale, shift))
     return {
         "nodes": len(nodes),
-        "loss_calibrated": m["loss_calibrated"],
-        "accuracy_calibrated": m["accuracy_calibrated"],
-        "loss_se": m["loss_se"],
-        "within_target": m["loss_calibrated"] <= setup.cfg.target_loss + 2 * (m["loss_se"] or 0.0),
+        "loss_calibrated": m.loss_calibrated,
+        "accuracy_calibrated": m.accuracy_calibrated,
+        "loss_se": m.loss_se,
+        "within_target": m.loss_calibrated <= setup.cfg.target_loss + 2 * (m.loss_se or 0.0),
     }

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..checkpoint import checkpoint_corpus, load, load_config, save_checkpoint
 from ..circuit import Circuit
+from ..circuit_metrics import CircuitMetrics
 from ..config import param_count
 from ..device import pick_device
 from ..errors import UserError
@@ -362,14 +363,15 @@ def _control(cfg: StudyConfig, mdir: Path, task: Task, pcfg: PruneConfig, device
 
 def control_record(c: Circuit) -> dict:
     """What a control keeps of its best circuit: status, size, losses, chosen setting."""
-    v = c.metrics["validation"]
+    assert isinstance(c.metrics, CircuitMetrics)  # find_circuit types the metrics it measures
+    v = c.metrics.validation
     return {
-        "status": v["status"],
+        "status": v.status,
         "n_edges": c.n_edges,
         "n_nodes": c.n_nodes,
-        "select_loss_calibrated": v["loss_calibrated"],
-        "test_loss_calibrated": v["test_loss_calibrated"],
-        "full_test_loss_calibrated": c.metrics["full"]["loss_calibrated"],
+        "select_loss_calibrated": v.loss_calibrated,
+        "test_loss_calibrated": v.test_loss_calibrated,
+        "full_test_loss_calibrated": c.metrics.full.loss_calibrated,
         "k_coef": c.prune_config["k_coef"],
         "mask_lr": c.prune_config["mask_lr"],
     }
@@ -458,17 +460,18 @@ def _circuit(
     try:
         c = _search(cfg, mdir, task, pcfg, device, examples=True)
         c.save(cdir / "circuit.json")
-        v = c.metrics["validation"]
+        assert isinstance(c.metrics, CircuitMetrics)  # find_circuit types the metrics it measures
+        v = c.metrics.validation
         row.update(
-            status=v["status"],
+            status=v.status,
             message=None
-            if v["status"] == "ok"
-            else f"{v['status']}: {v['split']} loss {v['loss_calibrated']:.3f} against the "
-            f"limit {v['limit']:.3f} (target + 2 s.e.), {c.n_nodes} of {c.n_nodes_total} "
+            if v.status == "ok"
+            else f"{v.status}: {v.split} loss {v.loss_calibrated:.3f} against the "
+            f"limit {v.limit:.3f} (target + 2 s.e.), {c.n_nodes} of {c.n_nodes_total} "
             "nodes kept",
             n_nodes=c.n_nodes,
             n_edges=c.n_edges,
-            metrics=c.metrics,
+            metrics=c.metrics.to_json(),  # results.json holds the JSON circuit.json holds
             path=str((cdir / "circuit.json").relative_to(out)),
             k_coef=c.prune_config["k_coef"],
             mask_lr=c.prune_config["mask_lr"],
@@ -482,7 +485,7 @@ def _circuit(
                 controls["random_init"] = _control(
                     cfg, random_init_dir(cfg, spec), task, pcfg, device
                 )
-            controls["random_circuits"] = c.metrics["random"]
+            controls["random_circuits"] = c.metrics.random.to_json()
             row["controls"] = controls
     except TargetUnreachable as e:
         row.update(status="unreachable", message=str(e))
