@@ -55,8 +55,8 @@ def main() -> None:
         m = c.metrics
         sizes[method] = c.n_edges
         print(
-            f"  {method:<12} {c.n_nodes:>7} {c.n_edges:>8} {m['circuit']['loss_calibrated']:>13.4f} "
-            f"{m['ablated']['loss']:>13.4f} {m['random']['loss_mean']:>12.4f} {sec:>8.1f}"
+            f"  {method:<12} {c.n_nodes:>7} {c.n_edges:>8} {m.circuit.loss_calibrated:>13.4f} "
+            f"{m.ablated.loss:>13.4f} {m.random.loss_mean:>12.4f} {sec:>8.1f}"
             + (f"   ({args.steps} mask steps; target < 60 s)" if method == "masks" else "")
         )
     for method in ("attribution", "magnitude", "random"):

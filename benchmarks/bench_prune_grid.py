@@ -32,8 +32,8 @@ def _size(mdir, task, cfg, k_coefs=None) -> tuple[int | None, str, float | None]
         c = prune(mdir, task, cfg, progress=False, k_coefs=k_coefs)
     except TargetUnreachable:
         return None, "unreachable", None
-    v = c.metrics["validation"]
-    return (c.n_edges if v["status"] == "ok" else None), v["status"], c.prune_config["k_coef"]
+    v = c.metrics.validation
+    return (c.n_edges if v.status == "ok" else None), v.status, c.prune_config["k_coef"]
 
 
 def _fmt(size, status) -> str:

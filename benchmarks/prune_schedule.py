@@ -76,12 +76,12 @@ def one(case: dict, cfg: PruneConfig) -> dict:
         c = prune(case["model"], case["task"], cfg, progress=False, k_coefs=case["k_coefs"])
     except TargetUnreachable as e:
         return {"status": "unreachable", "message": str(e), "seconds": time.perf_counter() - t}
-    v = c.metrics["validation"]
+    v = c.metrics.validation
     return {
-        "status": v["status"],
+        "status": v.status,
         "n_nodes": c.n_nodes,
         "n_edges": c.n_edges,
-        "test_loss_calibrated": v["test_loss_calibrated"],
+        "test_loss_calibrated": v.test_loss_calibrated,
         "seconds": time.perf_counter() - t,
     }
 
