@@ -235,7 +235,7 @@ def test_bisection_lands_on_the_planted_set_given_the_right_ranking(sink, monkey
     cfg = PruneConfig(method="oracle", target_loss=TARGET, random_draws=3)
     c = find_circuit(p.model, p.train, p.test, p.means, cfg, progress=False)
     assert {n.name for n in c.nodes} == PLANTED
-    assert c.metrics["ablated"]["accuracy"] == pytest.approx(0.5)
+    assert c.metrics.ablated.accuracy == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
@@ -251,13 +251,14 @@ def test_learned_masks_recover_the_planted_circuit(sink, seed):
     c = find_circuit(p.model, p.train, p.test, p.means, cfg, progress=False, task_name="planted")
     names = {n.name for n in c.nodes}
     assert names == PLANTED, f"missing {sorted(PLANTED - names)}, extra {sorted(names - PLANTED)}"
-    full, circuit, ablated, rand = (c.metrics[k] for k in ("full", "circuit", "ablated", "random"))
-    assert full["accuracy"] == 1.0
-    assert circuit["accuracy"] == 1.0 and circuit["loss"] < TARGET / 10
-    assert circuit["loss_calibrated"] < TARGET / 10 + p.calibrated_floor()
-    assert ablated["accuracy"] == pytest.approx(0.5)  # necessity: the task breaks without it
-    assert ablated["loss"] > 5 * TARGET
-    assert rand["loss_mean"] > 1.0 > 30 * circuit["loss_calibrated"]  # random 7 nodes fail
+    m = c.metrics
+    full, circuit, ablated, rand = m.full, m.circuit, m.ablated, m.random
+    assert full.accuracy == 1.0
+    assert circuit.accuracy == 1.0 and circuit.loss < TARGET / 10
+    assert circuit.loss_calibrated < TARGET / 10 + p.calibrated_floor()
+    assert ablated.accuracy == pytest.approx(0.5)  # necessity: the task breaks without it
+    assert ablated.loss > 5 * TARGET
+    assert rand.loss_mean > 1.0 > 30 * circuit.loss_calibrated  # random 7 nodes fail
 
 
 @pytest.mark.parametrize(
@@ -305,4 +306,4 @@ def test_learned_masks_recover_a_mechanism_they_were_not_tuned_on(seed):
     c = find_circuit(p.model, p.train, p.test, p.means, cfg, progress=False, task_name="relay")
     names = {n.name for n in c.nodes}
     assert names == RELAY, f"missing {sorted(RELAY - names)}, extra {sorted(names - RELAY)}"
-    assert c.metrics["ablated"]["accuracy"] == pytest.approx(0.5)
+    assert c.metrics.ablated.accuracy == pytest.approx(0.5)

@@ -29,11 +29,6 @@ class _Flat:
     def from_json(cls: type[R], d: dict) -> R:
         return cls(**d)
 
-    # Key access for readers not yet moved to attributes (tests/test_planted.py): remove
-    # with them.
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
-
 
 @dataclass
 class RawMetrics(_Flat):
