@@ -19,10 +19,9 @@ round, so the ratios hold on a noisy machine; absolute numbers are for orientati
 
 The circuit searches with today's step run today's pruning code around it (the mask
 training and evaluation passes as they are now), so they understate what a search cost
-before; only the model's step differs between the two. Its task passes run every position
-of the tokens `Problem.logits` hands the model, which are cut after each batch's longest
-prompt: the padding after it, which the baseline run before 3c38598 (kept in this script)
-ran too, is no longer run, so a search with today's step takes less time than it did.
+before; only the model's step differs between the two (under `fused.reference()` its task
+passes run every position, the padding after each batch's longest prompt included, as the
+baseline always did).
 
 "today" is what a user got before this benchmark existed: the plain code paths in fp32,
 OpenMP's spinning wait policy and a fixed 2 threads. "new" is the default now: the preset's

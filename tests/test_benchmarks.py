@@ -20,7 +20,10 @@ from sparsecircuits import fused
 from sparsecircuits.benchmarking import StepRunner, results_folder, save_results
 from sparsecircuits.config import ModelConfig, TrainConfig
 from sparsecircuits.model import SparseGPT, abs_topk
+from sparsecircuits.nodes import node_sites
+from sparsecircuits.prune_methods.base import Problem
 from sparsecircuits.sparsity import topk_mask
+from sparsecircuits.tasks import TaskBatch
 from sparsecircuits.train import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,4 +223,29 @@ def test_reference_step_gives_the_default_steps_numbers():
     with fused.reference():
         slow = model(tokens, positions=where)
     assert fast.shape == slow.shape == (4, 300)
+    assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_reference_task_passes_run_the_padding_too():
+    """A circuit search's task pass hands the model the tokens up to the batch's longest
+    prompt; the baseline ran the padding after it too, and gives the same logits."""
+    torch.manual_seed(0)
+    model = SparseGPT(ModelConfig(vocab_size=40, n_ctx=12, d_model=32, n_layer=2)).eval()
+    sites = node_sites(model.cfg)
+    means = {s.hook: torch.randn(s.width) for s in sites}
+    batch = TaskBatch(  # right-padded to 12, the longest prompt ends at position 6
+        torch.randint(0, 40, (4, 12)),
+        torch.tensor([6, 3, 5, 2]),
+        torch.randint(0, 40, (4,)),
+        torch.randint(0, 40, (4,)),
+    )
+    problem = Problem(model, sites, means, batch)
+    masks = problem.full_masks(1.0)
+    lengths: list[int] = []
+    model.blocks[0].attn.hook_q.add_hook(lambda act, hook: lengths.append(act.shape[1]))
+    with torch.no_grad():
+        fast = problem.logits(masks)
+        with fused.reference():
+            slow = problem.logits(masks)
+    assert lengths == [7, 12]
     assert torch.allclose(fast, slow, atol=1e-5)

@@ -139,7 +139,8 @@ def reference():
     AbsTopK and the weight projection by top-k indices with gather and scatter (not by a
     threshold), AdamW's default implementation (not the fused one; it applies to an
     optimizer `train.make_optimizer` makes inside the block), and a forward at
-    `positions=` through every position, read at those positions at the end. Each
+    `positions=` through every position (a circuit search's task passes with the padding
+    after each batch's longest prompt), read at those positions at the end. Each
     computes what the default computes (which of several entries tied at the k-th largest
     magnitude are kept aside); `benchmarks/bench_train.py` times the default training step
     and circuit search against it ("today's step"), and tests/test_benchmarks.py checks

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import fused
 from ..model import SparseGPT
 from ..nodes import NodeSite, ablation_hooks
 from ..tasks import TaskBatch
@@ -72,7 +73,9 @@ class Problem:
             masks = {h: m * self.allowed[h] for h, m in masks.items()}
         hooks = ablation_hooks(self.sites, self.means, masks)
         # causal: the padding after the longest prompt's last token changes nothing read here
-        tokens = batch.tokens[:, : int(batch.last_pos.max()) + 1]
+        # (fused.reference(), the code before the speed work, runs the padding too)
+        cut = batch.tokens.shape[1] if fused.REFERENCE else int(batch.last_pos.max()) + 1
+        tokens = batch.tokens[:, :cut]
         return self.model.run_with_hooks(tokens, fwd_hooks=hooks, positions=batch.last_pos)
 
     def n_allowed(self) -> int:
