@@ -1,5 +1,5 @@
 """README and documentation numbers come from results files a command regenerates
-(benchmarks/results.py): every block between markers in README.md and docs/ equals its
+(sparsecircuits.benchmarking.save_results): every block between markers in README.md and docs/ equals its
 results file (benchmarks/update_readme.py pastes them), and each lives on one page."""
 
 import importlib.util
