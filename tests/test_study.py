@@ -632,8 +632,9 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     assert main(["study", "--out", str(out), "--summary"]) == 2
     assert "results.json: unknown study config key 'foo'" in capsys.readouterr().err
 
-    # a different study in the same folder is refused, unless --force
-    other = StudyConfig(**{**tiny_study.__dict__, "seeds": 2})
+    # a different study in the same folder is refused, unless --force (one that only adds
+    # models or tasks grows instead: tests/test_study_grow.py)
+    other = StudyConfig(**{**tiny_study.__dict__, "target_loss": 9.0})
     with pytest.raises(UserError, match="holds a different study"):
         run_study(other, out, resume=True, progress=False)
 

@@ -273,7 +273,7 @@ def _study(args) -> None:
         print(f"report:   {build_report(Path(args.out))}")
         return
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
-    cfg = study_config(args.preset, tasks, args.seeds)
+    cfg = study_config(args.preset, tasks, args.seeds, args.set)
     results = run_study(
         cfg,
         args.out,

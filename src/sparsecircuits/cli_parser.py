@@ -171,6 +171,14 @@ def _add_study(sub) -> None:
     )
     st.add_argument("--tasks", help="comma list of tasks (default: the preset's)")
     st.add_argument("--seeds", type=int, help="seeds per model (default: the preset's)")
+    st.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override a study setting, e.g. dense_widths=[64,128,256]; with --resume, "
+        "settings that only add models or tasks grow the study in --out",
+    )
     st.add_argument("--out", required=True)
     st.add_argument("--resume", action="store_true", help="continue a study in --out")
     st.add_argument("--force", action="store_true", help="replace a different study in --out")

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..config import config_to_dict, resolve
+from ..config import config_to_dict, parse_value, resolve
 from ..corpus import cache_root
 from ..errors import UserError
 from ..tasks import TASKS
@@ -227,13 +227,33 @@ STUDY_PRESETS: dict[str, dict] = {
 
 
 def study_config(
-    preset: str, tasks: list[str] | None = None, seeds: int | None = None
+    preset: str,
+    tasks: list[str] | None = None,
+    seeds: int | None = None,
+    overrides: list[str] | None = None,
 ) -> StudyConfig:
+    """A preset's study, with `--tasks`, `--seeds` and `--set KEY=VALUE` (a StudyConfig
+    field, e.g. `dense_widths=[64,128,256,512,1024]` to add a rung to a ladder)."""
     if preset not in STUDY_PRESETS:
         raise UserError(
             f"unknown study preset {preset!r}; choose one of {', '.join(STUDY_PRESETS)}"
         )
     cfg = StudyConfig(preset=preset, **STUDY_PRESETS[preset])
+    known = {f.name for f in fields(StudyConfig)}
+    for item in overrides or []:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise UserError(f"--set {item!r}: expected key=value")
+        if key not in known or key == "preset":
+            raise UserError(
+                f"--set {key}: not a study setting; one of {', '.join(sorted(set(known) - {'preset'}))}"
+            )
+        value = parse_value(text.strip())
+        want = _kind(getattr(cfg, key))
+        if want is not None and _kind(value) != want:
+            raise UserError(f"--set {key}={text.strip()}: expected a {want}")
+        setattr(cfg, key, value)
     if tasks:
         unknown = [t for t in tasks if t not in TASKS and not t.endswith(".jsonl")]
         if unknown:
@@ -244,6 +264,48 @@ def study_config(
             raise UserError(f"--seeds must be at least 1, got {seeds}")
         cfg.seeds = seeds
     return cfg
+
+
+def _kind(value) -> str | None:
+    """What a setting holds, as --set checks it (None: a field unset, which takes any)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "number"
+    names: dict[type, str] = {list: "list", dict: "JSON object", str: "string"}
+    return names.get(type(value), "value")
+
+
+# The family's lists and counts that a study may grow by (a wider rung, another density,
+# more seeds, another task): every model and circuit it holds stays what it was.
+GROWABLE_LISTS = ("dense_widths", "densities", "l0_widths", "fixed_density_widths", "tasks")
+
+
+def growth(saved: dict, new: StudyConfig) -> str | None:
+    """What `new` adds to the study saved as `saved` (StudyConfig.completed form), when it
+    only adds: models (widths, densities, seeds) or tasks, every other setting the same;
+    None when it does anything else (or nothing)."""
+    now = asdict(new)
+    if set(saved) != set(now) or now == saved:
+        return None
+    added = []
+    for key in now:
+        old, cur = saved[key], now[key]
+        if old == cur:
+            continue
+        if key in GROWABLE_LISTS and isinstance(old, list) and isinstance(cur, list):
+            if not all(v in cur for v in old):
+                return None
+            added.append(f"{key} + {', '.join(str(v) for v in cur if v not in old)}")
+        elif key in ("seeds", "l0_seeds") and isinstance(old, int) and isinstance(cur, int):
+            if cur < old:
+                return None
+            added.append(f"{key} {old} -> {cur}")
+        else:
+            return None
+    return "; ".join(added)
 
 
 @dataclass

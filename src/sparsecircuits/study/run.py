@@ -47,7 +47,15 @@ from ..tasks import Pair, Task, get_task
 from ..threads import in_processes
 from ..train import train
 from .answer import analyse
-from .config import ModelSpec, StudyConfig, model_configs, model_dir, model_specs, task_label
+from .config import (
+    ModelSpec,
+    StudyConfig,
+    growth,
+    model_configs,
+    model_dir,
+    model_specs,
+    task_label,
+)
 from .measures import frontier_tasks, reaches
 from .summary import plot_frontier, write_summary
 
@@ -59,7 +67,18 @@ PRUNE_UNITS = 200  # a circuit search weighs about as much as this many training
 OUTPUTS = ("circuits", "results.json", "frontier.png", "report.html", "summary.md")
 
 
-def _claim(out: Path, cfg: StudyConfig, resume: bool, force: bool) -> None:
+def _claim(out: Path, cfg: StudyConfig, resume: bool, force: bool) -> str | None:
+    """Make `out` this study's folder (io.claim_run_dir's rules), or, with `resume`, grow
+    the study there when `cfg` only adds models or tasks to it (a ladder's next rung):
+    what it holds is kept, and only what is new is trained and searched. Returns what a
+    growth added."""
+    marker = out / "study.json"
+    added = None
+    if resume and marker.is_file():
+        saved = StudyConfig.completed(read_json(marker), str(marker))
+        added = growth(saved, cfg)
+        if added:
+            write_json_atomic(marker, dataclasses.asdict(cfg))
     sections = tuple(p.parent.name for p in out.glob(f"*/{SECTION_FILE}"))
     claim_run_dir(
         out,
@@ -71,6 +90,7 @@ def _claim(out: Path, cfg: StudyConfig, resume: bool, force: bool) -> None:
         clear=OUTPUTS + ("activations", "modularity") + sections,
         saved_as=lambda saved: StudyConfig.completed(saved, str(out / "study.json")),
     )
+    return added
 
 
 def run_study(
@@ -93,7 +113,9 @@ def run_study(
     where = pick_device(device)  # checked before the folder is claimed
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
-    _claim(out, cfg, resume, force)
+    added = _claim(out, cfg, resume, force)
+    if added and progress:
+        print(f"{out}: the study grows ({added}); what it holds is kept")
     specs = model_specs(cfg)
     steps = {s.id: model_configs(cfg, s)[1].steps for s in specs}
     total = sum(steps.values()) + PRUNE_UNITS * len(specs) * len(cfg.tasks)
