@@ -4,6 +4,7 @@ decide while test pairs are only reported, and the k_coef x mask_lr grid."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 
@@ -97,6 +98,40 @@ def test_the_nonsense_control_comes_close_when_its_labels_keep_the_rule():
             | {"controls": {"nonsense": ctl}}
         )
     assert measures.controls(rows)["close"]["nonsense"] == ["rate0.0/t"]
+
+
+def noised(model, keep_planted: bool, density: float = 0.1, scale: float = 0.02):
+    """The planted model's shape at a weight-sparse random init (`density` of the weights
+    drawn normal at `scale`, as the study's random-init control keeps its model's density):
+    with `keep_planted`, every planted weight kept as it is (an untrained model that happens
+    to hold the circuit), else none of them (an untrained model)."""
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for w in model.parameters():
+            noise = scale * torch.randn(w.shape, generator=g)
+            noise *= torch.rand(w.shape, generator=g) < density
+            w.copy_(torch.where(w != 0, w, noise) if keep_planted else noise)
+    sites = node_sites(model.cfg)
+    windows = [planted_batch(64, 100 + i).tokens for i in range(2)]
+    return model, compute_node_means(model, windows, sites, progress=False)
+
+
+def test_the_random_init_control_comes_close_only_where_an_untrained_model_does_the_task():
+    """The random-init control asks whether a model that never learned the task has a
+    circuit as small: it must come close on an untrained model that holds the planted
+    circuit by chance (it can fail), and not on a plain random init."""
+    p = planted(SOFT)
+    real = find_circuit(p.model, p.train, p.test, p.means, CFG, progress=False)
+    rows = []
+    for name, keep in (("lucky", True), ("random", False)):
+        model, means = noised(p.model, keep)
+        ctl = control_row(model, p.train, p.test, means)
+        rows.append(
+            {"model": name, "task": "t", "status": "ok", "n_edges": real.n_edges}
+            | {"controls": {"random_init": ctl}}
+        )
+    assert measures.controls(rows)["close"]["random_init"] == ["lucky/t"]
 
 
 def test_inverted_and_nonsense_tasks_keep_prompts_and_change_answers():
