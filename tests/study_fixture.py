@@ -199,6 +199,7 @@ def write_fake_study(root: Path) -> Path:
         for task in TASKS:
             key = (m["id"], task)
             row = {"model": m["id"], "task": task, "status": "ok", "message": None}
+            row |= {"target_loss": 0.3}  # the study's target (a real row has one)
             if key == UNREACHABLE:
                 row.update(
                     status="unreachable", message="task loss 0.41 > target 0.3 with all nodes"
@@ -231,7 +232,7 @@ def write_fake_study(root: Path) -> Path:
         ok = [c["n_edges"] for c in rows if c["status"] == "ok"]
         geomean = math.exp(sum(map(math.log, ok)) / len(ok)) if len(ok) == len(TASKS) else None
         frontier.append(
-            {k: m[k] for k in ("label", "kind", "d_model", "density", "heldout_loss")}
+            {k: m[k] for k in ("id", "label", "kind", "d_model", "density", "seed", "heldout_loss")}
             | {"model": m["id"], "geomean_edges": geomean, "n_tasks": len(ok)}
         )
     results = {
