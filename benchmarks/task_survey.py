@@ -62,11 +62,11 @@ def main() -> None:
     every = frontier_tasks(cfg, rows)  # the study's own rule
     summary = []
     for task in TASKS:
-        rs = [r for r in rows if r["task"] == task]
-        missed = [r for r in rs if not r["reaches"]]
-        trivial = sum(bool(r["trivial"]) for r in rs)
+        rs = [r for r in rows if r.task == task]
+        missed = [r for r in rs if not r.reaches]
+        trivial = sum(r.trivial for r in rs)
         text = ", ".join(
-            f"{r['model']} ({r['loss_calibrated']:.2f}, acc {r['accuracy_calibrated']:.2f})"
+            f"{r.model} ({r.loss_calibrated:.2f}, acc {r.accuracy_calibrated:.2f})"
             for r in missed[:4]
         ) + (f" and {len(missed) - 4} more" if len(missed) > 4 else "")
         verdict = "frontier" if task in every else "trivial" if trivial else "out"
@@ -91,7 +91,7 @@ def main() -> None:
     save_results(
         f"task_survey_{args.preset}{suffix}",
         lines,
-        {"args": vars(args), "summary": summary, "rows": rows},
+        {"args": vars(args), "summary": summary, "rows": [r.to_json() for r in rows]},
     )
 
 

@@ -77,9 +77,9 @@ def measure(study: StudyConfig, spec: ModelSpec) -> dict:
         "batch": t.batch_size,
         "tokens": t.steps * per_step,
         "minutes": seconds / 60,
-        "heldout_loss": row["heldout_loss"],
-        "heldout_loss_se": row["heldout_loss_se"],
-        "rows": [{k: r[k] for k in ROW_KEYS} for r in full_model_rows(study, spec, cpu)],
+        "heldout_loss": row.heldout_loss,
+        "heldout_loss_se": row.heldout_loss_se,
+        "rows": [{k: getattr(r, k) for k in ROW_KEYS} for r in full_model_rows(study, spec, cpu)],
     }
 
 

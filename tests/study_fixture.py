@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sparsecircuits.nodes import SITE_KINDS, NodeSite
 from sparsecircuits.study import StudyConfig
+from sparsecircuits.study_results import CircuitRow, EligibilityRow, ModelRow
 
 TASKS = ["single_double_quote", "bracket_closing"]
 SMALL = ("w64_d0.25_s0", "single_double_quote")  # a small circuit the browser test inspects
@@ -285,6 +286,44 @@ def _write_sections(root: Path) -> None:
     bad = root / "modularity"
     bad.mkdir()
     (bad / "section.json").write_text('{"title": ')
+
+
+def model_row(mid: str, kind: str = "dense", seed: int = 0, **fields) -> ModelRow:
+    """A model row for tests of the measures: what a test does not set is a placeholder."""
+    return ModelRow(
+        **{
+            "id": mid,
+            "label": mid,
+            "kind": kind,
+            "d_model": 64,
+            "density": 1.0 if kind == "dense" else 0.25,
+            "seed": seed,
+            "n_layer": 1,
+            "dir": f"models/{mid}",
+            "total_params": 0,
+            "nonzero_params": 0,
+            "matrix_nonzero": 0,
+            "heldout_loss": None,
+        }
+        | fields
+    )
+
+
+def circuit_row(model: str, task: str, status: str = "ok", **fields) -> CircuitRow:
+    """A circuit row for tests of the measures (target loss 0.3 unless set)."""
+    return CircuitRow(model=model, task=task, status=status, **{"target_loss": 0.3} | fields)
+
+
+def eligibility_row(model: str, task: str, reaches: bool = True, **fields) -> EligibilityRow:
+    """A full model on a task for tests of the frontier rule: the metrics a test does not
+    set are placeholders."""
+    metrics = dict(loss=0.1, accuracy=1.0, loss_calibrated=0.1, accuracy_calibrated=0.95)
+    return EligibilityRow(
+        model=model,
+        task=task,
+        reaches=reaches,
+        **{"target_loss": 0.3, "loss_se": None, "train_loss_calibrated": 0.1} | metrics | fields,
+    )
 
 
 def tiny_study_config(corpus_dir, task, steps: int = 8, every: int = 4, **changes) -> StudyConfig:

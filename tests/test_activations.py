@@ -36,6 +36,7 @@ from sparsecircuits.cli import main
 from sparsecircuits.corpus import prepare
 from sparsecircuits.stats import holm, t_interval, t_pvalue
 from sparsecircuits.tasks.difficulty import AXES
+from study_fixture import model_row
 
 ONE_HOT = torch.tensor([0.0] * 19 + [3.0])
 FLAT = torch.full((20,), -2.0)
@@ -383,7 +384,7 @@ def test_study_option_adds_a_report_section(tmp_path, runs):
     study = tmp_path / "study"
     study.mkdir()
     models = [
-        {"id": k, "label": k, "kind": "dense" if k == "dense" else "sparse", "dir": str(runs[k])}
+        model_row(k, "dense" if k == "dense" else "sparse", dir=str(runs[k])).to_json()
         for k in ("s0", "dense")
     ]
     (study / "results.json").write_text(

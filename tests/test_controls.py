@@ -18,6 +18,7 @@ from sparsecircuits.prune_methods import PruneConfig
 from sparsecircuits.study import answer, inverted_task, measures, nonsense_task
 from sparsecircuits.study.run import control_record
 from sparsecircuits.tasks import TaskBatch, get_task
+from study_fixture import circuit_row
 from test_planted import PLANTED, TARGET, planted
 
 CFG = PruneConfig(method="masks", target_loss=TARGET, steps=300, random_draws=0, effect_nodes=0)
@@ -62,7 +63,7 @@ def test_the_inverted_rule_control_comes_close_only_where_the_model_learned_that
     # The flipped model does the inverted rule with a circuit of the planted size: the
     # control comes close there (it can fail), and not on the model that learned the rule.
     rows = [
-        {"model": name, "task": "t", "status": "ok", "n_edges": real.n_edges, "controls": ctl}
+        circuit_row(name, "t", n_edges=real.n_edges, controls=ctl)
         for name, ctl in (
             ("planted", {"inverted": on_planted}),
             ("flipped", {"inverted": on_flipped}),
@@ -94,8 +95,7 @@ def test_the_nonsense_control_comes_close_when_its_labels_keep_the_rule():
     for rate in (0.0, 0.5):
         ctl = control_row(p.model, relabel(p.train, rate), relabel(p.test, rate), p.means)
         rows.append(
-            {"model": f"rate{rate}", "task": "t", "status": "ok", "n_edges": real.n_edges}
-            | {"controls": {"nonsense": ctl}}
+            circuit_row(f"rate{rate}", "t", n_edges=real.n_edges, controls={"nonsense": ctl})
         )
     assert measures.controls(rows)["close"]["nonsense"] == ["rate0.0/t"]
 
@@ -127,10 +127,7 @@ def test_the_random_init_control_comes_close_only_where_an_untrained_model_does_
     for name, keep in (("lucky", True), ("random", False)):
         model, means = noised(p.model, keep)
         ctl = control_row(model, p.train, p.test, means)
-        rows.append(
-            {"model": name, "task": "t", "status": "ok", "n_edges": real.n_edges}
-            | {"controls": {"random_init": ctl}}
-        )
+        rows.append(circuit_row(name, "t", n_edges=real.n_edges, controls={"random_init": ctl}))
     assert measures.controls(rows)["close"]["random_init"] == ["lucky/t"]
 
 

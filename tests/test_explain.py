@@ -234,19 +234,18 @@ def test_legibility_dense_vs_sparse_with_intervals():
     import statistics
 
     from sparsecircuits.study.measures import legibility as study_legibility
+    from study_fixture import circuit_row, model_row
 
     seeds = (0, 1, 2)
-    models = [{"id": f"{k}{s}", "kind": k, "seed": s} for k in ("dense", "sparse") for s in seeds]
+    models = [model_row(f"{k}{s}", k, s) for k in ("dense", "sparse") for s in seeds]
     circuits = []
     for task in ("t1", "t2", "t3"):
         for m in models:
-            frac = 0.2 if m["kind"] == "dense" else 0.6 + 0.1 * m["seed"]
+            frac = 0.2 if m.kind == "dense" else 0.6 + 0.1 * m.seed
             leg = {"node_fraction": frac, "effect_fraction": None, "criterion": "c"}
-            circuits.append({"model": m["id"], "task": task, "status": "ok", "legibility": leg})
-    circuits.append({"model": "dense0", "task": "t9", "status": "unreachable"})
-    circuits.append(
-        {"model": "dense1", "task": "t1", "status": "ok", "legibility": {"error": "gone"}}
-    )
+            circuits.append(circuit_row(m.id, task, legibility=leg))
+    circuits.append(circuit_row("dense0", "t9", "unreachable"))
+    circuits.append(circuit_row("dense1", "t1", legibility={"error": "gone"}))
     leg = study_legibility(models, circuits)
     nodes = leg["node_fraction"]
     assert leg["n_circuits"] == 18 and leg["criterion"] == "c"
@@ -284,7 +283,8 @@ def test_study_legibility_reaches_results_summary_and_report(tmp_path):
     explained = [c for c in results["circuits"] if "nodes" in c.get("legibility", {})]
     assert leg["n_circuits"] == len(explained) == 7
     assert results["answer"]["legibility"].startswith("Legibility (AUC >= 0.9")
-    text = "\n".join(legibility_markdown(leg, results["circuits"]))
+    rows = StudyResults.load(study / "results.json").circuits
+    text = "\n".join(legibility_markdown(leg, rows))
     assert "| nodes |" in text and "not valid JSON" in text
     nothing = legibility_markdown(leg | {"n_circuits": 0, "criterion": None}, [])
     assert "No validated circuit" in "\n".join(nothing) and "None" not in "\n".join(nothing)
@@ -297,6 +297,7 @@ def test_study_legibility_reaches_results_summary_and_report(tmp_path):
 def test_study_legibility_keeps_circuits_outside_the_frontier_apart(tmp_path):
     from sparsecircuits.study import add_legibility
     from sparsecircuits.study.summary import legibility_markdown
+    from sparsecircuits.study_results import CircuitRow
     from study_fixture import TASKS, write_fake_study
 
     study = write_fake_study(tmp_path / "study")
@@ -314,7 +315,8 @@ def test_study_legibility_keeps_circuits_outside_the_frontier_apart(tmp_path):
     assert results["measures"]["legibility"]["n_circuits"] == len(explained) - len(outside)
     assert results["measures"]["legibility_outside"]["n_circuits"] == len(outside)
     assert results["answer"]["legibility_outside"].startswith("Outside the frontier")
-    text = legibility_markdown(results["measures"]["legibility_outside"], outside, "Outside")
+    rows = [CircuitRow.from_json(c, "a circuit row") for c in outside]
+    text = legibility_markdown(results["measures"]["legibility_outside"], rows, "Outside")
     assert text[0] == "## Outside" and sum(c["task"] in row for row in text for c in outside)
 
 

@@ -11,6 +11,7 @@ from sparsecircuits.study import model_specs, study_config
 from sparsecircuits.study.config import model_configs
 from sparsecircuits.study.lookup import compare, lookup_family
 from sparsecircuits.study_results import StudyResults
+from study_fixture import circuit_row, eligibility_row, model_row
 
 
 def test_the_family_is_two_models_per_seed_with_or_without_the_table():
@@ -30,18 +31,12 @@ def _results(loss_shift: float, edges: dict, trivial: set) -> StudyResults:
     for kind in ("dense", "sparse"):
         for seed in (0, 1, 2):
             mid = f"{kind}_s{seed}"
-            models.append(
-                {"id": mid, "kind": kind, "seed": seed, "total_params": 100}
-                | {"heldout_loss": 3.4 + loss_shift + 0.01 * seed}
-            )
+            loss = 3.4 + loss_shift + 0.01 * seed
+            models.append(model_row(mid, kind, seed, total_params=100, heldout_loss=loss))
             for task in ("a", "b"):
-                elig.append(
-                    {"model": mid, "task": task, "reaches": True, "trivial": task in trivial}
-                )
+                elig.append(eligibility_row(mid, task, trivial=task in trivial))
                 e = edges[task] * (2 if kind == "sparse" else 1)
-                circuits.append(
-                    {"model": mid, "task": task, "status": "ok", "n_edges": e, "n_nodes": e // 2}
-                )
+                circuits.append(circuit_row(mid, task, n_edges=e, n_nodes=e // 2))
     return StudyResults(models=models, circuits=circuits, frontier=[], answer={}, eligibility=elig)
 
 

@@ -28,6 +28,7 @@ from sparsecircuits.planted import (
 from sparsecircuits.prune import TargetUnreachable, find_circuit
 from sparsecircuits.prune_methods import Problem, PruneConfig
 from sparsecircuits.stability import Setup, StabilityConfig, analyse, sets
+from study_fixture import circuit_row, model_row
 from test_planted import PLANTED, TARGET, planted
 
 COPY_A = PLANTED
@@ -215,25 +216,14 @@ def _fake_study(root) -> str:
         for cfg_id, loss in losses.items():
             dense = "dense" in cfg_id
             mid = f"{cfg_id}_s{seed}"
-            models.append(
-                {
-                    "id": mid,
-                    "label": mid,
-                    "kind": "dense" if dense else "sparse",
-                    "seed": seed,
-                    "dir": f"models/{mid}",
-                    "heldout_loss": loss + 0.01 * seed,
-                    "roles": ["dense"] if dense else ["density"],
-                }
-            )
-            circuits.append(
-                {"model": mid, "task": "var_if", "status": "ok", "in_frontier": True}
-                | {"k_coef": 0.01, "mask_lr": 0.05, "path": None}
-            )
-    circuits.append({"model": "w64_dense_s0", "task": "for_while", "status": "unreachable"})
+            kind = "dense" if dense else "sparse"
+            roles = ["dense"] if dense else ["density"]
+            models.append(model_row(mid, kind, seed, heldout_loss=loss + 0.01 * seed, roles=roles))
+            circuits.append(circuit_row(mid, "var_if", k_coef=0.01, mask_lr=0.05))
+    circuits.append(circuit_row("w64_dense_s0", "for_while", "unreachable"))
     results = {
-        "models": models,
-        "circuits": circuits,
+        "models": [m.to_json() for m in models],
+        "circuits": [c.to_json() for c in circuits],
         "frontier": [],
         "answer": {},
         "study": {"preset": "quick", "config": {"seeds": 2}},

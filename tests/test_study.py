@@ -29,7 +29,7 @@ from sparsecircuits.study import (
 from sparsecircuits.study import run as study_run
 from sparsecircuits.study_results import StudyResults
 from sparsecircuits.tasks import get_task
-from study_fixture import tiny_study_config
+from study_fixture import circuit_row, eligibility_row, model_row, tiny_study_config
 
 
 @pytest.fixture()
@@ -97,6 +97,87 @@ def test_results_record_round_trips_and_refuses_another_schema(tmp_path):
         StudyResults.from_json({"schema_version": StudyResults.SCHEMA_VERSION, "models": []})
 
 
+# Rows as older versions wrote them (schema 2 throughout): a model row before the eval
+# noise was taken over windows (9c3b518) and one without roles or noise (as test fixtures
+# write); an eligibility row before the empty circuit was measured (7e1b743); a circuit
+# row before circuits outside the frontier were searched (6a3ec6d: no in_frontier) and
+# before the mask_lr grid; a frontier row before nodes were measured (d6da827).
+OLD_ROWS = {
+    "models": [
+        {"id": "w64_dense_s0", "label": "dense, d_model 64, seed 0", "kind": "dense"}
+        | {"d_model": 64, "density": 1.0, "seed": 0, "roles": ["dense"], "n_layer": 2}
+        | {"dir": "/cache/models/ab12", "total_params": 9, "nonzero_params": 9}
+        | {"matrix_nonzero": 4, "heldout_loss": 3.5, "heldout_loss_batches": 8}
+        | {"heldout_loss_std": 0.02, "heldout_loss_se": 0.007},
+        {"id": "w64_d0.25_s0", "label": "sparse", "kind": "sparse", "d_model": 64}
+        | {"n_layer": 2, "density": 0.25, "seed": 0, "dir": "models/x", "total_params": 9}
+        | {"nonzero_params": 3, "matrix_nonzero": 1, "heldout_loss": None},
+    ],
+    "eligibility": [
+        {"model": "w64_dense_s0", "task": "t1", "target_loss": 0.3, "loss": 0.2}
+        | {"accuracy": 0.9, "loss_calibrated": 0.1, "accuracy_calibrated": 0.95}
+        | {"loss_se": 0.01, "train_loss_calibrated": 0.1, "reaches": True},
+    ],
+    "circuits": [
+        {"model": "w64_dense_s0", "task": "t1", "status": "ok", "message": None}
+        | {"n_nodes": 3, "n_edges": 5, "metrics": {"circuit": {"loss": 0.2}}}
+        | {"path": "circuits/w64_dense_s0/t1/circuit.json", "target_loss": 0.3}
+        | {"k_coef": 0.01, "controls": None},
+    ],
+    "frontier": [
+        {"id": "w64_dense_s0", "label": "dense", "kind": "dense", "d_model": 64}
+        | {"density": 1.0, "seed": 0, "heldout_loss": 3.5, "model": "w64_dense_s0"}
+        | {"roles": ["dense"], "geomean_edges": 5.0, "n_tasks": 1},
+    ],
+}
+
+
+def test_rows_older_versions_wrote_load_and_are_written_back_as_they_were():
+    old = {"schema_version": 2, "answer": {}} | copy.deepcopy(OLD_ROWS)
+    res = StudyResults.from_json(old)
+    dense, sparse = res.models
+    (elig,), (circ,), (front,) = res.eligibility, res.circuits, res.frontier
+    # what they lack takes what it meant then
+    assert sparse.roles == [] and sparse.heldout_loss_se is None and dense.roles == ["dense"]
+    assert dense.heldout_loss_windows is None and dense.extra == {"heldout_loss_batches": 8}
+    assert not elig.trivial and elig.empty_loss_calibrated is None
+    assert circ.in_frontier and circ.mask_lr is None and circ.legibility is None
+    assert front.geomean_nodes is None and front.size("edges") == 5.0
+    # written back key for key, in the file's order: an older study re-analysed or
+    # explained keeps its rows as they were
+    back = res.to_json()
+    for name, rows in OLD_ROWS.items():
+        assert [list(r.items()) for r in back[name]] == [list(r.items()) for r in rows]
+    # a field set since (the legibility step) is added at the end, as the dict rows were
+    circ.legibility = {"node_fraction": 0.5}
+    assert list(circ.to_json())[-1] == "legibility"
+    # a row missing what every version wrote is refused in one line naming it
+    broken = copy.deepcopy(old)
+    del broken["circuits"][0]["status"]
+    with pytest.raises(UserError, match=r"circuits\[0\]: not a complete row \(missing status\)"):
+        StudyResults.from_json(broken, "r.json")
+
+
+def test_rows_this_version_makes_write_the_keys_they_always_had():
+    """A circuit row that was not searched has no mask_lr key (the search sets it) and no
+    legibility key (the legibility step adds it); no key is ever written as a null it
+    never was."""
+    row = circuit_row("m", "t", "not_eligible", message="why")
+    keys = ["model", "task", "in_frontier", "status", "message", "n_nodes", "n_edges"]
+    keys += ["metrics", "path", "target_loss", "k_coef", "controls"]
+    assert list(row.to_json()) == keys
+    searched = dataclasses.replace(row, status="ok", k_coef=0.01, mask_lr=0.05)
+    assert list(searched.to_json()) == keys + ["mask_lr"]
+    model = model_row("m", roles=["dense"])
+    assert list(model.to_json()) == [
+        *("id", "label", "kind", "d_model", "density", "seed", "roles", "n_layer", "dir"),
+        *("total_params", "nonzero_params", "matrix_nonzero", "heldout_loss"),
+        *("heldout_loss_windows", "heldout_loss_std", "heldout_loss_se"),
+    ]
+    elig = list(eligibility_row("m", "t").to_json())
+    assert elig[:3] == ["model", "task", "target_loss"] and elig[-1] == "trivial"
+
+
 def test_model_folders_are_found_where_the_cache_moved_them(tmp_path, monkeypatch):
     # bench_study times a study in a temporary cache, then merges its models into the
     # user's: results.json still names the temporary folder, gone by then.
@@ -104,12 +185,12 @@ def test_model_folders_are_found_where_the_cache_moved_them(tmp_path, monkeypatc
     moved = tmp_path / "cache" / "models" / "0123abcd"
     moved.mkdir(parents=True)
     gone = tmp_path / "tmp-run" / "cache" / "models" / "0123abcd"
-    assert StudyResults.model_path(tmp_path / "study", {"dir": str(gone)}) == moved
+    assert StudyResults.model_path(tmp_path / "study", model_row("m", dir=str(gone))) == moved
     here = tmp_path / "study" / "models" / "mine"  # a folder that is there wins
     here.mkdir(parents=True)
-    assert StudyResults.model_path(tmp_path / "study", {"dir": "models/mine"}) == here
+    assert StudyResults.model_path(tmp_path / "study", model_row("m", dir="models/mine")) == here
     missing = tmp_path / "elsewhere" / "models" / "other"  # not anywhere: left for the error
-    assert StudyResults.model_path(tmp_path, {"dir": str(missing)}) == missing
+    assert StudyResults.model_path(tmp_path, model_row("m", dir=str(missing))) == missing
 
 
 # --- measures on synthetic rows ---------------------------------------------------------
@@ -136,13 +217,13 @@ def _rows(spec, tasks, seeds=(0,), scale=None):
     for seed in seeds:
         for mid, roles, w, d, loss, edges in spec:
             models.append(
-                dict(
-                    id=f"{mid}_s{seed}",
+                model_row(
+                    f"{mid}_s{seed}",
+                    "dense" if d == 1 else "sparse",
+                    seed,
                     label=mid,
-                    kind="dense" if d == 1 else "sparse",
                     d_model=w,
                     density=d,
-                    seed=seed,
                     roles=roles,
                     heldout_loss=loss,
                     heldout_loss_se=0.001,
@@ -150,9 +231,7 @@ def _rows(spec, tasks, seeds=(0,), scale=None):
             )
             for t, e in zip(tasks, edges, strict=True):
                 e = round(e * (scale(seed) if scale and d < 1 else 1))
-                circuits.append(
-                    dict(model=f"{mid}_s{seed}", task=t, status="ok", n_edges=e, n_nodes=e // 4)
-                )
+                circuits.append(circuit_row(f"{mid}_s{seed}", t, n_edges=e, n_nodes=e // 4))
     return models, circuits
 
 
@@ -269,14 +348,14 @@ def test_the_scale_ladder_says_whether_size_and_legibility_fall_hold_or_rise():
         rows.append((f"fd{w}", ["fixed_density"], w, 0.125, 3.65 - 0.1 * i, [200]))
     models, circuits = _rows(rows, ["t1"], seeds=(0, 1, 2))
     for c in circuits:  # fixed density: seed-dependent noise around no trend
-        seed = int(c["model"][-1])
-        if c["model"].startswith("fd"):
-            w = int(c["model"][2:].split("_")[0])
-            c["n_edges"] = round(200 * (1.3 if (w // 64 + seed) % 2 else 0.8))
-            c["n_nodes"] = c["n_edges"] // 4
-        frac = 0.5 - 0.05 * widths.index(next(x for x in widths if str(x) in c["model"]))
-        c["legibility"] = {
-            "node_fraction": frac if c["model"].startswith("dense") else 0.3,
+        seed = int(c.model[-1])
+        if c.model.startswith("fd"):
+            w = int(c.model[2:].split("_")[0])
+            c.n_edges = round(200 * (1.3 if (w // 64 + seed) % 2 else 0.8))
+            c.n_nodes = c.n_edges // 4
+        frac = 0.5 - 0.05 * widths.index(next(x for x in widths if str(x) in c.model))
+        c.legibility = {
+            "node_fraction": frac if c.model.startswith("dense") else 0.3,
             "effect_fraction": None,
             "criterion": "c",
         }
@@ -357,7 +436,7 @@ def test_the_ratio_is_read_at_fixed_losses_inside_the_overlap():
     # the ratio grows e-fold per 0.1 nats of loss
     assert fl["edges"]["per_0.1_nats"]["value"] == pytest.approx(math.e, rel=0.05)
     # a loss outside one seed's sparse curve is not read there (no extrapolation)
-    models = [m if m["id"] != "s2_s1" else m | {"heldout_loss": 3.58} for m in models]
+    models = [m if m.id != "s2_s1" else dataclasses.replace(m, heldout_loss=3.58) for m in models]
     assert matched.overlap(models)["common"] == pytest.approx([3.45, 3.58])
     text = answer._fixed_loss_words(fl)
     assert text.startswith("the curves overlap in every seed from 3.450 to 3.600 (0.150 nats")
@@ -370,11 +449,11 @@ def test_legibility_is_read_at_the_fixed_losses_as_size_is():
     """Dense circuits explain 0.2 of their nodes at every loss, sparse ones 0.2 + (L - 3.4):
     sparse - dense at a fixed loss L is L - 3.4, read per seed on both curves."""
     models, circuits = _curve_family()
-    loss_of = {m["id"]: m["heldout_loss"] for m in models}
+    loss_of = {m.id: m.heldout_loss for m in models}
     for c in circuits:
-        sparse = c["model"].startswith("s")
-        frac = 0.2 + (loss_of[c["model"]] - 3.4 if sparse else 0.0)
-        c["legibility"] = {"node_fraction": frac, "effect_fraction": None, "criterion": "c"}
+        sparse = c.model.startswith("s")
+        frac = 0.2 + (loss_of[c.model] - 3.4 if sparse else 0.0)
+        c.legibility = {"node_fraction": frac, "effect_fraction": None, "criterion": "c"}
     losses = matched.fixed_losses(matched.overlap(models), [0.0, 1.0])
     leg = measures.legibility(models, circuits, losses, ["t1"])
     points = leg["node_fraction"]["at_losses"]["points"]
@@ -441,13 +520,12 @@ def test_a_loss_change_within_eval_noise_is_not_a_finding():
 
 def _eligibility(models, tasks, miss=()):
     return [
-        {
-            "model": m["id"],
-            "task": t,
-            "loss_calibrated": 0.1,
-            "accuracy_calibrated": 0.8 if (m["id"], t) in miss else 0.95,
-            "reaches": (m["id"], t) not in miss,
-        }
+        eligibility_row(
+            m.id,
+            t,
+            reaches=(m.id, t) not in miss,
+            accuracy_calibrated=0.8 if (m.id, t) in miss else 0.95,
+        )
         for m in models
         for t in tasks
     ]
@@ -468,19 +546,19 @@ def test_target_rule_and_validation_decide_what_counts():
     assert measures.frontier_tasks(cfg, elig) == ["t1"]
     # a circuit that failed validation on test pairs is not counted
     for c in circuits:
-        if (c["model"], c["task"]) == ("s50_s0", "t1"):
-            c["status"] = "failed_validation"
+        if (c.model, c.task) == ("s50_s0", "t1"):
+            c.status = "failed_validation"
     res = analyse(cfg, models, circuits, elig)
-    front = {f["model"]: f for f in res.frontier}
-    assert front["s50_s0"]["n_tasks"] == 0 and front["s50_s0"]["geomean_edges"] is None
-    assert front["s25_s0"]["geomean_edges"] == pytest.approx(100)
+    front = {f.model: f for f in res.frontier}
+    assert front["s50_s0"].n_tasks == 0 and front["s50_s0"].geomean_edges is None
+    assert front["s25_s0"].geomean_edges == pytest.approx(100)
     assert res.study["frontier_tasks"] == ["t1"]
     assert all(x["task"] == "t1" for x in res.measures["dense_sparse"]["readings"])
     n = len(models)
     reach = f"full models reaching each task: t1 {n} of {n}; t2 {n - 1} of {n}"
     assert reach in res.answer["details"]
     # a task the empty circuit does is counted apart
-    elig[0]["trivial"] = True
+    elig[0].trivial = True
     assert measures.reach_counts(cfg, elig).startswith(f"t1 {n} of {n}, 1 of them with the empty")
 
 
@@ -489,18 +567,18 @@ def test_controls_that_come_close_are_named_in_the_answer():
     models, circuits = _rows(FAMILY, ["t1", "t2"])
     for c in circuits:
         far = {"status": "unreachable", "n_edges": None}
-        c["controls"] = {
+        c.controls = {
             "nonsense": far,
             "random_init": far,
             "random_circuits": {"reach_target": 0.0},
         }
-        if c["model"] == "s25_s0" and c["task"] == "t1":
-            c["controls"]["nonsense"] = {"status": "ok", "n_edges": 150}  # < 2 x 100
-    ctl = measures.controls([c for c in circuits if c["task"] == "t1"])
+        if c.model == "s25_s0" and c.task == "t1":
+            c.controls["nonsense"] = {"status": "ok", "n_edges": 150}  # < 2 x 100
+    ctl = measures.controls([c for c in circuits if c.task == "t1"])
     assert ctl["close"]["nonsense"] == ["s25_s0/t1"] and ctl["n_checked"] == 5
     assert not ctl["close"]["random_init"] and not ctl["close"]["random_circuits"]
     res = analyse(
-        cfg, models, [c for c in circuits if c["task"] == "t1"], _eligibility(models, ["t1"])
+        cfg, models, [c for c in circuits if c.task == "t1"], _eligibility(models, ["t1"])
     )
     assert "nonsense on 1 of 5 (s25_s0/t1)" in res.answer["sentence"]
     assert "one pretraining seed" in res.answer["sentence"].lower()
@@ -512,11 +590,11 @@ def test_circuits_outside_the_frontier_enter_no_comparison():
     models, circuits = _rows(FAMILY, ["t1", "t2"])
     elig = _eligibility(models, ["t1", "t2"], miss={("s25_s0", "t2")})
     for c in circuits:
-        c["in_frontier"] = c["task"] == "t1"
+        c.in_frontier = c.task == "t1"
         close = {"status": "ok", "n_edges": 1}  # a control that would be named if counted
-        c["controls"] = {"nonsense": close if c["task"] == "t2" else {"status": "unreachable"}}
-        if (c["model"], c["task"]) == ("s25_s0", "t2"):
-            c.update(status="not_eligible", n_edges=None)
+        c.controls = {"nonsense": close if c.task == "t2" else {"status": "unreachable"}}
+        if (c.model, c.task) == ("s25_s0", "t2"):
+            c.status, c.n_edges = "not_eligible", None
     res = analyse(cfg, models, circuits, elig)
     assert res.study["frontier_tasks"] == ["t1"]
     assert {r["task"] for r in res.measures["dense_sparse"]["readings"]} == {"t1"}
@@ -643,9 +721,9 @@ def test_study_end_to_end_resume_and_refusal(tmp_path, tiny_study, monkeypatch, 
     monkeypatch.undo()
     strict = dataclasses.replace(tiny_study, prune={**tiny_study.prune, "refuse_trivial": True})
     res = run_study(strict, out, force=True, progress=False)
-    assert all(r["trivial"] for r in res.eligibility) and not res.study["frontier_tasks"]
-    assert {c["status"] for c in res.circuits} == {"trivial"}
-    assert "the empty circuit (every node mean-ablated) reaches" in res.circuits[0]["message"]
+    assert all(r.trivial for r in res.eligibility) and not res.study["frontier_tasks"]
+    assert {c.status for c in res.circuits} == {"trivial"}
+    assert "the empty circuit (every node mean-ablated) reaches" in res.circuits[0].message
 
 
 def test_models_that_reach_a_task_outside_the_frontier_get_their_circuits(
@@ -659,17 +737,17 @@ def test_models_that_reach_a_task_outside_the_frontier_get_their_circuits(
 
     def one_misses(cfg, spec, device):
         rows = real_rows(cfg, spec, device)
-        return [r | {"reaches": False} if spec.id == miss else r for r in rows]
+        return [dataclasses.replace(r, reaches=False) if spec.id == miss else r for r in rows]
 
     monkeypatch.setattr(study_run, "full_model_rows", one_misses)
     res = run_study(tiny_study, tmp_path / "on", progress=False)
     assert not res.study["frontier_tasks"]
-    by_model = {c["model"]: c for c in res.circuits}
-    assert by_model[miss]["status"] == "not_eligible" and by_model[miss]["in_frontier"] is False
+    by_model = {c.model: c for c in res.circuits}
+    assert by_model[miss].status == "not_eligible" and by_model[miss].in_frontier is False
     searched = [c for m, c in by_model.items() if m != miss]
-    assert searched and all(c["in_frontier"] is False for c in searched)
-    assert all(c["status"] != "not_eligible" and c["metrics"] for c in searched)
-    assert all(set(c["controls"]) >= {"nonsense", "random_circuits"} for c in searched)
+    assert searched and all(c.in_frontier is False for c in searched)
+    assert all(c.status != "not_eligible" and c.metrics for c in searched)
+    assert all(set(c.controls) >= {"nonsense", "random_circuits"} for c in searched)
     assert res.measures["controls"]["n_checked"] == 0  # controls of the frontier only
     assert not res.measures["dense_sparse"]["readings"]
     assert "| no |" in (tmp_path / "on" / "summary.md").read_text()
@@ -681,7 +759,7 @@ def test_models_that_reach_a_task_outside_the_frontier_get_their_circuits(
 
     off = dataclasses.replace(tiny_study, outside_frontier=False)
     res = run_study(off, tmp_path / "off", progress=False)
-    assert {c["status"] for c in res.circuits} == {"not_eligible"}
+    assert {c.status for c in res.circuits} == {"not_eligible"}
 
 
 def test_every_search_uses_the_same_pairs_and_the_full_grid(tmp_path, tiny_study, monkeypatch):
@@ -716,11 +794,11 @@ def test_parallel_jobs_fill_the_caches_the_serial_study_reads(tmp_path, tiny_stu
     with pytest.raises(UserError, match="--jobs must be at least 1"):
         run_study(tiny_study, out, progress=False, jobs=0)
     res = run_study(tiny_study, out, progress=False, force=True, jobs=2)
-    assert len(res.models) == 4 and all(m["heldout_loss"] is not None for m in res.models)
-    assert [(c["model"], c["task"]) for c in res.circuits] == [
-        (m["id"], t) for m in res.models for t in tiny_study.tasks
+    assert len(res.models) == 4 and all(m.heldout_loss is not None for m in res.models)
+    assert [(c.model, c.task) for c in res.circuits] == [
+        (m.id, t) for m in res.models for t in tiny_study.tasks
     ]
-    assert all(c["n_edges"] is not None for c in res.circuits)
+    assert all(c.n_edges is not None for c in res.circuits)
 
     def boom(*a, **k):
         raise AssertionError("should have been cached")

@@ -64,7 +64,7 @@ def test_a_grown_study_trains_and_searches_only_what_is_new(tmp_path, corpus_dir
     res = study_run.run_study(grown, out, resume=True, progress=False)
     assert trained == [64]  # the new rung alone
     assert json.loads((out / "study.json").read_text())["dense_widths"] == [32, 64]
-    assert {m["id"] for m in res.models} == {m["id"] for m in first.models} | {"w64_dense_s0"}
+    assert {m.id for m in res.models} == {m.id for m in first.models} | {"w64_dense_s0"}
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # every old circuit kept
     assert len(res.circuits) == 5 and len(searched) > 0  # the new model's circuit searched
     # dropping a rung is not growth: refused, and the folder keeps the grown study

@@ -73,16 +73,15 @@ def _page_data(study_dir: Path) -> dict:
     results_path = study_dir / "results.json"
     if not results_path.is_file():
         raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
-    results = StudyResults.load(results_path)
-    for key, kind in (("models", list), ("circuits", list), ("frontier", list), ("answer", dict)):
-        if not isinstance(getattr(results, key), kind):
-            raise UserError(f"{results_path}: '{key}' missing or not a {kind.__name__}")
+    results = StudyResults.load(results_path)  # the rows are checked as they load
+    if not isinstance(results.answer, dict):
+        raise UserError(f"{results_path}: 'answer' missing or not a dict")
     circuits = []
-    for row in results.circuits:
-        row = dict(row, view=None, view_error=None)
-        if row.get("status") == "ok":
+    for c in results.circuits:
+        row = dict(c.to_json(), view=None, view_error=None)  # the row as results.json has it
+        if c.status == "ok":
             try:
-                row["view"] = _load_circuit(study_dir, row.get("path"))
+                row["view"] = _load_circuit(study_dir, c.path)
             except UserError as e:
                 # One unreadable circuit should not cost the whole report: show why instead.
                 row["view_error"] = str(e)
@@ -90,9 +89,9 @@ def _page_data(study_dir: Path) -> dict:
     page = {
         "sites": SITES,
         "study": results.study or {},
-        "models": results.models,
+        "models": [m.to_json() for m in results.models],
         "circuits": circuits,
-        "frontier": results.frontier,
+        "frontier": [f.to_json() for f in results.frontier],
         "answer": results.answer,
         "legibility": (results.measures or {}).get("legibility"),
         "legible": LEGIBLE,

@@ -32,15 +32,15 @@ def study_models(study_dir: str | Path) -> list[str]:
     """The study's dense and sparsest models at its smallest width, every seed of each: the
     emergent and the forced case at the same shape, with independent pretraining seeds."""
     models = StudyResults.of_study(study_dir).models
-    width = min((m["d_model"] for m in models), default=0)
-    base = [m for m in models if m["d_model"] == width]
-    densities = {m["density"] for m in base}
+    width = min((m.d_model for m in models), default=0)
+    base = [m for m in models if m.d_model == width]
+    densities = {m.density for m in base}
     if 1.0 not in densities or min(densities, default=1.0) >= 1.0:
         raise UserError(
             f"{Path(study_dir) / 'results.json'}: needs a dense and a sparse model of the same width"
         )
-    chosen = [m for m in base if m["density"] in (1.0, min(densities))]
-    chosen.sort(key=lambda m: (-m["density"], m["seed"]))
+    chosen = [m for m in base if m.density in (1.0, min(densities))]
+    chosen.sort(key=lambda m: (-m.density, m.seed))
     return [str(StudyResults.model_path(study_dir, m)) for m in chosen]
 
 

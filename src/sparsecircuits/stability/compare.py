@@ -14,6 +14,7 @@ import statistics
 from typing import Any
 
 from ..study.matched import at_losses, fixed_losses, overlap, seed_estimate
+from ..study_results import ModelRow
 from .records import Stability
 
 # name -> (what it is, how to read it from a Stability); higher = more stable for each
@@ -47,28 +48,28 @@ def values(stabilities: list[Stability], name: str) -> dict[tuple[str, str], flo
     return out
 
 
-def unmatched(models: list[dict], vals: dict, tasks: list[str]) -> dict | None:
+def unmatched(models: list[ModelRow], vals: dict, tasks: list[str]) -> dict | None:
     """Per seed: mean over sparse (density curve) values minus mean over dense values,
     pooled over tasks; a t-interval across seeds. Not at matched loss."""
     per_seed = {}
-    for seed in sorted({m["seed"] for m in models}):
+    for seed in sorted({m.seed for m in models}):
         dense, sparse = [], []
         for m in models:
-            if m["seed"] != seed:
+            if m.seed != seed:
                 continue
             for t in tasks:
-                if (m["id"], t) not in vals:
+                if (m.id, t) not in vals:
                     continue
-                if "dense" in m.get("roles", []):
-                    dense.append(vals[(m["id"], t)])
-                elif "density" in m.get("roles", []):
-                    sparse.append(vals[(m["id"], t)])
+                if "dense" in m.roles:
+                    dense.append(vals[(m.id, t)])
+                elif "density" in m.roles:
+                    sparse.append(vals[(m.id, t)])
         if dense and sparse:
             per_seed[seed] = statistics.fmean(sparse) - statistics.fmean(dense)
     return seed_estimate(per_seed)
 
 
-def compare(models: list[dict], stabilities: list[Stability], quantiles: list[float]) -> dict:
+def compare(models: list[ModelRow], stabilities: list[Stability], quantiles: list[float]) -> dict:
     """Every measure at the fixed held-out losses (sparse - dense, intervals across seeds),
     the unmatched contrast beside it, and the verdict on the primary measure."""
     tasks = sorted({st.task for st in stabilities})

@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..io import read_jsonl, write_jsonl_atomic
 from ..prune import TaskTrivial
 from ..prune_methods import PruneConfig
-from ..study_results import StudyResults
+from ..study_results import CircuitRow, StudyResults
 from .compare import compare
 from .config import RESULTS_FILE, StabilityConfig
 from .records import Stability, StabilityResults
@@ -91,16 +91,14 @@ def run_model(
     return results
 
 
-def study_circuits(results: StudyResults) -> list[dict]:
+def study_circuits(results: StudyResults) -> list[CircuitRow]:
     """The study's validated frontier circuits on the dense and sparse (density) curves,
     the models of the matched comparison."""
-    roles = {m["id"]: m.get("roles", []) for m in results.models}
+    roles = {m.id: m.roles for m in results.models}
     return [
         c
         for c in results.circuits
-        if c.get("status") == "ok"
-        and c.get("in_frontier")
-        and {"dense", "density"} & set(roles.get(c["model"], []))
+        if c.status == "ok" and c.in_frontier and {"dense", "density"} & set(roles.get(c.model, []))
     ]
 
 
@@ -128,7 +126,7 @@ def run_study(
         circuits = circuits[: cfg.max_circuits]
     if not circuits:
         raise UserError(f"{study_dir}: no validated frontier circuit on the dense or sparse curve")
-    models = {m["id"]: m for m in results.models}
+    models = {m.id: m for m in results.models}
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "entries.jsonl"
     setup = {"config": dataclasses.asdict(cfg), "study": str(study_dir)}
@@ -142,21 +140,21 @@ def run_study(
     entries = []
     with log_path.open("a", encoding="utf-8") as log:
         for c in tqdm(circuits, desc="stability", unit="circuit", disable=not progress):
-            key = (c["model"], c["task"])
+            key = (c.model, c.task)
             if key in done:
                 entries.append(done[key])
                 continue
-            base = dataclasses.asdict(prune_config(scfg, c["task"]))
-            base.update(k_coef=c["k_coef"], mask_lr=c.get("mask_lr") or base["mask_lr"])
-            mdir = StudyResults.model_path(study_dir, models[c["model"]])
-            st = one(mdir, c["task"], cfg, prune_settings(cfg, base), c["model"], device)
+            base = dataclasses.asdict(prune_config(scfg, c.task))
+            base.update(k_coef=c.k_coef, mask_lr=c.mask_lr or base["mask_lr"])
+            mdir = StudyResults.model_path(study_dir, models[c.model])
+            st = one(mdir, c.task, cfg, prune_settings(cfg, base), c.model, device)
             entries.append(st.to_json())
             log.write(json.dumps(entries[-1]) + "\n")
             log.flush()
     stab = [Stability.from_json(e) for e in entries]
     cmp = compare(results.models, stab, scfg.loss_quantiles)
     res = StabilityResults(
-        setup=setup | {"models": sorted({c["model"] for c in circuits})},
+        setup=setup | {"models": sorted({c.model for c in circuits})},
         entries=entries,
         comparison=cmp,
         verdict=cmp["verdict"],

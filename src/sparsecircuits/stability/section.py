@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 from ..report import write_section
+from ..study_results import ModelRow
 from .compare import MEASURES
 from .records import RunSet, Stability, StabilityResults
 
@@ -39,18 +40,18 @@ def _set_row(label: str, st: Stability, rs: RunSet | None) -> list:
     ]
 
 
-def _label(st: Stability, models: dict) -> str:
+def _label(st: Stability, models: dict[str | None, ModelRow]) -> str:
     m = models.get(st.model_id)
-    return m["label"] if m else (st.model_id or Path(st.model).name)
+    return m.label if m else (st.model_id or Path(st.model).name)
 
 
 def write_report_section(
-    results: StabilityResults, out: Path, models: list[dict] | None = None
+    results: StabilityResults, out: Path, models: list[ModelRow] | None = None
 ) -> None:
     """The section: the method, the verdict and the cost, what could not be measured, the
     repeat-run and backup tables, and dense vs sparse where there is a comparison.
     `models` (a study's) gives the rows their labels."""
-    by_id = {m["id"]: m for m in models or []}
+    by_id: dict[str | None, ModelRow] = {m.id: m for m in models or []}
     stab = results.stabilities()
     tables = [_repeat_runs_table(stab, by_id), _backup_table(stab, by_id)]
     if results.comparison:
@@ -63,7 +64,9 @@ def write_report_section(
     )
 
 
-def _paragraphs(results: StabilityResults, stab: list[Stability], by_id: dict) -> list[str]:
+def _paragraphs(
+    results: StabilityResults, stab: list[Stability], by_id: dict[str | None, ModelRow]
+) -> list[str]:
     runs = results.setup.get("config", {}).get("runs")
     paragraphs = [
         "Is the circuit the circuit? Each (model, task) is searched again "
@@ -98,7 +101,7 @@ def _searches(s: Stability) -> int:
     )
 
 
-def _repeat_runs_table(stab: list[Stability], by_id: dict) -> dict:
+def _repeat_runs_table(stab: list[Stability], by_id: dict[str | None, ModelRow]) -> dict:
     return {
         "caption": "Repeat runs: the same search with one source of randomness varied",
         "columns": [
@@ -133,7 +136,7 @@ def _repeat_runs_table(stab: list[Stability], by_id: dict) -> dict:
     }
 
 
-def _backup_table(stab: list[Stability], by_id: dict) -> dict:
+def _backup_table(stab: list[Stability], by_id: dict[str | None, ModelRow]) -> dict:
     return {
         "caption": "Backup circuits: forbid the most-kept node, search again",
         "columns": [

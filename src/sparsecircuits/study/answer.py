@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..study_results import StudyResults
+from ..study_results import CircuitRow, EligibilityRow, ModelRow, StudyResults
 from .config import StudyConfig
 from .measures import (
     SCALE_AXES,
@@ -16,7 +16,6 @@ from .measures import (
     frontier_rows,
     frontier_tasks,
     holm_family,
-    in_frontier,
     reach_counts,
     scale,
     split_frontier,
@@ -29,13 +28,13 @@ from .measures import (
 OVERLAP_NATS, OVERLAP_MODELS = 0.1, 3
 
 
-def outside_line(circuits: list[dict]) -> str | None:
+def outside_line(circuits: list[CircuitRow]) -> str | None:
     """How many circuits were searched outside the frontier and how many validated."""
     skipped = ("not_eligible", "trivial")
-    rows = [c for c in circuits if not in_frontier(c) and c["status"] not in skipped]
+    rows = [c for c in circuits if not c.in_frontier and c.status not in skipped]
     if not rows:
         return None
-    ok = sum(c["status"] == "ok" for c in rows)
+    ok = sum(c.status == "ok" for c in rows)
     return (
         f"circuits outside the frontier (a model that reaches a task not every model reaches; "
         f"not in the circuit-size comparison): {ok} validated of {len(rows)} searched; "
@@ -268,7 +267,10 @@ def sentence(cfg: StudyConfig, tasks, ms: dict) -> dict:
 
 
 def analyse(
-    cfg: StudyConfig, models: list[dict], circuits: list[dict], eligibility: list[dict]
+    cfg: StudyConfig,
+    models: list[ModelRow],
+    circuits: list[CircuitRow],
+    eligibility: list[EligibilityRow],
 ) -> StudyResults:
     tasks = frontier_tasks(cfg, eligibility)
     frontier = split_frontier(circuits)[0]
@@ -286,7 +288,7 @@ def analyse(
     words = sentence(cfg, tasks, ms)
     statuses: dict[str, int] = {}
     for c in circuits:
-        statuses[c["status"]] = statuses.get(c["status"], 0) + 1
+        statuses[c.status] = statuses.get(c.status, 0) + 1
     return StudyResults(
         study={
             "preset": cfg.preset,

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config import config_to_dict, parse_value, resolve
 from ..corpus import cache_root
 from ..errors import UserError
+from ..study_results import ModelId
 from ..tasks import TASKS
 
 
@@ -309,13 +310,7 @@ def growth(saved: dict, new: StudyConfig) -> str | None:
 
 
 @dataclass
-class ModelSpec:
-    id: str
-    label: str
-    kind: str  # dense | sparse
-    d_model: int
-    density: float
-    seed: int
+class ModelSpec(ModelId):
     # roles in the analysis: "dense" curve, "density" curve at the base width, "l0" axis
     roles: list[str] = field(default_factory=list)
 

@@ -31,12 +31,14 @@ def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults
     if not path.is_file():
         raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
     results = StudyResults.load(path)
-    rows = [c for c in results.circuits if c.get("status") == "ok"]
+    rows = [c for c in results.circuits if c.status == "ok"]
     for row in tqdm(rows, desc="explain", unit="circuit", disable=not progress, leave=False):
         try:
-            row["legibility"] = circuit_legibility(study_dir / row["path"])
+            if row.path is None:  # a validated circuit always has one: an edited file
+                raise UserError(f"{path}: circuit {row.model}, {row.task} names no circuit.json")
+            row.legibility = circuit_legibility(study_dir / row.path)
         except UserError as e:
-            row["legibility"] = {"error": str(e)}
+            row.legibility = {"error": str(e)}
     legibility_measures(results)
     results.save(path)
     return results
@@ -60,7 +62,7 @@ def legibility_measures(results: StudyResults) -> None:
     if cfg is not None and "fixed_loss" in results.measures:  # analysed by this version
         results.answer.update(sentence(cfg, tasks, results.measures))
     results.answer["legibility"] = legibility_sentence(leg)
-    if any(c["status"] == "ok" for c in outside):
+    if any(c.status == "ok" for c in outside):
         leg = legibility(results.models, outside)
         results.measures["legibility_outside"] = leg
         results.answer["legibility_outside"] = legibility_sentence(

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import statistics
 
-from ..study_results import StudyResults
+from ..study_results import ModelRow, StudyResults
 from .config import StudyConfig
 from .matched import seed_estimate
 from .measures import ok_values
@@ -43,8 +43,8 @@ def lookup_family(base: StudyConfig, bigram: bool, seeds: int) -> StudyConfig:
     )
 
 
-def _per_kind_seed(results: StudyResults) -> dict[tuple[str, int], dict]:
-    return {(m["kind"], m["seed"]): m for m in results.models}
+def _per_kind_seed(results: StudyResults) -> dict[tuple[str, int], ModelRow]:
+    return {(m.kind, m.seed): m for m in results.models}
 
 
 def compare(with_table: StudyResults, without: StudyResults) -> dict:
@@ -71,17 +71,17 @@ def compare(with_table: StudyResults, without: StudyResults) -> dict:
         params = {}
         for s in seeds:
             a, b = on[(kind, s)], off[(kind, s)]
-            params = {"with": a["total_params"], "without": b["total_params"]}
-            if a["heldout_loss"] is not None and b["heldout_loss"] is not None:
-                rows["heldout_loss"][s] = b["heldout_loss"] - a["heldout_loss"]
-            counts = [_task_counts(r, m["id"]) for r, m in ((with_table, a), (without, b))]
+            params = {"with": a.total_params, "without": b.total_params}
+            if a.heldout_loss is not None and b.heldout_loss is not None:
+                rows["heldout_loss"][s] = b.heldout_loss - a.heldout_loss
+            counts = [_task_counts(r, m.id) for r, m in ((with_table, a), (without, b))]
             rows["tasks_reached"][s] = counts[1][0] - counts[0][0]
             rows["tasks_trivial"][s] = counts[1][1] - counts[0][1]
             for measure, (va, vb) in sizes.items():
-                tasks = [t for (m, t) in va if m == a["id"] and (b["id"], t) in vb]
+                tasks = [t for (m, t) in va if m == a.id and (b.id, t) in vb]
                 if tasks:
                     rows[f"{measure}_ratio"][s] = statistics.fmean(
-                        math.log(vb[(b["id"], t)] / va[(a["id"], t)]) for t in tasks
+                        math.log(vb[(b.id, t)] / va[(a.id, t)]) for t in tasks
                     )
         out[kind] = {
             "seeds": seeds,
@@ -94,22 +94,24 @@ def compare(with_table: StudyResults, without: StudyResults) -> dict:
 
 def _task_counts(results: StudyResults, model_id: str) -> tuple[int, int]:
     """(tasks the full model reaches and that need a node, tasks its empty circuit does)."""
-    rows = [r for r in results.eligibility if r["model"] == model_id]
-    reached = sum(bool(r["reaches"]) and not r.get("trivial") for r in rows)
-    return reached, sum(bool(r.get("trivial")) for r in rows)
+    rows = [r for r in results.eligibility if r.model == model_id]
+    reached = sum(bool(r.reaches) and not r.trivial for r in rows)
+    return reached, sum(bool(r.trivial) for r in rows)
 
 
-def _levels(results: StudyResults, models: dict, kind: str, seeds: list[int]) -> dict:
+def _levels(
+    results: StudyResults, models: dict[tuple[str, int], ModelRow], kind: str, seeds: list[int]
+) -> dict:
     """Means over seeds of one side: held-out loss, tasks reached, trivial tasks."""
     ms = [models[(kind, s)] for s in seeds]
-    ids = {m["id"] for m in ms}
-    counts = [_task_counts(results, m["id"]) for m in ms]
-    losses = [m["heldout_loss"] for m in ms if m["heldout_loss"] is not None]
+    ids = {m.id for m in ms}
+    counts = [_task_counts(results, m.id) for m in ms]
+    losses = [m.heldout_loss for m in ms if m.heldout_loss is not None]
     return {
         "heldout_loss": statistics.fmean(losses) if losses else None,
         "tasks_reached": statistics.fmean(c[0] for c in counts) if counts else None,
         "tasks_trivial": statistics.fmean(c[1] for c in counts) if counts else None,
         "trivial_tasks": sorted(
-            {r["task"] for r in results.eligibility if r.get("trivial") and r["model"] in ids}
+            {r.task for r in results.eligibility if r.trivial and r.model in ids}
         ),
     }

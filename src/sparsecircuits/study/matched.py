@@ -23,6 +23,7 @@ import statistics
 from collections.abc import Callable
 
 from ..stats import detectable, t_interval, t_pvalue, units_needed
+from ..study_results import ModelRow
 
 Point = tuple[float, float, str]  # (held-out loss, value, model id)
 Values = dict[tuple[str, str], float]  # (model id, task) -> value
@@ -88,16 +89,16 @@ def interp(points: list[tuple[float, float]], loss: float) -> tuple[float, bool]
     return e0 + (e1 - e0) * (loss - l0) / (l1 - l0), extra
 
 
-def curve(models: list[dict], values: Values, role: str, seed: int, task: str) -> list[Point]:
+def curve(models: list[ModelRow], values: Values, role: str, seed: int, task: str) -> list[Point]:
     """The models of `role` (dense | density | l0 | sparse: every sparse model) and
     `seed` that have a value on `task`."""
     return [
-        (m["heldout_loss"], values[(m["id"], task)], m["id"])
+        (m.heldout_loss, values[(m.id, task)], m.id)
         for m in models
-        if (role in m.get("roles", []) or (role == "sparse" and m["kind"] == "sparse"))
-        and m["seed"] == seed
-        and m["heldout_loss"] is not None
-        and (m["id"], task) in values
+        if (role in m.roles or (role == "sparse" and m.kind == "sparse"))
+        and m.seed == seed
+        and m.heldout_loss is not None
+        and (m.id, task) in values
     ]
 
 
@@ -111,18 +112,18 @@ def pareto(points: list[Point]) -> list[Point]:
     return front
 
 
-def _range(models: list[dict], pred, seed: int) -> tuple[float, float] | None:
-    losses = [m["heldout_loss"] for m in models if pred(m) and m["seed"] == seed]
-    losses = [x for x in losses if x is not None]
-    return (min(losses), max(losses)) if len(losses) >= 2 else None
+def _range(models: list[ModelRow], pred, seed: int) -> tuple[float, float] | None:
+    losses = [m.heldout_loss for m in models if pred(m) and m.seed == seed]
+    known = [x for x in losses if x is not None]
+    return (min(known), max(known)) if len(known) >= 2 else None
 
 
-def _is_dense(m: dict) -> bool:
-    return "dense" in m.get("roles", [])
+def _is_dense(m: ModelRow) -> bool:
+    return "dense" in m.roles
 
 
-def _on_density_curve(m: dict) -> bool:
-    return "density" in m.get("roles", [])
+def _on_density_curve(m: ModelRow) -> bool:
+    return "density" in m.roles
 
 
 def config_of(model_id: str) -> str:
@@ -130,11 +131,11 @@ def config_of(model_id: str) -> str:
     return model_id.rsplit("_s", 1)[0]
 
 
-def overlap(models: list[dict]) -> dict:
+def overlap(models: list[ModelRow]) -> dict:
     """Where the dense curve and the sparse (density) curve overlap in held-out loss: per
     seed, and the range inside every seed's overlap (where fixed losses are read); which
     configurations (seed-mean loss) lie inside that range, per kind."""
-    seeds = sorted({m["seed"] for m in models})
+    seeds = sorted({m.seed for m in models})
     per_seed = {}
     for s in seeds:
         d, sp = _range(models, _is_dense, s), _range(models, _on_density_curve, s)
@@ -148,9 +149,9 @@ def overlap(models: list[dict]) -> dict:
     by_config: dict[str, list[float]] = {}
     kind = {}
     for m in models:
-        if m["heldout_loss"] is not None and (_is_dense(m) or _on_density_curve(m)):
-            by_config.setdefault(config_of(m["id"]), []).append(m["heldout_loss"])
-            kind[config_of(m["id"])] = "dense" if _is_dense(m) else "sparse"
+        if m.heldout_loss is not None and (_is_dense(m) or _on_density_curve(m)):
+            by_config.setdefault(config_of(m.id), []).append(m.heldout_loss)
+            kind[config_of(m.id)] = "dense" if _is_dense(m) else "sparse"
     means = {c: statistics.fmean(v) for c, v in by_config.items()}
     inside = {
         k: sorted(
@@ -175,16 +176,16 @@ def fixed_losses(ov: dict, quantiles: list[float]) -> list[float]:
     return [low + q * (high - low) for q in quantiles]
 
 
-SparseCurve = Callable[[list[dict], Values, int, str], list[Point]]
+SparseCurve = Callable[[list[ModelRow], Values, int, str], list[Point]]
 
 
-def density_curve(models: list[dict], values: Values, seed: int, task: str) -> list[Point]:
+def density_curve(models: list[ModelRow], values: Values, seed: int, task: str) -> list[Point]:
     """The sparse side of the registered comparison: the density axis at the base width
     (each point a model, nothing chosen by its outcome)."""
     return curve(models, values, "density", seed, task)
 
 
-def pareto_curve(models: list[dict], values: Values, seed: int, task: str) -> list[Point]:
+def pareto_curve(models: list[ModelRow], values: Values, seed: int, task: str) -> list[Point]:
     """The sparse side as the paper draws it: the Pareto curve of every sparse model.
     Chosen on the outcome (the smallest circuits win), so it is reported beside the
     registered comparison, never in place of it."""
@@ -192,7 +193,7 @@ def pareto_curve(models: list[dict], values: Values, seed: int, task: str) -> li
 
 
 def at_losses(
-    models: list[dict],
+    models: list[ModelRow],
     values: Values,
     tasks: list[str],
     losses: list[float],
@@ -206,7 +207,7 @@ def at_losses(
     (sparse - dense, e.g. a share of nodes explained)."""
     tf = (lambda x: math.log(max(x, 1e-12))) if log else float
     readings: dict[float, dict[int, list[float]]] = {L: {} for L in losses}
-    for seed in sorted({m["seed"] for m in models}):
+    for seed in sorted({m.seed for m in models}):
         for t in tasks:
             dense = [(x, tf(v)) for x, v, _ in curve(models, values, "dense", seed, t)]
             sparse = [(x, tf(v)) for x, v, _ in sparse_side(models, values, seed, t)]

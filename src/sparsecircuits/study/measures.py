@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..stats import holm
+from ..study_results import CircuitRow, EligibilityRow, FrontierRow, ModelRow
 from . import matched
 from .config import StudyConfig, task_label
 from .matched import seed_estimate
@@ -39,6 +40,8 @@ from .matched import seed_estimate
 CLOSE_FACTOR = 2.0  # a control circuit within this factor of the real one "comes close"
 ALPHA = 0.05
 CONTROLS = ("nonsense", "inverted", "random_init")
+Models = list[ModelRow]
+Circuits = list[CircuitRow]
 
 
 def geomean(xs: list[float]) -> float:
@@ -57,28 +60,22 @@ def verdict(est: dict | None, null: float = 1.0) -> str:
     return "not found" if est["low"] <= null <= est["high"] else "found"
 
 
-def in_frontier(c: dict) -> bool:
-    """A circuit row of a frontier task (rows written before circuits outside the frontier
-    were searched have no flag: they were all frontier rows)."""
-    return c.get("in_frontier", True)
-
-
-def split_frontier(circuits: list[dict]) -> tuple[list[dict], list[dict]]:
+def split_frontier(circuits: Circuits) -> tuple[Circuits, Circuits]:
     """(circuit rows of frontier tasks, rows outside the frontier)."""
-    return [c for c in circuits if in_frontier(c)], [c for c in circuits if not in_frontier(c)]
+    return [c for c in circuits if c.in_frontier], [c for c in circuits if not c.in_frontier]
 
 
 MEASURES = ("edges", "nodes", "edges_per_node")
 
 
-def ok_values(circuits: list[dict], measure: str = "edges") -> dict[tuple[str, str], float]:
+def ok_values(circuits: Circuits, measure: str = "edges") -> dict[tuple[str, str], float]:
     """(model, task) -> the size of every circuit that validated: its edges, its nodes, or
     edges per node (edges = nodes x edges per node, so a trend in edges splits into the two)."""
     out = {}
     for c in circuits:
-        if c["status"] == "ok":
-            edges, nodes = max(c["n_edges"], 1), max(c.get("n_nodes") or 1, 1)
-            out[(c["model"], c["task"])] = {
+        if c.status == "ok" and c.n_edges is not None:
+            edges, nodes = max(c.n_edges, 1), max(c.n_nodes or 1, 1)
+            out[(c.model, c.task)] = {
                 "edges": edges,
                 "nodes": nodes,
                 "edges_per_node": edges / nodes,
@@ -92,48 +89,47 @@ def reaches(full: dict, target: float, min_accuracy: float) -> bool:
     return full["loss_calibrated"] <= target and full["accuracy_calibrated"] >= min_accuracy
 
 
-def frontier_tasks(cfg: StudyConfig, eligibility: list[dict]) -> list[str]:
+def frontier_tasks(cfg: StudyConfig, eligibility: list[EligibilityRow]) -> list[str]:
     """Tasks that every full model reaches (target and accuracy, on test pairs) and that no
     model's empty circuit reaches (a task done without any node has no circuit to size)."""
     return [
-        t
-        for t in cfg.tasks
-        if all(r["reaches"] and not r.get("trivial") for r in eligibility if r["task"] == t)
+        t for t in cfg.tasks if all(r.reaches and not r.trivial for r in eligibility if r.task == t)
     ]
 
 
-def reach_counts(cfg: StudyConfig, eligibility: list[dict]) -> str:
+def reach_counts(cfg: StudyConfig, eligibility: list[EligibilityRow]) -> str:
     """Per task, how many full models reach it, and whether the empty circuit does too."""
     parts = []
     for t in cfg.tasks:
-        rows = [r for r in eligibility if r["task"] == t]
-        trivial = sum(bool(r.get("trivial")) for r in rows)
+        rows = [r for r in eligibility if r.task == t]
+        trivial = sum(r.trivial for r in rows)
         note = f", {trivial} of them with the empty circuit" if trivial else ""
-        parts.append(f"{task_label(t)} {sum(r['reaches'] for r in rows)} of {len(rows)}{note}")
+        parts.append(f"{task_label(t)} {sum(r.reaches for r in rows)} of {len(rows)}{note}")
     return "; ".join(parts)
 
 
-def frontier_rows(models: list[dict], circuits: list[dict], tasks: list[str]) -> list[dict]:
+def frontier_rows(models: Models, circuits: Circuits, tasks: list[str]) -> list[FrontierRow]:
     sizes = {m: ok_values(circuits, m) for m in ("edges", "nodes")}
     rows = []
     for m in models:
-        got = {k: [v[(m["id"], t)] for t in tasks if (m["id"], t) in v] for k, v in sizes.items()}
+        got = {k: [v[(m.id, t)] for t in tasks if (m.id, t) in v] for k, v in sizes.items()}
         rows.append(
-            {k: m[k] for k in ("id", "label", "kind", "d_model", "density", "seed", "heldout_loss")}
-            | {
-                "model": m["id"],
-                "roles": m.get("roles", []),
+            FrontierRow(
+                **m.model_id(),
+                heldout_loss=m.heldout_loss,
+                model=m.id,
+                roles=m.roles,
                 # over the tasks this model validated; n_tasks says how many
-                "geomean_edges": geomean(got["edges"]) if got["edges"] else None,
-                "geomean_nodes": geomean(got["nodes"]) if got["nodes"] else None,
-                "n_tasks": len(got["edges"]),
-            }
+                geomean_edges=geomean(got["edges"]) if got["edges"] else None,
+                geomean_nodes=geomean(got["nodes"]) if got["nodes"] else None,
+                n_tasks=len(got["edges"]),
+            )
         )
     return rows
 
 
 def dense_sparse(
-    models: list[dict], circuits: list[dict], tasks: list[str], measure: str = "edges"
+    models: Models, circuits: Circuits, tasks: list[str], measure: str = "edges"
 ) -> dict:
     """Dense / sparse circuit size at matched held-out loss. Each dense model is read on
     the sparse curve (base width, all densities) and each sparse model on the dense curve
@@ -141,8 +137,8 @@ def dense_sparse(
     interpolated on its bracketing segment, one outside is extrapolated and kept out.
     Per seed, the geometric mean of its interpolated readings; across seeds, a t-interval."""
     values = ok_values(circuits, measure)
-    readings = []
-    for seed in sorted({m["seed"] for m in models}):
+    readings: list[dict] = []
+    for seed in sorted({m.seed for m in models}):
         for t in tasks:
             dense = matched.curve(models, values, "dense", seed, t)
             sparse = matched.curve(models, values, "density", seed, t)
@@ -179,7 +175,7 @@ def dense_sparse(
     }
 
 
-def fixed_loss(cfg: StudyConfig, models: list[dict], circuits: list[dict], tasks) -> dict:
+def fixed_loss(cfg: StudyConfig, models: Models, circuits: Circuits, tasks) -> dict:
     """The dense/sparse size ratio at the fixed held-out losses (quantiles of the curves'
     overlap in every seed), for edges and nodes, against the registered sparse curve and,
     apart, the sparse Pareto curve; and the overlap itself."""
@@ -195,15 +191,21 @@ def fixed_loss(cfg: StudyConfig, models: list[dict], circuits: list[dict], tasks
     return out
 
 
-def _axis(models, circuits, tasks, role: str, x_of, per: float) -> dict:
+def _axis(
+    models: Models,
+    circuits: Circuits,
+    tasks: list[str],
+    role: str,
+    x_of: Callable[[ModelRow], float],
+    per: float,
+) -> dict:
     """Along one curve of the family (role), per seed, the factor by which circuit size
     changes when x (log2 of density or width) moves by `per`: a least-squares slope per
     task, averaged over the seed's tasks; for edges, nodes and edges per node. And held-out
     loss per x, with its measured eval noise."""
-    seeds = sorted({m["seed"] for m in models})
+    seeds = sorted({m.seed for m in models})
     curves = {
-        s: sorted((m for m in models if role in m.get("roles", []) and m["seed"] == s), key=x_of)
-        for s in seeds
+        s: sorted((m for m in models if role in m.roles and m.seed == s), key=x_of) for s in seeds
     }
     out: dict = {}
     sizes = {measure: ok_values(circuits, measure) for measure in MEASURES}
@@ -213,9 +215,9 @@ def _axis(models, circuits, tasks, role: str, x_of, per: float) -> dict:
             slopes = []
             for t in tasks:
                 pts = [
-                    (math.log2(x_of(m)), math.log(values[(m["id"], t)]))
+                    (math.log2(x_of(m)), math.log(values[(m.id, t)]))
                     for m in curve
-                    if (m["id"], t) in values
+                    if (m.id, t) in values
                 ]
                 if len({x for x, _ in pts}) >= 2:
                     slopes.append(per * _slope(*zip(*pts, strict=True)))
@@ -226,20 +228,18 @@ def _axis(models, circuits, tasks, role: str, x_of, per: float) -> dict:
         out[f"{measure}_verdict"] = verdict(est)
     loss_units = {}
     for s, curve in curves.items():
-        lp = [
-            (math.log2(x_of(m)), m["heldout_loss"]) for m in curve if m["heldout_loss"] is not None
-        ]
+        lp = [(math.log2(x_of(m)), m.heldout_loss) for m in curve if m.heldout_loss is not None]
         if len({x for x, _ in lp}) >= 2:
             loss_units[s] = per * _slope(*zip(*lp, strict=True))
     edges, nodes = sizes["edges"], sizes["nodes"]
     points: dict = {}
     for m in models:
-        if role in m.get("roles", []):
+        if role in m.roles:
             p = points.setdefault(x_of(m), {"losses": [], "se": [], "edges": [], "nodes": []})
-            p["losses"].append(m["heldout_loss"])
-            p["se"].append(m.get("heldout_loss_se") or 0.0)
-            p["edges"] += [edges[(m["id"], t)] for t in tasks if (m["id"], t) in edges]
-            p["nodes"] += [nodes[(m["id"], t)] for t in tasks if (m["id"], t) in nodes]
+            p["losses"].append(m.heldout_loss)
+            p["se"].append(m.heldout_loss_se or 0.0)
+            p["edges"] += [edges[(m.id, t)] for t in tasks if (m.id, t) in edges]
+            p["nodes"] += [nodes[(m.id, t)] for t in tasks if (m.id, t) in nodes]
     table = [
         {
             "x": x,
@@ -281,14 +281,14 @@ def _loss_verdict(loss: dict | None, noise: float) -> str:
     return verdict(loss, null=0.0)
 
 
-def density_trend(models, circuits, tasks) -> dict:
+def density_trend(models: Models, circuits: Circuits, tasks: list[str]) -> dict:
     """Per halving of density at the base width (x = density, step -1 in log2)."""
-    return _axis(models, circuits, tasks, "density", lambda m: m["density"], -1.0)
+    return _axis(models, circuits, tasks, "density", lambda m: m.density, -1.0)
 
 
-def width_effect(models, circuits, tasks) -> dict:
+def width_effect(models: Models, circuits: Circuits, tasks: list[str]) -> dict:
     """Per doubling of width at a fixed number of nonzero weights per matrix."""
-    return _axis(models, circuits, tasks, "l0", lambda m: m["d_model"], 1.0)
+    return _axis(models, circuits, tasks, "l0", lambda m: m.d_model, 1.0)
 
 
 SCALE_AXES = (
@@ -298,33 +298,31 @@ SCALE_AXES = (
 )
 
 
-def scale(models, circuits, tasks) -> dict:
+def scale(models: Models, circuits: Circuits, tasks: list[str]) -> dict:
     """Does legibility survive growth? Per axis of the width ladder (dense, sparse at fixed
     nonzeros, sparse at fixed density), with at least two widths: circuit size and held-out
     loss per doubling of width (as `width_effect`), one slope per seed; legibility is added
     by the legibility step (`scale_legibility`)."""
     out = {}
     for role, _ in SCALE_AXES:
-        widths = {m["d_model"] for m in models if role in m.get("roles", [])}
+        widths = {m.d_model for m in models if role in m.roles}
         if len(widths) >= 2:
-            out[role] = _axis(models, circuits, tasks, role, lambda m: m["d_model"], 1.0)
+            out[role] = _axis(models, circuits, tasks, role, lambda m: m.d_model, 1.0)
             out[role]["widths"] = sorted(widths)
     return out
 
 
-def scale_legibility(models, circuits, axes: dict) -> None:
+def scale_legibility(models: Models, circuits: Circuits, axes: dict) -> None:
     """Per axis of `scale`, the change of the explained share of nodes per doubling of
     width (a least-squares slope per task, mean over a seed's tasks, t across seeds)."""
     values = legibility_values(circuits, "node_fraction")
     for role, ax in axes.items():
         per_seed: dict[int, list[float]] = {}
-        for seed in sorted({m["seed"] for m in models}):
-            curve = [m for m in models if role in m.get("roles", []) and m["seed"] == seed]
+        for seed in sorted({m.seed for m in models}):
+            curve = [m for m in models if role in m.roles and m.seed == seed]
             for t in sorted({t for _, t in values}):
                 pts = [
-                    (math.log2(m["d_model"]), values[(m["id"], t)])
-                    for m in curve
-                    if (m["id"], t) in values
+                    (math.log2(m.d_model), values[(m.id, t)]) for m in curve if (m.id, t) in values
                 ]
                 if len({x for x, _ in pts}) >= 2:
                     per_seed.setdefault(seed, []).append(_slope(*zip(*pts, strict=True)))
@@ -333,23 +331,23 @@ def scale_legibility(models, circuits, axes: dict) -> None:
         ax["legibility_verdict"] = verdict(est, null=0.0)
 
 
-def controls(circuits: list[dict]) -> dict:
+def controls(circuits: Circuits) -> dict:
     """Per validated circuit, each control's best circuit (size, losses, status) and
     whether it comes close: a nonsense-task, inverted-rule or random-init circuit that
     validates within CLOSE_FACTOR of the real size, or random circuits of the real size
     that validate too."""
     rows = []
     for c in circuits:
-        if c["status"] != "ok" or not c.get("controls"):
+        if c.status != "ok" or not c.controls:
             continue
-        ctl = c["controls"]
-        row = {"model": c["model"], "task": c["task"], "n_edges": c["n_edges"]}
+        ctl = c.controls
+        row: dict = {"model": c.model, "task": c.task, "n_edges": c.n_edges}
         for name in CONTROLS:
             x = ctl.get(name)
             row[name] = (
                 None
                 if x is None
-                else x["status"] == "ok" and x["n_edges"] <= CLOSE_FACTOR * max(c["n_edges"], 1)
+                else x["status"] == "ok" and x["n_edges"] <= CLOSE_FACTOR * max(c.n_edges or 0, 1)
             )
             if x is not None:
                 row[f"{name}_best"] = {
@@ -381,32 +379,30 @@ def controls(circuits: list[dict]) -> dict:
     return {"rows": rows, "close": close, "n_checked": len(rows), "best": best}
 
 
-def legibility_values(circuits: list[dict], field: str) -> dict[tuple[str, str], float]:
+def legibility_values(circuits: Circuits, field: str) -> dict[tuple[str, str], float]:
     """(model, task) -> a validated circuit's explained share (`field`)."""
     return {
-        (c["model"], c["task"]): c["legibility"][field]
+        (c.model, c.task): c.legibility[field]
         for c in circuits
-        if c["status"] == "ok" and (c.get("legibility") or {}).get(field) is not None
+        if c.status == "ok" and c.legibility and c.legibility.get(field) is not None
     }
 
 
-def legibility(
-    models: list[dict], circuits: list[dict], losses: Sequence[float] = (), tasks=()
-) -> dict:
+def legibility(models: Models, circuits: Circuits, losses: Sequence[float] = (), tasks=()) -> dict:
     """Dense vs sparse legibility. Per kind and seed, the mean over that kind's validated
     circuits of the explained-node fraction (and of the explained share of ablation effect);
     the kind's value is the mean over seeds with a t-interval, and sparse minus dense is
     taken per seed. Given the study's fixed held-out losses (`fixed_loss`) and frontier
     tasks, also read at those losses as circuit size is (matched.at_losses)."""
-    kind_seed = {m["id"]: (m["kind"], m["seed"]) for m in models}
+    kind_seed = {m.id: (m.kind, m.seed) for m in models}
     rows = [
         c
         for c in circuits
-        if c["status"] == "ok" and (c.get("legibility") or {}).get("node_fraction") is not None
+        if c.status == "ok" and c.legibility and c.legibility.get("node_fraction") is not None
     ]
     out: dict = {
         "n_circuits": len(rows),
-        "criterion": rows[0]["legibility"].get("criterion") if rows else None,
+        "criterion": (rows[0].legibility or {}).get("criterion") if rows else None,
     }
     for field in ("node_fraction", "effect_fraction"):
         values = legibility_values(rows, field)

@@ -42,7 +42,7 @@ from ..prune import TargetUnreachable, encode_splits, find_circuit
 from ..prune_methods import PruneConfig, empty_circuit_metrics, full_model_metrics
 from ..report import SECTION_FILE
 from ..sparsity import WeightSparsifier
-from ..study_results import StudyResults
+from ..study_results import CircuitRow, EligibilityRow, ModelRow, StudyResults
 from ..tasks import Pair, Task, get_task
 from ..threads import in_processes
 from ..train import train
@@ -157,7 +157,7 @@ def run_study(
     else:
         rows = {}
         for i, row in in_processes(jobs, _circuit, work):
-            bar.set_postfix_str(f"pruned {row['model']} {row['task']}")
+            bar.set_postfix_str(f"pruned {row.model} {row.task}")
             rows[i] = row
             bar.update(PRUNE_UNITS)
         circuits = [rows[i] for i in range(len(work))]
@@ -230,7 +230,7 @@ def _heldout_noise(mdir: Path, model, tok, batches: int, batch_size: int) -> dic
     }
 
 
-def model_row(spec: ModelSpec, mdir: Path, device) -> dict:
+def model_row(spec: ModelSpec, mdir: Path, device) -> ModelRow:
     model, tok = load(mdir, device=device)
     _, tcfg = load_config(mdir)
     if tcfg is None:
@@ -238,8 +238,8 @@ def model_row(spec: ModelSpec, mdir: Path, device) -> dict:
     metrics = read_jsonl(mdir / "metrics.jsonl")
     heldout = [r["heldout_loss"] for r in metrics if "heldout_loss" in r]
     matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
-    return dict(
-        dataclasses.asdict(spec),
+    return ModelRow(
+        **dataclasses.asdict(spec),
         n_layer=model.cfg.n_layer,
         dir=str(mdir),
         total_params=model.num_params(),
@@ -265,7 +265,7 @@ def study_task(cfg: StudyConfig, name: str) -> Task:
     return get_task(name, p.n_train, p.n_test, cfg.pair_seed, p.n_select)
 
 
-def full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
+def full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[EligibilityRow]:
     """Per task, the full model on held-out test pairs (calibrated on train pairs) against
     the task's target and the accuracy bar, and the empty circuit (every node mean-ablated)
     against the target: which tasks this model lets into the frontier. A task the empty
@@ -282,14 +282,16 @@ def full_model_rows(cfg: StudyConfig, spec: ModelSpec, device) -> list[dict]:
         empty = empty_circuit_metrics(model, train_b, test_b, means, pcfg.calib_steps)
         target = cfg.target(name)
         rows.append(
-            {"model": spec.id, "task": name, "target_loss": target}
-            | m
-            | {
-                "reaches": reaches(m, target, cfg.min_accuracy),
-                "empty_loss_calibrated": empty["loss_calibrated"],
-                "empty_train_loss_calibrated": empty["train_loss_calibrated"],
-                "trivial": pcfg.refuse_trivial and empty["train_loss_calibrated"] <= target,
-            }
+            EligibilityRow(
+                model=spec.id,
+                task=name,
+                target_loss=target,
+                **m,
+                reaches=reaches(m, target, cfg.min_accuracy),
+                empty_loss_calibrated=empty["loss_calibrated"],
+                empty_train_loss_calibrated=empty["train_loss_calibrated"],
+                trivial=pcfg.refuse_trivial and empty["train_loss_calibrated"] <= target,
+            )
         )
     return rows
 
@@ -404,15 +406,15 @@ def _content_hash(task: str) -> str | None:
     return file_digest(task) if task.endswith(".jsonl") else None
 
 
-def _why_not_searched(cfg: StudyConfig, task: str, eligibility: list[dict]) -> dict:
+def _why_not_searched(cfg: StudyConfig, task: str, eligibility: list[EligibilityRow]) -> dict:
     """The status and message of a circuit the study does not search: some full model
     misses the task (`not_eligible`), or the empty circuit already does it (`trivial`)."""
     target = cfg.target(task)
-    rows = [r for r in eligibility if r["task"] == task]
+    rows = [r for r in eligibility if r.task == task]
     missed = [
-        f"{r['model']} (test loss {r['loss_calibrated']:.3f}, accuracy {r['accuracy_calibrated']:.2f})"
+        f"{r.model} (test loss {r.loss_calibrated:.3f}, accuracy {r.accuracy_calibrated:.2f})"
         for r in rows
-        if not r["reaches"]
+        if not r.reaches
     ]
     if missed:
         return {
@@ -421,9 +423,7 @@ def _why_not_searched(cfg: StudyConfig, task: str, eligibility: list[dict]) -> d
             f"{cfg.min_accuracy}: {', '.join(missed)}",
         }
     trivial = [
-        f"{r['model']} (train loss {r['empty_train_loss_calibrated']:.3f})"
-        for r in rows
-        if r.get("trivial")
+        f"{r.model} (train loss {r.empty_train_loss_calibrated:.3f})" for r in rows if r.trivial
     ]
     return {
         "status": "trivial",
@@ -437,30 +437,21 @@ def _circuit(
     spec: ModelSpec,
     task_name: str,
     eligible: bool,
-    eligibility: list[dict],
+    eligibility: list[EligibilityRow],
     out: Path,
     device,
-) -> dict:
-    target = cfg.target(task_name)
-    own = next(r for r in eligibility if r["model"] == spec.id and r["task"] == task_name)
-    row = dict(
+) -> CircuitRow:
+    own = next(r for r in eligibility if r.model == spec.id and r.task == task_name)
+    row = CircuitRow(
         model=spec.id,
         task=task_name,
         in_frontier=eligible,
         status="ok",
-        message=None,
-        n_nodes=None,
-        n_edges=None,
-        metrics=None,
-        path=None,
-        target_loss=target,
-        k_coef=None,
-        controls=None,
+        target_loss=cfg.target(task_name),
     )
-    outside = cfg.outside_frontier and own["reaches"] and not own.get("trivial")
+    outside = cfg.outside_frontier and own.reaches and not own.trivial
     if not eligible and not outside:
-        row.update(_why_not_searched(cfg, task_name, eligibility))
-        return row
+        return dataclasses.replace(row, **_why_not_searched(cfg, task_name, eligibility))
     cdir = out / "circuits" / spec.id / task_label(task_name)
     mdir = model_dir(cfg, spec)
     pcfg = prune_config(cfg, task_name)
@@ -477,14 +468,16 @@ def _circuit(
         "controls": cfg.controls,
     }
     if (cdir / "key.json").exists() and read_json(cdir / "key.json") == key:
-        return read_json(cdir / "row.json") | {"in_frontier": eligible}  # the family decides
+        cached = CircuitRow.from_json(read_json(cdir / "row.json"), str(cdir / "row.json"))
+        return dataclasses.replace(cached, in_frontier=eligible)  # the family decides
     task = study_task(cfg, task_name)
     try:
         c = _search(cfg, mdir, task, pcfg, device, examples=True)
         c.save(cdir / "circuit.json")
         assert isinstance(c.metrics, CircuitMetrics)  # find_circuit types the metrics it measures
         v = c.metrics.validation
-        row.update(
+        row = dataclasses.replace(
+            row,
             status=v.status,
             message=None
             if v.status == "ok"
@@ -508,12 +501,12 @@ def _circuit(
                     cfg, random_init_dir(cfg, spec), task, pcfg, device
                 )
             controls["random_circuits"] = c.metrics.random.to_json()
-            row["controls"] = controls
+            row.controls = controls
     except TargetUnreachable as e:
-        row.update(status="unreachable", message=str(e))
+        row = dataclasses.replace(row, status="unreachable", message=str(e))
     except UserError as e:
-        row.update(status="error", message=str(e))
+        row = dataclasses.replace(row, status="error", message=str(e))
     # The result is written before the key, so a key on disk always has its result.
-    write_json_atomic(cdir / "row.json", row)
+    write_json_atomic(cdir / "row.json", row.to_json())
     write_json_atomic(cdir / "key.json", key)
     return row

@@ -13,12 +13,12 @@ from ..errors import UserError
 from ..io import save_figure_atomic, write_text_atomic
 from ..markdown import num as _num
 from ..markdown import table as _table
-from ..study_results import StudyResults
+from ..study_results import CircuitRow, EligibilityRow, FrontierRow, StudyResults
 from .answer import analyse
 from .config import StudyConfig
 from .legibility import legibility_measures
 from .matched import config_of, pareto
-from .measures import geomean, in_frontier, split_frontier
+from .measures import CONTROLS, geomean, split_frontier
 from .protocol import protocol_lines
 
 SUMMARY_FILE = "summary.md"
@@ -34,12 +34,12 @@ def _control_cell(x: dict | None) -> str:
     return f"{x['n_edges']} ({x['status']}" + (f", loss {_num(loss)})" if loss is not None else ")")
 
 
-def _empty(row: dict) -> str:
+def _empty(row: EligibilityRow) -> str:
     """The empty circuit's test loss; results written before the check have none."""
-    if "empty_loss_calibrated" not in row:
+    if row.empty_loss_calibrated is None:
         return "-"
-    loss = _num(row["empty_loss_calibrated"])
-    return f"{loss} (needs no node)" if row["trivial"] else loss
+    loss = _num(row.empty_loss_calibrated)
+    return f"{loss} (needs no node)" if row.trivial else loss
 
 
 def summary_markdown(results: StudyResults) -> str:
@@ -122,7 +122,7 @@ def _models_table(results: StudyResults) -> list[str]:
         *_table(
             ["model", "held-out loss", "eval s.e.", "nonzero block weights"],
             [
-                [m["label"], m["heldout_loss"], m.get("heldout_loss_se"), m["matrix_nonzero"]]
+                [m.label, m.heldout_loss, m.heldout_loss_se, m.matrix_nonzero]
                 for m in results.models
             ],
         ),
@@ -149,14 +149,14 @@ def _eligibility_table(results: StudyResults) -> list[str]:
             ],
             [
                 [
-                    r["model"],
-                    r["task"],
-                    r["target_loss"],
-                    r["loss_calibrated"],
-                    r["accuracy_calibrated"],
-                    r["loss"],
-                    r["accuracy"],
-                    "yes" if r["reaches"] else "no",
+                    r.model,
+                    r.task,
+                    r.target_loss,
+                    r.loss_calibrated,
+                    r.accuracy_calibrated,
+                    r.loss,
+                    r.accuracy,
+                    "yes" if r.reaches else "no",
                     # calibrated, test pairs; "needs no node" when it reaches the target
                     _empty(r),
                 ]
@@ -191,20 +191,18 @@ def _circuits_table(results: StudyResults) -> list[str]:
             ],
             [
                 [
-                    c["model"],
-                    c["task"],
-                    "yes" if in_frontier(c) else "no",
-                    c["status"],
-                    c.get("n_nodes"),
-                    c["n_edges"],
-                    c.get("k_coef"),
-                    c.get("mask_lr"),
-                    (c.get("metrics") or {}).get("circuit", {}).get("loss_calibrated"),
-                    (c.get("metrics") or {}).get("circuit", {}).get("loss"),
-                    _control_cell((c.get("controls") or {}).get("nonsense")),
-                    _control_cell((c.get("controls") or {}).get("inverted")),
-                    _control_cell((c.get("controls") or {}).get("random_init")),
-                    ((c.get("controls") or {}).get("random_circuits") or {}).get("reach_target"),
+                    c.model,
+                    c.task,
+                    "yes" if c.in_frontier else "no",
+                    c.status,
+                    c.n_nodes,
+                    c.n_edges,
+                    c.k_coef,
+                    c.mask_lr,
+                    (c.metrics or {}).get("circuit", {}).get("loss_calibrated"),
+                    (c.metrics or {}).get("circuit", {}).get("loss"),
+                    *(_control_cell((c.controls or {}).get(k)) for k in CONTROLS),
+                    ((c.controls or {}).get("random_circuits") or {}).get("reach_target"),
                 ]
                 for c in results.circuits
             ],
@@ -221,7 +219,9 @@ def _interval_cell(iv: dict | None) -> str:
     return f"{iv['value']:.2f} [{iv['low']:.2f}, {iv['high']:.2f}] (n={iv['n']})"
 
 
-def legibility_markdown(leg: dict, circuits: list[dict], title: str = "Legibility") -> list[str]:
+def legibility_markdown(
+    leg: dict, circuits: list[CircuitRow], title: str = "Legibility"
+) -> list[str]:
     """Dense vs sparse legibility (95% t-intervals across seeds), then per circuit."""
     if not leg["n_circuits"]:
         return [f"## {title}", "", "No validated circuit, so no node was explained.", ""]
@@ -247,12 +247,12 @@ def legibility_markdown(leg: dict, circuits: list[dict], title: str = "Legibilit
         *_table(
             ["model", "task", "nodes", "explained", "share of nodes", "share of effect"],
             [
-                [c["model"], c["task"], lg.get("nodes"), lg.get("explained_nodes")]
+                [c.model, c.task, lg.get("nodes"), lg.get("explained_nodes")]
                 + [lg.get("node_fraction"), lg.get("effect_fraction")]
                 if "error" not in lg
-                else [c["model"], c["task"], lg["error"], "", "", ""]
+                else [c.model, c.task, lg["error"], "", "", ""]
                 for c in circuits
-                if (lg := c.get("legibility"))
+                if (lg := c.legibility)
             ],
         ),
         "",
@@ -271,29 +271,13 @@ def reanalysed(results: StudyResults, source: str = "results.json") -> StudyResu
     return fresh
 
 
-def check_rows(results: StudyResults, path: Path) -> None:
-    """Every row of results.json an object, and a circuit's metrics, controls and
-    legibility objects where present: an edited file gets one line naming the row."""
-    for name in ("models", "eligibility", "circuits"):
-        for i, row in enumerate(getattr(results, name)):
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: {name}[{i}] is not a JSON object")
-            for key in ("metrics", "controls", "legibility"):
-                if row.get(key) is not None and not isinstance(row[key], dict):
-                    raise UserError(
-                        f"{path}: {name}[{i}] ({row.get('model')}, {row.get('task')}): "
-                        f"'{key}' is not a JSON object"
-                    )
-
-
 def write_summary(study_dir: str | Path, reanalyse: bool = False) -> Path:
     """Write DIR/summary.md from DIR/results.json; with `reanalyse`, the results are first
     recomputed by this version (`reanalysed`) and written back (`study --summary`). A study
     that has just run was analysed by this version already: no need to do it again."""
     study_dir = Path(study_dir)
     path = study_dir / "results.json"
-    results = StudyResults.of_study(study_dir)
-    check_rows(results, path)
+    results = StudyResults.of_study(study_dir)  # its rows checked as they load
     try:
         if reanalyse:
             results = reanalysed(results, str(path))
@@ -307,20 +291,17 @@ def write_summary(study_dir: str | Path, reanalyse: bool = False) -> Path:
     return out
 
 
-def _by_config(frontier: list[dict], size: str) -> list[dict]:
-    """Frontier rows averaged over seeds per configuration: mean held-out loss and the
-    geometric mean of the seeds' sizes (rows with no validated circuit left out)."""
-    groups: dict[str, list[dict]] = {}
+def _by_config(frontier: list[FrontierRow], size: str) -> list[tuple[FrontierRow, float, float]]:
+    """Frontier rows averaged over seeds per configuration, in `size` (edges or nodes): its
+    first row, the mean held-out loss and the geometric mean of the seeds' sizes (rows with
+    no validated circuit left out)."""
+    groups: dict[str, list[tuple[FrontierRow, float, float]]] = {}
     for f in frontier:
-        if f.get(size) and f["heldout_loss"] is not None:
-            groups.setdefault(config_of(f["id"]), []).append(f)
+        value = f.size(size)
+        if value and f.heldout_loss is not None:
+            groups.setdefault(config_of(f.id), []).append((f, f.heldout_loss, value))
     return [
-        rows[0]
-        | {
-            "heldout_loss": statistics.fmean(r["heldout_loss"] for r in rows),
-            size: geomean([r[size] for r in rows]),
-            "n_seeds": len(rows),
-        }
+        (rows[0][0], statistics.fmean(r[1] for r in rows), geomean([r[2] for r in rows]))
         for rows in groups.values()
     ]
 
@@ -338,30 +319,21 @@ def plot_frontier(results: StudyResults, path: Path) -> None:
         ("l0", "sparse, widths at fixed nonzeros", "^--"),
     ]
     losses = (results.measures.get("fixed_loss") or {}).get("losses") or []
-    for ax, size, what in zip(
-        axes, ("geomean_edges", "geomean_nodes"), ("edges", "nodes"), strict=True
-    ):
-        pts = _by_config(results.frontier, size)
+    for ax, what in zip(axes, ("edges", "nodes"), strict=True):
+        pts = _by_config(results.frontier, what)
         for role, label, style in curves:
-            curve = sorted(
-                (f for f in pts if role in f.get("roles", [])), key=lambda f: f["heldout_loss"]
-            )
+            curve = sorted((p for p in pts if role in p[0].roles), key=lambda p: p[1])
             if curve:
-                ax.plot(
-                    [f[size] for f in curve], [f["heldout_loss"] for f in curve], style, label=label
-                )
-                for f in curve:
+                ax.plot([v for _, _, v in curve], [x for _, x, _ in curve], style, label=label)
+                for f, loss, v in curve:
                     ax.annotate(
-                        f"{f['d_model']}"
-                        + ("" if f["kind"] == "dense" else f"/{f['density']:.3g}"),
-                        (f[size], f["heldout_loss"]),
+                        f"{f.d_model}" + ("" if f.kind == "dense" else f"/{f.density:.3g}"),
+                        (v, loss),
                         fontsize=7,
                         textcoords="offset points",
                         xytext=(4, 4),
                     )
-        front = pareto(
-            [(f["heldout_loss"], f[size], f["id"]) for f in pts if f["kind"] == "sparse"]
-        )
+        front = pareto([(loss, v, f.id) for f, loss, v in pts if f.kind == "sparse"])
         if len(front) >= 2:
             ax.plot(
                 [v for _, v, _ in front],
