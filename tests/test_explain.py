@@ -211,6 +211,57 @@ def test_cli_bad_node_is_one_line(tiny_run, capsys, args, message):
     assert str(tiny_run) in err
 
 
+def test_a_circuit_is_explained_on_the_test_pairs_it_was_searched_on(tiny_run, tmp_path):
+    """A study draws its prompt pairs from its own pair seed, not its search seed: the
+    explanations use that seed's test prompts, and are cached under them."""
+    from sparsecircuits import load
+    from sparsecircuits.explain import ExplainConfig, checkpoint_contexts, explain_checkpoint
+    from sparsecircuits.tasks import get_task
+
+    task = str(write_quote_task(tmp_path / "quotes.jsonl"))
+    model, tok = load(tiny_run)
+    settings = ExplainConfig(batches=1, batch_size=2)
+    prune_cfg = {"seed": 0, "n_train": 8, "n_test": 8}
+
+    want = get_task(task, 8, 8, 3).encode(tok, "test", model.cfg.n_ctx)
+
+    def prompts(seed):
+        contexts, _ = checkpoint_contexts(
+            tiny_run, model, tok, task, settings, prune_cfg | {"seed": seed}
+        )
+        return [c.ids for c in contexts[-len(want) :]]
+
+    assert prompts(3) == [
+        want.tokens[r, : int(want.last_pos[r]) + 1].tolist() for r in range(len(want))
+    ]
+    assert prompts(3) != prompts(0)  # the seed draws other test pairs
+    node = ["blocks.0.attn.hook_q[5]"]
+    explain_checkpoint(tiny_run, node, task, prune_cfg, settings, pair_seed=3)
+    key = json.loads((tiny_run / CACHE_FILE).read_text())["key"]
+    assert key.endswith("#pairs3/8")
+    explain_checkpoint(tiny_run, node, task, prune_cfg, settings)  # the search seed, 0
+    assert json.loads((tiny_run / CACHE_FILE).read_text())["key"].endswith("#pairs0/8")
+
+
+def test_study_legibility_explains_on_the_studys_pair_seed(tmp_path, monkeypatch):
+    from sparsecircuits.study import legibility as study_legibility
+    from study_fixture import write_fake_study
+
+    study = write_fake_study(tmp_path / "study")
+    results = json.loads((study / "results.json").read_text())
+    results["study"]["config"] = {**results["study"].get("config", {}), "pair_seed": 3}
+    (study / "results.json").write_text(json.dumps(results))
+    seeds = []
+    monkeypatch.setattr(
+        study_legibility,
+        "circuit_legibility",
+        lambda path, pair_seed=None: seeds.append(pair_seed) or {"error": "not explained"},
+    )
+    monkeypatch.setattr(study_legibility, "legibility_measures", lambda results: None)
+    study_legibility.add_legibility(study, progress=False)
+    assert seeds and set(seeds) == {3}
+
+
 def test_cli_bad_files_are_one_line(tmp_path, capsys):
     broken = tmp_path / "circuit.json"
     broken.write_text('{"nodes": [')

@@ -46,15 +46,16 @@ def legibility_line(leg: dict) -> str:
     )
 
 
-def circuit_legibility(path_or_circuit, model_dir=None) -> dict:
+def circuit_legibility(path_or_circuit, model_dir=None, pair_seed: int | None = None) -> dict:
     """Legibility of a circuit (object or circuit.json path), explaining its nodes first if
-    they are not yet (a path's circuit.json then keeps the explanations)."""
+    they are not yet (a path's circuit.json then keeps the explanations; `pair_seed` as
+    `explain_circuit` takes it)."""
 
     circuit = path_or_circuit
     if not isinstance(circuit, Circuit):
         circuit = Circuit.load(path_or_circuit)
     if any(n.name not in circuit.explanations for n in circuit.nodes):
-        explain_circuit(circuit, model_dir)
+        explain_circuit(circuit, model_dir, pair_seed=pair_seed)
         if not isinstance(path_or_circuit, Circuit):
             circuit.save(path_or_circuit)
     return legibility(circuit)

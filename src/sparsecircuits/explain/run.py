@@ -170,10 +170,14 @@ def checkpoint_contexts(
     return contexts, text
 
 
-def _cache_key(model_dir: Path, settings: ExplainConfig, task: str | None) -> str:
+def _cache_key(model_dir: Path, settings: ExplainConfig, task: str | None, prompts: dict) -> str:
     # A task file by its content too: an edited file has other prompts under the same name.
     if task is not None and task not in TASKS and Path(task).is_file():
         task = f"{task}@{file_digest(task)}"
+    # and by the test pairs drawn (keys cached before they were named stay valid: seed 0, 128)
+    pairs = (prompts.get("seed", 0), prompts.get("n_test", 128))
+    if task is not None and pairs != (0, 128):
+        task = f"{task}#pairs{pairs[0]}/{pairs[1]}"
     return f"v{VERSION}:{weights_digest(model_dir)}:{sorted(vars(settings).items())}:{task}"
 
 
@@ -185,10 +189,12 @@ def explain_checkpoint(
     settings: ExplainConfig | None = None,
     model=None,
     tokenizer=None,
+    pair_seed: int | None = None,
 ) -> dict[str, dict]:
-    """Explanations of nodes of a checkpoint, on its held-out windows plus `task`'s prompts;
-    cached beside the checkpoint (the default library only: custom features use
-    `explain_nodes`)."""
+    """Explanations of nodes of a checkpoint, on its held-out windows plus `task`'s test
+    prompts (as `prune_cfg` drew them, from `pair_seed` where the pairs had a seed of their
+    own, as a study's do); cached beside the checkpoint (the default library only: custom
+    features use `explain_nodes`)."""
 
     model_dir = Path(model_dir)
     settings = settings or ExplainConfig()
@@ -200,7 +206,8 @@ def explain_checkpoint(
         check_nodes(model.cfg, nodes)
     except UserError as e:
         raise UserError(f"{model_dir}: {e}") from None
-    key = _cache_key(model_dir, settings, task)
+    prompts = dict(prune_cfg or {}) | ({} if pair_seed is None else {"seed": pair_seed})
+    key = _cache_key(model_dir, settings, task, prompts)
     path = model_dir / CACHE_FILE
     cache: dict[str, Any] = {}
     if path.exists():
@@ -211,7 +218,7 @@ def explain_checkpoint(
             cache = {}
     missing = [n for n in dict.fromkeys(nodes) if n not in cache]
     if missing:
-        contexts, text = checkpoint_contexts(model_dir, model, tokenizer, task, settings, prune_cfg)
+        contexts, text = checkpoint_contexts(model_dir, model, tokenizer, task, settings, prompts)
         cache.update(explain_nodes(model, contexts, missing, text, settings=settings))
         try:
             write_json_atomic(path, {"key": key, "nodes": cache})
@@ -221,10 +228,15 @@ def explain_checkpoint(
 
 
 def explain_circuit(
-    path_or_circuit, model_dir=None, settings: ExplainConfig | None = None, save=True
+    path_or_circuit,
+    model_dir=None,
+    settings: ExplainConfig | None = None,
+    save=True,
+    pair_seed: int | None = None,
 ):
     """Explain every node of a circuit and store the explanations in it (and in its
-    circuit.json when given a path and `save`)."""
+    circuit.json when given a path and `save`). `pair_seed`: the seed its prompt pairs were
+    drawn from, where not its search's seed (a study's `pair_seed`)."""
 
     path = None
     circuit = path_or_circuit
@@ -250,7 +262,12 @@ def explain_circuit(
                 f"model with other {', '.join(differ)})"
             )
     circuit.explanations = explain_checkpoint(
-        model_dir, [n.name for n in circuit.nodes], circuit.task, circuit.prune_config, settings
+        model_dir,
+        [n.name for n in circuit.nodes],
+        circuit.task,
+        circuit.prune_config,
+        settings,
+        pair_seed=pair_seed,
     )
     if path is not None and save:
         circuit.save(path)

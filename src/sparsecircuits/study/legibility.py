@@ -31,12 +31,14 @@ def add_legibility(study_dir: str | Path, progress: bool = True) -> StudyResults
     if not path.is_file():
         raise UserError(f"{study_dir}: no results.json (run sparsecircuits study first)")
     results = StudyResults.load(path)
+    # the study's prompt pairs have their own seed (its circuits record the search's)
+    pair_seed = (results.study.get("config") or {}).get("pair_seed")
     rows = [c for c in results.circuits if c.status == "ok"]
     for row in tqdm(rows, desc="explain", unit="circuit", disable=not progress, leave=False):
         try:
             if row.path is None:  # a validated circuit always has one: an edited file
                 raise UserError(f"{path}: circuit {row.model}, {row.task} names no circuit.json")
-            row.legibility = circuit_legibility(study_dir / row.path)
+            row.legibility = circuit_legibility(study_dir / row.path, pair_seed=pair_seed)
         except UserError as e:
             row.legibility = {"error": str(e)}
     legibility_measures(results)
