@@ -60,7 +60,6 @@ def lines_of(rows: list[dict]) -> list[str]:
     out = [
         f"Training step of the quick preset's shape at each d_model, on {cpu_name()}:",
         "",
-        "```",
         f"{'d_model':>7} {'precision':>9} {'tokens/s':>10} {'matmul rate':>14} "
         f"{'fraction of rate':>17}",
     ]
@@ -69,13 +68,13 @@ def lines_of(rows: list[dict]) -> list[str]:
             f"{r['width']:>7} {r['precision']:>9} {r['tokens_per_s']:>10,.0f} "
             f"{r['matmul_gflops']:>8,.0f} GFLOP/s {r['fraction_of_rate']:>17.2f}"
         )
+    # save_results puts these lines in a code block: plain text, no fences of their own
     out += [
-        "```",
         "",
-        "fraction of rate: the seconds the step's matmuls take at this machine's measured "
-        "rate at the model's shapes, over the step's seconds (1.0 would be a step that is "
-        "all matmul at full rate). Issue 31's targets: >= 0.5 of the bf16 rate at d_model "
-        "256-1024 where the CPU has native bf16, >= 0.6 of the fp32 rate where it has not.",
+        "fraction of rate: the seconds the step's matmuls take at this machine's measured",
+        "rate at the model's shapes, over the step's seconds (1.0: a step that is all matmul",
+        "at full rate). Issue 31's targets: >= 0.5 of the bf16 rate at d_model 256-1024",
+        "where the CPU has native bf16, >= 0.6 of the fp32 rate where it has not.",
     ]
     return out
 

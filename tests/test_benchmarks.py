@@ -163,6 +163,10 @@ def test_results_files_keep_their_header_and_folder(tmp_path, monkeypatch):
     assert header.fullmatch(first) and "`python benchmarks/bench_wide.py --widths 64`" in first
     assert rest == ["", "```", "line 1", "line 2", "```"]
     assert (tmp_path / "x.json").read_text() == '{\n "a": 1\n}'
+    # lines with a fence of their own would break the block they are put in
+    with pytest.raises(ValueError, match="no ``` fences"):
+        save_results("y", ["```", "table", "```"], {}, folder=tmp_path)
+    assert not (tmp_path / "y.md").exists()
 
 
 # ---- fused.reference(): the baseline ----------------------------------------------------

@@ -61,6 +61,9 @@ def save_results(name: str, lines: list[str], data: dict, folder: Path | None = 
     the machine) into `folder` (default `results_folder()`), atomically: a killed benchmark
     leaves the old ones. The command is written as `python benchmarks/SCRIPT ARGS`, however
     the script was started."""
+    if any(line.lstrip().startswith("```") for line in lines):
+        # checked before the run's numbers are lost: a fence inside would close the block
+        raise ValueError(f"{name}: results lines are put in a code block; give them no ``` fences")
     folder = folder if folder is not None else results_folder()
     folder.mkdir(exist_ok=True)
     command = " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]])
