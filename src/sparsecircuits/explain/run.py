@@ -160,8 +160,7 @@ def checkpoint_contexts(
         for row in w
     ]
     if task:
-        p = prune_cfg or {}
-        t = get_task(task, p.get("n_train", 128), p.get("n_test", 128), p.get("seed", 0))
+        t = get_task(task, *_pairs(prune_cfg or {}))
         batch = t.encode(tokenizer, "test", model.cfg.n_ctx)
         contexts += [
             make_context(batch.tokens[r, : int(batch.last_pos[r]) + 1].tolist(), text, True)
@@ -170,14 +169,25 @@ def checkpoint_contexts(
     return contexts, text
 
 
+# The pairs a task's prompts are drawn with where a circuit's settings do not say (the
+# circuit search's defaults): n_train, n_test, seed.
+DEFAULT_PAIRS = (128, 128, 0)
+
+
+def _pairs(prompts: dict) -> tuple[int, int, int]:
+    """(n_train, n_test, seed) of the prompt pairs `prompts` (prune settings) describe."""
+    n_train, n_test, seed = DEFAULT_PAIRS
+    return prompts.get("n_train", n_train), prompts.get("n_test", n_test), prompts.get("seed", seed)
+
+
 def _cache_key(model_dir: Path, settings: ExplainConfig, task: str | None, prompts: dict) -> str:
     # A task file by its content too: an edited file has other prompts under the same name.
     if task is not None and task not in TASKS and Path(task).is_file():
         task = f"{task}@{file_digest(task)}"
     # and by the test pairs drawn (keys cached before they were named stay valid: seed 0, 128)
-    pairs = (prompts.get("seed", 0), prompts.get("n_test", 128))
-    if task is not None and pairs != (0, 128):
-        task = f"{task}#pairs{pairs[0]}/{pairs[1]}"
+    _, n_test, seed = _pairs(prompts)
+    if task is not None and (n_test, seed) != DEFAULT_PAIRS[1:]:
+        task = f"{task}#pairs{seed}/{n_test}"
     return f"v{VERSION}:{weights_digest(model_dir)}:{sorted(vars(settings).items())}:{task}"
 
 
